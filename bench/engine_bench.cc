@@ -1,0 +1,160 @@
+// Engine throughput for a model shape given on the command line, with random weights:
+// prefill tokens/s, decode ms/token, and decode's bytes moved per second as a fraction of this
+// machine's copy bandwidth measured in the same run (the physical limit of a memory-bound step).
+//
+//   build/bin/vlcache-bench-engine --hidden 4096 --layers 2 --intermediate 11008 --json out.json
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "engine/model.h"
+#include "tools/random_weights.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Bytes read plus bytes written per second by a parallel copy of `bytes`, median of `repeats`.
+double CopyBandwidth(int64_t bytes, int repeats) {
+  auto src = at::rand({bytes / 4});
+  auto dst = at::empty_like(src);
+  dst.copy_(src);  // touch every page once
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    auto a = Clock::now();
+    dst.copy_(src);
+    t.push_back(Seconds(a, Clock::now()));
+  }
+  return 2.0 * static_cast<double>(bytes) / Median(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace vlc;
+  CLI::App app{"Engine benchmark: prefill and decode on random weights, against memory bandwidth"};
+  engine::LlavaConfig c;
+  c.vision.hidden_size = 64;
+  c.vision.intermediate_size = 128;
+  c.vision.num_hidden_layers = 1;
+  c.vision.num_attention_heads = 2;
+  c.vision.image_size = 32;
+  c.vision.patch_size = 16;
+  c.vision_feature_layer = -1;
+  auto& t = c.text;
+  t.hidden_size = 4096;
+  t.intermediate_size = 11008;
+  t.num_hidden_layers = 2;
+  t.num_attention_heads = 32;
+  t.num_key_value_heads = 32;
+  t.vocab_size = 32000;
+  int prompt = 512, steps = 32, batch = 1, threads = 0, repeats = 5;
+  std::string json_path;
+  app.add_option("--hidden", t.hidden_size, "Text hidden size")->capture_default_str();
+  app.add_option("--intermediate", t.intermediate_size, "MLP size")->capture_default_str();
+  app.add_option("--layers", t.num_hidden_layers, "Decoder layers")->capture_default_str();
+  app.add_option("--heads", t.num_attention_heads, "Query heads")->capture_default_str();
+  app.add_option("--kv-heads", t.num_key_value_heads, "KV heads")->capture_default_str();
+  app.add_option("--vocab", t.vocab_size, "Vocabulary size")->capture_default_str();
+  app.add_option("--prompt", prompt, "Prompt tokens prefilled")->capture_default_str();
+  app.add_option("--steps", steps, "Decode steps timed per repeat")->capture_default_str();
+  app.add_option("--batch", batch, "Sequences decoded together")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch threads; 0 = all cores")->capture_default_str();
+  app.add_option("--repeats", repeats, "Repeats; medians are reported")->capture_default_str();
+  app.add_option("--json", json_path, "Also write the results here");
+  CLI11_PARSE(app, argc, argv);
+  t.head_dim = t.hidden_size / t.num_attention_heads;
+  c.image_token_index = t.vocab_size - 1;
+  if (threads > 0) at::set_num_threads(threads);
+  else at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+
+  engine::WeightMap w;
+  for (auto& [name, tensor] : tools::RandomLlavaWeights(c, 1)) w[name] = std::move(tensor);
+  auto model_or = engine::LlavaModel::FromWeights(c, std::move(w));
+  if (!model_or.ok()) {
+    std::cerr << model_or.status() << "\n";
+    return 1;
+  }
+  auto& model = **model_or;
+  const double bw = CopyBandwidth(int64_t{1} << 30, repeats);
+
+  std::vector<double> prefill_s, step_s;
+  const int64_t kv_row = 2LL * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 4;
+  for (int r = 0; r < repeats; ++r) {
+    auto cache = model.NewContiguousCache();
+    std::vector<engine::SeqId> seqs;
+    std::vector<int> tokens;
+    std::vector<int64_t> pos;
+    for (int b = 0; b < batch; ++b) {
+      (void)cache->AddSequence(b);
+      auto embeds = at::randn({prompt, t.hidden_size}) * 0.02;
+      auto a = Clock::now();
+      auto logits = model.Prefill(b, embeds, 0, cache.get());
+      if (!logits.ok()) {
+        std::cerr << logits.status() << "\n";
+        return 1;
+      }
+      if (b == 0) prefill_s.push_back(Seconds(a, Clock::now()));
+      seqs.push_back(b);
+      tokens.push_back(3 + b);
+      pos.push_back(prompt);
+    }
+    std::vector<double> per_step;
+    for (int s = 0; s < steps; ++s) {
+      auto a = Clock::now();
+      auto logits = model.DecodeStep(seqs, tokens, pos, cache.get());
+      per_step.push_back(Seconds(a, Clock::now()));
+      if (!logits.ok()) {
+        std::cerr << logits.status() << "\n";
+        return 1;
+      }
+      for (auto& p : pos) ++p;
+    }
+    step_s.push_back(Median(per_step));
+  }
+  const double prefill = Median(prefill_s), step = Median(step_s);
+  // Each step reads every decoder weight once and each sequence's whole cache.
+  const double ctx = prompt + steps / 2.0;
+  const double bytes = static_cast<double>(model.DecodeWeightBytes()) + batch * ctx * kv_row;
+  const double achieved = bytes / step;
+  nlohmann::json j = {
+      {"hidden", t.hidden_size},       {"layers", t.num_hidden_layers},
+      {"intermediate", t.intermediate_size}, {"heads", t.num_attention_heads},
+      {"kv_heads", t.num_key_value_heads},   {"vocab", t.vocab_size},
+      {"prompt", prompt},              {"batch", batch},
+      {"threads", at::get_num_threads()},
+      {"prefill_tokens_per_s", prompt / prefill},
+      {"decode_ms_per_step", step * 1e3},
+      {"decode_bytes_per_step", bytes},
+      {"decode_gb_per_s", achieved / 1e9},
+      {"copy_bandwidth_gb_per_s", bw / 1e9},
+      {"decode_fraction_of_bandwidth", achieved / bw},
+  };
+  std::printf("prefill   %8.1f tokens/s   (%d tokens, median of %d)\n", prompt / prefill, prompt,
+              repeats);
+  std::printf("decode    %8.2f ms/step    batch %d, %.2f GB moved per step\n", step * 1e3, batch,
+              bytes / 1e9);
+  std::printf("bandwidth %8.2f GB/s decode vs %.2f GB/s copy = %.2f of the limit\n",
+              achieved / 1e9, bw / 1e9, achieved / bw);
+  if (!json_path.empty()) std::ofstream(json_path) << j.dump(2) << "\n";
+  return 0;
+}

@@ -1,0 +1,154 @@
+#include "engine/generator.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "engine/status.h"
+
+namespace vlc::engine {
+namespace {
+
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStopped: return "stop";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+Generator::Generator(const LlavaModel* model, KvCache* cache, int eos_id)
+    : model_(model), cache_(cache), eos_id_(eos_id) {}
+
+Generator::~Generator() {
+  for (auto& [id, r] : running_) cache_->RemoveSequence(id);
+}
+
+bool Generator::Accept(Running& r, int token) {
+  r.result.tokens.push_back(token);
+  if (token == eos_id_ && !r.spec.sampling.ignore_eos) {
+    r.result.finish = FinishReason::kEos;
+    return false;
+  }
+  if (r.spec.on_token && !r.spec.on_token(token)) {
+    r.result.finish = FinishReason::kStopped;
+    return false;
+  }
+  if (static_cast<int>(r.result.tokens.size()) >= r.spec.sampling.max_new_tokens) {
+    r.result.finish = FinishReason::kLength;
+    return false;
+  }
+  return true;
+}
+
+void Generator::Finish(SeqId id, FinishReason reason, absl::Status error) {
+  auto it = running_.find(id);
+  if (it == running_.end()) return;
+  SequenceResult res = std::move(it->second.result);
+  if (reason == FinishReason::kError) {
+    res.finish = reason;
+    res.error = std::move(error);
+  }
+  res.kv_bytes = cache_->Bytes(id);
+  cache_->RemoveSequence(id);
+  running_.erase(it);
+  finished_.emplace_back(id, std::move(res));
+}
+
+absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
+  VLC_RETURN_IF_ERROR(spec.sampling.Validate());
+  if (spec.prompt_ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  const auto t0 = std::chrono::steady_clock::now();
+  VLC_ASSIGN_OR_RETURN(at::Tensor embeds, model_->EmbedPrompt(spec.prompt_ids, spec.visual));
+  const SeqId id = next_id_++;
+  VLC_RETURN_IF_ERROR(cache_->AddSequence(id));
+  auto logits = model_->Prefill(id, embeds, 0, cache_);
+  if (!logits.ok()) {
+    cache_->RemoveSequence(id);
+    return logits.status();
+  }
+  Running r;
+  r.sampler = std::make_unique<Sampler>(spec.sampling);
+  r.result.prompt_tokens = static_cast<int>(spec.prompt_ids.size());
+  r.next_pos = static_cast<int64_t>(spec.prompt_ids.size());
+  r.spec = std::move(spec);
+  r.spec.visual = at::Tensor();  // prefilled: the cache holds what it contributed
+  at::Tensor row = logits->reshape({-1}).contiguous();
+  const int token = r.sampler->Sample(row.data_ptr<float>(), static_cast<int>(row.numel()));
+  auto& slot = running_.emplace(id, std::move(r)).first->second;
+  const bool more = Accept(slot, token);
+  slot.result.prefill_ms = MsSince(t0);
+  if (!more) Finish(id, slot.result.finish);
+  return id;
+}
+
+absl::Status Generator::Step() {
+  if (running_.empty()) return absl::OkStatus();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<SeqId> ids;
+  std::vector<int> tokens;
+  std::vector<int64_t> positions;
+  for (auto& [id, r] : running_) {
+    ids.push_back(id);
+    tokens.push_back(r.result.tokens.back());
+    positions.push_back(r.next_pos);
+  }
+  auto logits = model_->DecodeStep(ids, tokens, positions, cache_);
+  const double ms = MsSince(t0);
+  if (!logits.ok()) {
+    for (SeqId id : ids) Finish(id, FinishReason::kError, logits.status());
+    return logits.status();
+  }
+  at::Tensor l = logits->contiguous();
+  const int vocab = static_cast<int>(l.size(1));
+  for (size_t b = 0; b < ids.size(); ++b) {
+    Running& r = running_.at(ids[b]);
+    r.result.decode_ms += ms;
+    r.next_pos += 1;
+    const int token = r.sampler->Sample(l[b].data_ptr<float>(), vocab);
+    if (!Accept(r, token)) Finish(ids[b], r.result.finish);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<SeqId, SequenceResult>> Generator::TakeFinished() {
+  std::vector<std::pair<SeqId, SequenceResult>> out;
+  out.swap(finished_);
+  return out;
+}
+
+absl::StatusOr<std::vector<SequenceResult>> Generator::Run(std::vector<SequenceSpec> specs) {
+  std::map<SeqId, size_t> order;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto id = Add(std::move(specs[i]));
+    if (!id.ok()) {
+      // Leave nothing behind: the sequences added so far are dropped with their cache entries.
+      for (auto& [sid, idx] : order) {
+        if (running_.count(sid)) Finish(sid, FinishReason::kError, id.status());
+      }
+      TakeFinished();
+      return absl::Status(id.status().code(),
+                          absl::StrCat("request ", i, ": ", id.status().message()));
+    }
+    order[*id] = i;
+  }
+  while (HasRunning()) {
+    absl::Status st = Step();
+    if (!st.ok()) {
+      TakeFinished();
+      return st;
+    }
+  }
+  std::vector<SequenceResult> results(order.size());
+  for (auto& [id, res] : TakeFinished()) results[order.at(id)] = std::move(res);
+  return results;
+}
+
+}  // namespace vlc::engine

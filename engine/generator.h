@@ -1,0 +1,85 @@
+// Generation over a KvCache: prefill a sequence, then decode all running sequences together, one
+// token each per step (several sequences batched in one decode step). The caller adds sequences
+// whenever it likes and steps the batch; this is the core the server's engine thread drives.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/sampling.h"
+
+namespace vlc::engine {
+
+enum class FinishReason { kLength, kEos, kStopped, kError };
+const char* FinishReasonName(FinishReason r);
+
+struct SequenceSpec {
+  std::vector<int> prompt_ids;
+  at::Tensor visual;  // [image tokens in prompt_ids, hidden]; undefined when there are none
+  SamplingParams sampling;
+  // Called with every sampled token except EOS; returning false ends the sequence (stop string
+  // found, caller cancelled).
+  std::function<bool(int token)> on_token;
+};
+
+struct SequenceResult {
+  std::vector<int> tokens;  // generated ids, EOS included when it ended the sequence
+  FinishReason finish = FinishReason::kLength;
+  absl::Status error;       // set when finish == kError
+  int prompt_tokens = 0;
+  double prefill_ms = 0;    // embedding + prefill + first sample
+  double decode_ms = 0;     // all decode steps this sequence took part in
+  int64_t kv_bytes = 0;     // cache bytes held when the sequence finished
+};
+
+class Generator {
+ public:
+  // `eos_id` < 0 disables EOS. The generator owns no memory in `cache` beyond its sequences.
+  Generator(const LlavaModel* model, KvCache* cache, int eos_id);
+  ~Generator();
+
+  // Prefills a new sequence and samples its first token; the sequence may already be finished
+  // (max_new_tokens 1, EOS, stopped) and is then waiting in TakeFinished().
+  absl::StatusOr<SeqId> Add(SequenceSpec spec);
+
+  // One decode step for every running sequence. A failing step ends the sequences it involved
+  // with kError and returns the error.
+  absl::Status Step();
+
+  bool HasRunning() const { return !running_.empty(); }
+  size_t NumRunning() const { return running_.size(); }
+
+  // Results of sequences that finished since the last call; their cache entries are freed.
+  std::vector<std::pair<SeqId, SequenceResult>> TakeFinished();
+
+  // Runs `specs` together to completion: each is prefilled, then all decode in one batch.
+  absl::StatusOr<std::vector<SequenceResult>> Run(std::vector<SequenceSpec> specs);
+
+ private:
+  struct Running {
+    SequenceSpec spec;
+    SequenceResult result;
+    std::unique_ptr<Sampler> sampler;
+    int64_t next_pos = 0;  // logical position of the last sampled token
+  };
+  // Records a sampled token; returns true when the sequence goes on.
+  bool Accept(Running& r, int token);
+  void Finish(SeqId id, FinishReason reason, absl::Status error = absl::OkStatus());
+
+  const LlavaModel* model_;
+  KvCache* cache_;
+  int eos_id_;
+  SeqId next_id_ = 1;
+  std::map<SeqId, Running> running_;
+  std::vector<std::pair<SeqId, SequenceResult>> finished_;
+};
+
+}  // namespace vlc::engine

@@ -1,0 +1,397 @@
+#include "engine/model.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/status.h"
+
+namespace vlc::engine {
+namespace {
+
+// y = x W^T + b. A single row goes through a matrix-vector product: at 1 x n the GEMM path of
+// the BLAS is slower than its GEMV, and a decode step of one sequence is exactly this case.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor()) {
+  if (x.dim() == 2 && x.size(0) == 1) {
+    auto y = at::mv(w, x[0]);
+    if (b.defined()) y.add_(b);
+    return y.unsqueeze(0);
+  }
+  return at::linear(x, w, b);
+}
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return x * at::rsqrt(var + eps) * w;
+}
+
+at::Tensor Activation(const at::Tensor& x, const std::string& act) {
+  if (act == "quick_gelu") return x * at::sigmoid(x * 1.702);
+  if (act == "gelu") return at::gelu(x);
+  if (act == "gelu_pytorch_tanh") return at::gelu(x, "tanh");
+  if (act == "relu") return at::relu(x);
+  return at::silu(x);  // "silu": the config parser admits nothing else
+}
+
+// x [..., d] rotated by the angles of `cos`/`sin` ([..., d], broadcast): HF's rotate_half form.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  auto x1 = x.slice(-1, 0, half);
+  auto x2 = x.slice(-1, half);
+  return x * cos + at::cat({-x2, x1}, -1) * sin;
+}
+
+}  // namespace
+
+struct LlavaModel::Impl {
+  struct VisionLayer {
+    at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+  };
+  struct TextLayer {
+    at::Tensor in_norm, qkv_w, o_w, post_norm, gate_up_w, down_w;
+  };
+  at::Tensor patch_w, class_emb, pos_emb, pre_ln_w, pre_ln_b;
+  std::vector<VisionLayer> vision_layers;
+  at::Tensor proj1_w, proj1_b, proj2_w, proj2_b;
+  at::Tensor embed, norm, lm_head;
+  std::vector<TextLayer> text_layers;
+  at::Tensor inv_freq;  // [head_dim / 2]
+  int vision_layers_needed = 0;
+
+  // cos, sin [t, head_dim] for integer positions [t].
+  std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const {
+    auto freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);
+    auto emb = at::cat({freqs, freqs}, -1);
+    return {emb.cos(), emb.sin()};
+  }
+};
+
+namespace {
+
+class WeightTaker {
+ public:
+  explicit WeightTaker(WeightMap* w) : w_(w) {}
+  at::Tensor Take(const std::string& name, std::vector<int64_t> shape) {
+    if (!status_.ok()) return {};
+    auto it = w_->find(name);
+    if (it == w_->end()) {
+      status_ = absl::InvalidArgumentError(
+          absl::StrCat("checkpoint is missing tensor '", name, "' (canonical name)"));
+      return {};
+    }
+    at::Tensor t = it->second;
+    if (t.sizes().vec() != shape) {
+      status_ = absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' has shape [", absl::StrJoin(t.sizes().vec(), ", "),
+          "] but the config implies [", absl::StrJoin(shape, ", "), "]"));
+      return {};
+    }
+    w_->erase(it);
+    return t.to(at::kFloat).contiguous();
+  }
+  bool Has(const std::string& name) const { return w_->count(name) > 0; }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  WeightMap* w_;
+  absl::Status status_;
+};
+
+}  // namespace
+
+LlavaModel::LlavaModel(const LlavaConfig& config) : config_(config), impl_(new Impl) {}
+LlavaModel::~LlavaModel() = default;
+
+absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const std::string& dir) {
+  VLC_ASSIGN_OR_RETURN(LlavaConfig config, LlavaConfig::FromFile(dir + "/config.json"));
+  VLC_ASSIGN_OR_RETURN(WeightMap weights, LoadCheckpointWeights(dir, at::kFloat));
+  auto model = FromWeights(config, std::move(weights));
+  if (!model.ok()) {
+    return absl::Status(model.status().code(), absl::StrCat(dir, ": ", model.status().message()));
+  }
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaConfig& c,
+                                                                     WeightMap weights) {
+  std::unique_ptr<LlavaModel> m(new LlavaModel(c));
+  Impl& p = *m->impl_;
+  WeightTaker w(&weights);
+  absl::Status st = CatchAll("loading weights", [&] {
+    const auto& v = c.vision;
+    const int64_t hv = v.hidden_size, iv = v.intermediate_size;
+    p.patch_w = w.Take("vision.embeddings.patch_embedding.weight",
+                       {hv, v.num_channels, v.patch_size, v.patch_size});
+    p.class_emb = w.Take("vision.embeddings.class_embedding", {hv});
+    p.pos_emb = w.Take("vision.embeddings.position_embedding.weight", {v.num_patches() + 1, hv});
+    p.pre_ln_w = w.Take("vision.pre_layrnorm.weight", {hv});
+    p.pre_ln_b = w.Take("vision.pre_layrnorm.bias", {hv});
+    const int fl = c.vision_feature_layer;
+    p.vision_layers_needed = fl < 0 ? v.num_hidden_layers + 1 + fl : fl;
+    // Layers past the feature layer never influence the output; they are not kept in memory.
+    for (int i = 0; i < p.vision_layers_needed; ++i) {
+      const std::string pre = absl::StrCat("vision.encoder.layers.", i, ".");
+      Impl::VisionLayer l;
+      l.ln1_w = w.Take(pre + "layer_norm1.weight", {hv});
+      l.ln1_b = w.Take(pre + "layer_norm1.bias", {hv});
+      auto q = w.Take(pre + "self_attn.q_proj.weight", {hv, hv});
+      auto k = w.Take(pre + "self_attn.k_proj.weight", {hv, hv});
+      auto vv = w.Take(pre + "self_attn.v_proj.weight", {hv, hv});
+      auto qb = w.Take(pre + "self_attn.q_proj.bias", {hv});
+      auto kb = w.Take(pre + "self_attn.k_proj.bias", {hv});
+      auto vb = w.Take(pre + "self_attn.v_proj.bias", {hv});
+      if (!w.status().ok()) return;
+      l.qkv_w = at::cat({q, k, vv}, 0);
+      l.qkv_b = at::cat({qb, kb, vb}, 0);
+      l.out_w = w.Take(pre + "self_attn.out_proj.weight", {hv, hv});
+      l.out_b = w.Take(pre + "self_attn.out_proj.bias", {hv});
+      l.ln2_w = w.Take(pre + "layer_norm2.weight", {hv});
+      l.ln2_b = w.Take(pre + "layer_norm2.bias", {hv});
+      l.fc1_w = w.Take(pre + "mlp.fc1.weight", {iv, hv});
+      l.fc1_b = w.Take(pre + "mlp.fc1.bias", {iv});
+      l.fc2_w = w.Take(pre + "mlp.fc2.weight", {hv, iv});
+      l.fc2_b = w.Take(pre + "mlp.fc2.bias", {hv});
+      p.vision_layers.push_back(std::move(l));
+    }
+    const auto& t = c.text;
+    const int64_t ht = t.hidden_size, hd = t.head_dim;
+    const int64_t nq = t.num_attention_heads * hd, nkv = t.num_key_value_heads * hd;
+    p.proj1_w = w.Take("projector.linear_1.weight", {ht, hv});
+    p.proj2_w = w.Take("projector.linear_2.weight", {ht, ht});
+    if (c.multimodal_projector_bias) {
+      p.proj1_b = w.Take("projector.linear_1.bias", {ht});
+      p.proj2_b = w.Take("projector.linear_2.bias", {ht});
+    }
+    p.embed = w.Take("lm.embed_tokens.weight", {t.vocab_size, ht});
+    for (int i = 0; i < t.num_hidden_layers; ++i) {
+      const std::string pre = absl::StrCat("lm.layers.", i, ".");
+      Impl::TextLayer l;
+      l.in_norm = w.Take(pre + "input_layernorm.weight", {ht});
+      auto q = w.Take(pre + "self_attn.q_proj.weight", {nq, ht});
+      auto k = w.Take(pre + "self_attn.k_proj.weight", {nkv, ht});
+      auto vv = w.Take(pre + "self_attn.v_proj.weight", {nkv, ht});
+      l.o_w = w.Take(pre + "self_attn.o_proj.weight", {ht, nq});
+      l.post_norm = w.Take(pre + "post_attention_layernorm.weight", {ht});
+      auto gate = w.Take(pre + "mlp.gate_proj.weight", {t.intermediate_size, ht});
+      auto up = w.Take(pre + "mlp.up_proj.weight", {t.intermediate_size, ht});
+      l.down_w = w.Take(pre + "mlp.down_proj.weight", {ht, t.intermediate_size});
+      if (!w.status().ok()) return;
+      // Fused projections: one pass over the activations and one BLAS call instead of three/two.
+      l.qkv_w = at::cat({q, k, vv}, 0);
+      l.gate_up_w = at::cat({gate, up}, 0);
+      p.text_layers.push_back(std::move(l));
+    }
+    p.norm = w.Take("lm.norm.weight", {ht});
+    if (t.tie_word_embeddings) {
+      p.lm_head = p.embed;
+    } else {
+      p.lm_head = w.Take("lm_head.weight", {t.vocab_size, ht});
+    }
+    p.inv_freq = 1.0 / at::pow(t.rope_theta, at::arange(0, hd, 2, at::kLong).to(at::kFloat) /
+                                                 static_cast<double>(hd));
+  });
+  VLC_RETURN_IF_ERROR(w.status());
+  VLC_RETURN_IF_ERROR(st);
+  return m;
+}
+
+int64_t LlavaModel::DecodeWeightBytes() const {
+  int64_t n = impl_->lm_head.numel() + impl_->norm.numel();
+  for (const auto& l : impl_->text_layers) {
+    n += l.in_norm.numel() + l.qkv_w.numel() + l.o_w.numel() + l.post_norm.numel() +
+         l.gate_up_w.numel() + l.down_w.numel();
+  }
+  return n * static_cast<int64_t>(sizeof(float));
+}
+
+absl::StatusOr<at::Tensor> LlavaModel::EncodeImages(const at::Tensor& pixel_values) const {
+  const auto& v = config_.vision;
+  if (pixel_values.dim() != 4 || pixel_values.size(1) != v.num_channels ||
+      pixel_values.size(2) != v.image_size || pixel_values.size(3) != v.image_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pixel values must be [n, ", v.num_channels, ", ", v.image_size, ", ", v.image_size,
+        "], got [", absl::StrJoin(pixel_values.sizes().vec(), ", "), "]"));
+  }
+  at::Tensor out;
+  VLC_RETURN_IF_ERROR(CatchAll("vision tower", [&] {
+    const Impl& p = *impl_;
+    const int64_t n = pixel_values.size(0), hv = v.hidden_size, heads = v.num_attention_heads;
+    const int64_t hd = hv / heads;
+    auto x = at::conv2d(pixel_values.to(at::kFloat), p.patch_w, {}, v.patch_size);
+    x = x.flatten(2).transpose(1, 2);  // [n, patches, hv]
+    x = at::cat({p.class_emb.view({1, 1, hv}).expand({n, 1, hv}), x}, 1) + p.pos_emb.unsqueeze(0);
+    x = at::layer_norm(x, {hv}, p.pre_ln_w, p.pre_ln_b, v.layer_norm_eps);
+    const int64_t t = x.size(1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    for (const auto& l : p.vision_layers) {
+      auto h = at::layer_norm(x, {hv}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
+      auto qkv = at::linear(h, l.qkv_w, l.qkv_b).view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+      auto s = at::matmul(qkv[0], qkv[1].transpose(-1, -2)).mul_(scale);
+      auto a = at::matmul(at::softmax(s, -1), qkv[2]);  // [n, heads, t, hd]
+      a = a.permute({0, 2, 1, 3}).reshape({n, t, hv});
+      x = x + at::linear(a, l.out_w, l.out_b);
+      h = at::layer_norm(x, {hv}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
+      h = at::linear(Activation(at::linear(h, l.fc1_w, l.fc1_b), v.hidden_act), l.fc2_w, l.fc2_b);
+      x = x + h;
+    }
+    if (config_.vision_feature_select_strategy == "default") x = x.slice(1, 1);
+    x = x.reshape({-1, hv});
+    x = at::linear(x, p.proj1_w, p.proj1_b);
+    x = at::linear(Activation(x, config_.projector_hidden_act), p.proj2_w, p.proj2_b);
+    out = x;
+  }));
+  return out;
+}
+
+absl::StatusOr<at::Tensor> LlavaModel::EmbedPrompt(const std::vector<int>& ids,
+                                                   const at::Tensor& visual) const {
+  const int image_id = config_.image_token_index;
+  const int vocab = config_.text.vocab_size;
+  int64_t image_tokens = 0;
+  std::vector<int64_t> safe(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] == image_id) {
+      ++image_tokens;
+      safe[i] = 0;
+    } else if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                       vocab, ")"));
+    } else {
+      safe[i] = ids[i];
+    }
+  }
+  const int64_t given = visual.defined() ? visual.size(0) : 0;
+  if (image_tokens != given) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", image_tokens,
+                                                   " image tokens but the media gave ", given,
+                                                   " visual tokens"));
+  }
+  at::Tensor out;
+  VLC_RETURN_IF_ERROR(CatchAll("embedding", [&] {
+    auto idx = at::tensor(safe, at::kLong);
+    out = at::embedding(impl_->embed, idx);
+    if (image_tokens > 0) {
+      auto mask = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong) == image_id;
+      out.index_put_({mask}, visual.to(at::kFloat));
+    }
+  }));
+  return out;
+}
+
+absl::StatusOr<at::Tensor> LlavaModel::Prefill(SeqId seq, const at::Tensor& embeds,
+                                               int64_t start_pos, KvCache* cache,
+                                               bool all_logits) const {
+  const auto& t = config_.text;
+  if (embeds.dim() != 2 || embeds.size(1) != t.hidden_size || embeds.size(0) == 0) {
+    return absl::InvalidArgumentError("prefill needs embeddings [tokens > 0, hidden]");
+  }
+  const int64_t n = embeds.size(0), h = t.num_attention_heads, hkv = t.num_key_value_heads;
+  const int64_t hd = t.head_dim;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const Impl& p = *impl_;
+  at::Tensor x = embeds.to(at::kFloat), cos, sin;
+  VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
+    std::tie(cos, sin) = p.RopeTables(at::arange(start_pos, start_pos + n, at::kLong));
+  }));
+  for (size_t li = 0; li < p.text_layers.size(); ++li) {
+    const auto& l = p.text_layers[li];
+    at::Tensor q, k, v;
+    VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
+      auto qkv = Linear(RmsNorm(x, l.in_norm, t.rms_norm_eps), l.qkv_w);
+      q = ApplyRope(qkv.slice(1, 0, h * hd).view({n, h, hd}).transpose(0, 1), cos, sin);
+      k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({n, hkv, hd}).transpose(0, 1), cos,
+                    sin);
+      v = qkv.slice(1, (h + hkv) * hd).view({n, hkv, hd}).transpose(0, 1).contiguous();
+    }));
+    const bool fresh = cache->Length(seq, li) == 0;
+    VLC_RETURN_IF_ERROR(cache->Append(seq, li, k, v));
+    if (!fresh) {
+      // Continuing a sequence: attend over everything the cache holds, ours at the end.
+      VLC_ASSIGN_OR_RETURN(auto kv, cache->Read(seq, li));
+      k = kv.first;
+      v = kv.second;
+    }
+    VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
+      auto a = CausalAttention(q, k, v, scale, t.sliding_window);
+      a = a.transpose(0, 1).reshape({n, h * hd});
+      x = x + Linear(a, l.o_w);
+      auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
+      const int64_t inter = t.intermediate_size;
+      x = x + Linear(at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter), l.down_w);
+    }));
+  }
+  at::Tensor logits;
+  VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
+    auto last = all_logits ? x : x.slice(0, n - 1);
+    logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head);
+  }));
+  return logits;
+}
+
+absl::StatusOr<at::Tensor> LlavaModel::DecodeStep(const std::vector<SeqId>& seqs,
+                                                  const std::vector<int>& tokens,
+                                                  const std::vector<int64_t>& positions,
+                                                  KvCache* cache) const {
+  const auto& t = config_.text;
+  const int64_t b = static_cast<int64_t>(seqs.size());
+  if (b == 0 || tokens.size() != seqs.size() || positions.size() != seqs.size()) {
+    return absl::InvalidArgumentError("decode step needs one token and position per sequence");
+  }
+  for (int tok : tokens) {
+    if (tok < 0 || tok >= t.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tok, " is outside the vocabulary"));
+    }
+  }
+  const int64_t h = t.num_attention_heads, hkv = t.num_key_value_heads, hd = t.head_dim;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const Impl& p = *impl_;
+  at::Tensor x, cos, sin;
+  VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
+    x = at::embedding(p.embed, at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())));
+    std::tie(cos, sin) = p.RopeTables(at::tensor(positions, at::kLong));
+    cos = cos.unsqueeze(1);  // [b, 1, hd]: broadcast over heads
+    sin = sin.unsqueeze(1);
+  }));
+  for (size_t li = 0; li < p.text_layers.size(); ++li) {
+    const auto& l = p.text_layers[li];
+    at::Tensor q, k, v;
+    VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
+      auto qkv = Linear(RmsNorm(x, l.in_norm, t.rms_norm_eps), l.qkv_w);
+      q = ApplyRope(qkv.slice(1, 0, h * hd).view({b, h, hd}), cos, sin);
+      k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({b, hkv, hd}), cos, sin);
+      v = qkv.slice(1, (h + hkv) * hd).view({b, hkv, hd});
+    }));
+    for (int64_t i = 0; i < b; ++i) {
+      VLC_RETURN_IF_ERROR(cache->Append(seqs[i], li, k[i].unsqueeze(1), v[i].unsqueeze(1)));
+    }
+    VLC_ASSIGN_OR_RETURN(auto a, cache->DecodeAttention(li, seqs, q, scale, t.sliding_window));
+    VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
+      x = x + Linear(a.reshape({b, h * hd}), l.o_w);
+      auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
+      const int64_t inter = t.intermediate_size;
+      x = x + Linear(at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter), l.down_w);
+    }));
+  }
+  at::Tensor logits;
+  VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
+    logits = Linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head);
+  }));
+  return logits;
+}
+
+absl::StatusOr<at::Tensor> LlavaModel::ForwardFull(const at::Tensor& embeds) const {
+  auto cache = NewContiguousCache();
+  VLC_RETURN_IF_ERROR(cache->AddSequence(0));
+  return Prefill(0, embeds, 0, cache.get(), /*all_logits=*/true);
+}
+
+std::unique_ptr<KvCache> LlavaModel::NewContiguousCache() const {
+  return std::make_unique<ContiguousKvCache>(config_.text.num_hidden_layers,
+                                             config_.text.num_key_value_heads,
+                                             config_.text.head_dim);
+}
+
+}  // namespace vlc::engine

@@ -1,0 +1,67 @@
+// The LLaVA model on LibTorch: CLIP vision tower -> projector -> Llama/Mistral decoder -> LM head.
+// FP32 on the CPU. Prefill and decode write keys and values through a KvCache; ForwardFull
+// recomputes everything without a cache and is the reference the cached paths are tested against.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+#include "engine/kv_cache.h"
+#include "engine/weights.h"
+
+namespace vlc::engine {
+
+class LlavaModel {
+ public:
+  // Loads config.json and the weights of the checkpoint in `dir`.
+  static absl::StatusOr<std::unique_ptr<LlavaModel>> Load(const std::string& dir);
+  // Builds a model from canonical weights (see weights.h); every tensor the config needs must be
+  // present with the right shape, else INVALID_ARGUMENT naming it.
+  static absl::StatusOr<std::unique_ptr<LlavaModel>> FromWeights(const LlavaConfig& config,
+                                                                 WeightMap weights);
+  ~LlavaModel();
+
+  const LlavaConfig& config() const { return config_; }
+  // Parameter bytes the language model reads per decode step (all its matrices and the LM head).
+  int64_t DecodeWeightBytes() const;
+
+  // pixel_values [n, 3, S, S] -> projected visual tokens [n * visual_tokens_per_image, hidden].
+  absl::StatusOr<at::Tensor> EncodeImages(const at::Tensor& pixel_values) const;
+
+  // Token embeddings [ids, hidden] with each image-token position replaced, in order, by the next
+  // row of `visual` ([count of image tokens, hidden]; undefined when there are none).
+  absl::StatusOr<at::Tensor> EmbedPrompt(const std::vector<int>& ids,
+                                         const at::Tensor& visual) const;
+
+  // Runs the decoder over `embeds` [t, hidden] of one sequence whose first token sits at
+  // `start_pos`, after whatever the cache already holds for it, and appends its K/V to the cache.
+  // Returns logits [t, vocab] when `all_logits`, else only the last row [1, vocab].
+  absl::StatusOr<at::Tensor> Prefill(SeqId seq, const at::Tensor& embeds, int64_t start_pos,
+                                     KvCache* cache, bool all_logits = false) const;
+
+  // One decode step for a batch: token `tokens[b]` of sequence `seqs[b]` at `positions[b]`.
+  // Returns logits [batch, vocab].
+  absl::StatusOr<at::Tensor> DecodeStep(const std::vector<SeqId>& seqs,
+                                        const std::vector<int>& tokens,
+                                        const std::vector<int64_t>& positions,
+                                        KvCache* cache) const;
+
+  // Logits [t, vocab] of the whole sequence `embeds` (positions 0..t-1) without a cache.
+  absl::StatusOr<at::Tensor> ForwardFull(const at::Tensor& embeds) const;
+
+  // A KV cache shaped for this model.
+  std::unique_ptr<KvCache> NewContiguousCache() const;
+
+ private:
+  struct Impl;
+  explicit LlavaModel(const LlavaConfig& config);
+  LlavaConfig config_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vlc::engine

@@ -1,0 +1,120 @@
+// A request end to end: media bytes and a prompt in, text out. Decodes and preprocesses the media,
+// runs the vision tower, builds the prompt with the chat template, generates, detokenizes and
+// applies stop strings. The CLI and (later) the server's engine thread call this.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+#include "engine/generator.h"
+#include "engine/media.h"
+#include "engine/model.h"
+#include "engine/sampling.h"
+#include "engine/tokenizer.h"
+
+namespace vlc::engine {
+
+struct PipelineOptions {
+  int num_threads = 0;  // LibTorch intra-op threads; 0 = the cores available to this process
+  MediaLimits limits;
+  int max_prompt_tokens = 8192;  // text and visual tokens together
+  int max_new_tokens_limit = 4096;
+  int default_video_frames = 8;
+  std::string chat_template = kDefaultChatTemplate;
+};
+
+struct MediaInput {
+  std::vector<std::string> images;  // encoded image files, in prompt order
+  std::string video;                // an encoded video file (exclusive with images)
+  int video_frames = 0;             // 0: PipelineOptions::default_video_frames
+};
+
+struct GenerateRequest {
+  MediaInput media;
+  std::string prompt;
+  SamplingParams sampling;
+};
+
+struct GenerateResponse {
+  std::string text;
+  std::vector<int> token_ids;
+  std::string finish_reason;  // "length", "eos", "stop"
+  int prompt_tokens = 0;      // text and visual
+  int visual_tokens = 0;
+  int generated_tokens = 0;
+  double media_ms = 0;        // decode, preprocess, vision tower
+  double ttft_ms = 0;         // request start to first token
+  double decode_ms_per_token = 0;
+  double total_ms = 0;
+  int64_t kv_bytes = 0;
+};
+
+// A prompt ready for the generator: ids with image tokens, and the visual rows they stand for.
+struct PreparedPrompt {
+  std::vector<int> ids;
+  at::Tensor visual;
+  int visual_tokens = 0;
+  double media_ms = 0;
+};
+
+using TextCallback = std::function<void(const std::string& delta)>;
+
+class Pipeline {
+ public:
+  static absl::StatusOr<std::unique_ptr<Pipeline>> Load(const std::string& model_dir,
+                                                        const PipelineOptions& options = {});
+
+  const LlavaModel& model() const { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const PipelineOptions& options() const { return options_; }
+
+  // Checks the request's shape (media combination, limits, sampling) and builds the prompt.
+  absl::StatusOr<PreparedPrompt> Prepare(const GenerateRequest& request) const;
+
+  // One request; `on_text` receives text deltas as they become final (never past a stop string).
+  absl::StatusOr<GenerateResponse> Generate(const GenerateRequest& request,
+                                            const TextCallback& on_text = nullptr) const;
+
+  // Several requests decoded together in one batch; results in request order.
+  absl::StatusOr<std::vector<GenerateResponse>> GenerateBatch(
+      const std::vector<GenerateRequest>& requests) const;
+
+ private:
+  Pipeline() = default;
+  absl::StatusOr<std::vector<GenerateResponse>> GenerateBatchWithCallbacks(
+      const std::vector<GenerateRequest>& requests,
+      const std::vector<TextCallback>& callbacks) const;
+  PipelineOptions options_;
+  PreprocessorConfig preprocessor_;
+  std::unique_ptr<LlavaModel> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+// Turns generated ids into text, ending it before the first stop string and holding back any tail
+// that could still become one, so streamed text never has to be taken back.
+class TextAssembler {
+ public:
+  TextAssembler(const Tokenizer* tok, std::vector<std::string> stop);
+  // Adds a token; returns false once a stop string has appeared.
+  bool Push(int id);
+  // Text that became final since the last call.
+  std::string TakeDelta();
+  // Ends the text: everything not cut by a stop string becomes final.
+  void Finish();
+  const std::string& text() const { return text_; }
+
+ private:
+  StreamingDetokenizer detok_;
+  std::vector<std::string> stop_;
+  size_t max_stop_ = 0;
+  std::string text_;     // all text so far (cut at a stop string once one appears)
+  size_t emitted_ = 0;   // bytes of text_ handed out by TakeDelta
+  bool stopped_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace vlc::engine

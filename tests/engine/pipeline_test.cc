@@ -1,0 +1,222 @@
+// End to end on a tiny random checkpoint written in the Hugging Face layout: media and prompt in,
+// text out, through the same Pipeline the CLI uses; and the CLI binaries themselves.
+#include "engine/pipeline.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/videoio.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "tools/make_tiny.h"
+
+namespace vlc::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/vlcache-pipeline-XXXXXX";
+    dir_ = new std::string(mkdtemp(tmpl));
+    tools::TinyOptions opts;
+    opts.seed = 3;
+    ASSERT_TRUE(tools::MakeTinyCheckpoint(*dir_ + "/model", opts).ok());
+    auto p = Pipeline::Load(*dir_ + "/model");
+    ASSERT_TRUE(p.ok()) << p.status();
+    pipeline_ = p->release();
+  }
+  static void TearDownTestSuite() {
+    delete pipeline_;
+    fs::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static std::string Png(int w, int h, int seed) {
+    cv::Mat img(h, w, CV_8UC3);
+    cv::RNG rng(seed);  // a local generator: the same seed always draws the same image
+    rng.fill(img, cv::RNG::UNIFORM, 0, 256);
+    std::vector<uchar> buf;
+    cv::imencode(".png", img, buf);
+    return std::string(buf.begin(), buf.end());
+  }
+
+  static std::string VideoFile(int frames) {
+    const std::string path = *dir_ + "/clip.avi";
+    cv::VideoWriter vw(path, cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 10, cv::Size(48, 40));
+    for (int i = 0; i < frames; ++i) vw.write(cv::Mat(40, 48, CV_8UC3, cv::Scalar(10 * i, 50, 90)));
+    vw.release();
+    return path;
+  }
+
+  static std::string Slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+
+  static GenerateRequest ImageRequest(int seed, int max_new = 8) {
+    GenerateRequest r;
+    r.media.images = {Png(40, 30, seed)};
+    r.prompt = "what color is the triangle?";
+    r.sampling.max_new_tokens = max_new;
+    r.sampling.ignore_eos = true;
+    return r;
+  }
+
+  static std::string* dir_;
+  static Pipeline* pipeline_;
+};
+std::string* PipelineTest::dir_ = nullptr;
+Pipeline* PipelineTest::pipeline_ = nullptr;
+
+TEST_F(PipelineTest, AnswersAnImageAndCountsItsTokens) {
+  std::string streamed;
+  auto r = pipeline_->Generate(ImageRequest(1), [&](const std::string& d) { streamed += d; });
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int per_image = pipeline_->model().config().visual_tokens_per_image();
+  EXPECT_EQ(r->visual_tokens, per_image);
+  EXPECT_GT(r->prompt_tokens, per_image);
+  EXPECT_EQ(r->generated_tokens, 8);
+  EXPECT_EQ(r->finish_reason, "length");
+  EXPECT_EQ(streamed, r->text);  // streamed deltas add up to the final text
+  EXPECT_EQ(r->text, pipeline_->tokenizer().Decode(r->token_ids));
+  EXPECT_GT(r->ttft_ms, 0);
+  EXPECT_GT(r->kv_bytes, 0);
+}
+
+TEST_F(PipelineTest, VideoFramesBecomeVisualTokensInTimeOrder) {
+  GenerateRequest r;
+  r.media.video = Slurp(VideoFile(20));
+  r.media.video_frames = 4;
+  r.prompt = "in frame 2, what color is the circle?";
+  r.sampling.max_new_tokens = 4;
+  auto out = pipeline_->Generate(r);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->visual_tokens, 4 * pipeline_->model().config().visual_tokens_per_image());
+}
+
+TEST_F(PipelineTest, BatchEqualsSingles) {
+  auto a = pipeline_->Generate(ImageRequest(1));
+  auto b = pipeline_->Generate(ImageRequest(2));
+  auto both = pipeline_->GenerateBatch({ImageRequest(1), ImageRequest(2)});
+  ASSERT_TRUE(a.ok() && b.ok() && both.ok());
+  EXPECT_EQ((*both)[0].token_ids, a->token_ids);
+  EXPECT_EQ((*both)[1].token_ids, b->token_ids);
+}
+
+TEST_F(PipelineTest, StopStringCutsTheTextAndTheStream) {
+  auto free_run = pipeline_->Generate(ImageRequest(1, 12));
+  ASSERT_TRUE(free_run.ok());
+  const std::string& text = free_run->text;
+  ASSERT_GE(text.size(), 4u) << "the random model produced too little text for this test";
+  // Stop at a piece of the text the free run produced: the same run must end right before it.
+  const std::string stop = text.substr(text.size() / 2, 2);
+  const size_t cut = text.find(stop);
+  auto req = ImageRequest(1, 12);
+  req.sampling.stop = {stop};
+  std::string streamed;
+  auto r = pipeline_->Generate(req, [&](const std::string& d) { streamed += d; });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->text, text.substr(0, cut));
+  EXPECT_EQ(streamed, r->text);
+  EXPECT_EQ(r->finish_reason, "stop");
+}
+
+TEST_F(PipelineTest, BadInputIsAClearErrorAndTheNextRequestStillWorks) {
+  GenerateRequest garbage = ImageRequest(1);
+  garbage.media.images = {"this is not an image"};
+  auto r = pipeline_->Generate(garbage);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("image 0"), std::string::npos) << r.status();
+
+  GenerateRequest both = ImageRequest(1);
+  both.media.video = "x";
+  EXPECT_EQ(pipeline_->Generate(both).status().code(), absl::StatusCode::kInvalidArgument);
+
+  GenerateRequest bad_video;
+  bad_video.media.video = "not a video at all";
+  bad_video.prompt = "hi";
+  EXPECT_EQ(pipeline_->Generate(bad_video).status().code(), absl::StatusCode::kInvalidArgument);
+
+  GenerateRequest injected = ImageRequest(1);
+  injected.prompt = "look: <image>";
+  EXPECT_EQ(pipeline_->Generate(injected).status().code(), absl::StatusCode::kInvalidArgument);
+
+  GenerateRequest long_prompt = ImageRequest(1);
+  long_prompt.prompt = std::string(20000, 'a');
+  auto lp = pipeline_->Generate(long_prompt);
+  EXPECT_EQ(lp.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(lp.status().message().find("over the limit"), std::string::npos) << lp.status();
+
+  auto ok = pipeline_->Generate(ImageRequest(1));
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
+TEST_F(PipelineTest, TextOnlyPromptHasNoVisualTokens) {
+  GenerateRequest r;
+  r.prompt = "count to three";
+  r.sampling.max_new_tokens = 3;
+  auto out = pipeline_->Generate(r);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->visual_tokens, 0);
+}
+
+// ---- The command-line tools, run as a user would.
+
+struct ShellRun {
+  int code;
+  std::string out;
+};
+
+ShellRun Sh(const std::string& cmd) {
+  ShellRun r{-1, ""};
+  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
+  if (!f) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) r.out.append(buf, n);
+  const int st = pclose(f);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+TEST_F(PipelineTest, GenerateCliAnswersForAnImageAndAVideo) {
+  const std::string bin = VLC_BIN_DIR;
+  const std::string model = *dir_ + "/cli-model";
+  ShellRun mk = Sh(bin + "/vlcache-make-tiny --out " + model + " --seed 5");
+  ASSERT_EQ(mk.code, 0) << mk.out;
+  const std::string img = *dir_ + "/cli.png";
+  std::ofstream(img, std::ios::binary) << Png(64, 48, 3);
+  ShellRun g = Sh(bin + "/vlcache-generate --model " + model + " --image " + img +
+             " --prompt 'what shape is at row 2 column 3?' --max-new-tokens 5 --json");
+  ASSERT_EQ(g.code, 0) << g.out;
+  auto j = nlohmann::json::parse(g.out.substr(g.out.find('{')));
+  for (const char* key : {"text", "prompt_tokens", "visual_tokens", "generated_tokens", "ttft_ms",
+                          "decode_ms_per_token"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_EQ(j["visual_tokens"], 16);
+  EXPECT_LE(j["generated_tokens"].get<int>(), 5);
+
+  ShellRun v = Sh(bin + "/vlcache-generate --model " + model + " --video " + VideoFile(12) +
+             " --frames 3 --prompt 'what happens?' --max-new-tokens 3 --json");
+  ASSERT_EQ(v.code, 0) << v.out;
+  auto jv = nlohmann::json::parse(v.out.substr(v.out.find('{')));
+  EXPECT_EQ(jv["visual_tokens"], 48);
+
+  ShellRun bad = Sh(bin + "/vlcache-generate --model " + model + " --image /nonexistent.png" +
+               " --prompt hi");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("/nonexistent.png"), std::string::npos) << bad.out;
+}
+
+}  // namespace
+}  // namespace vlc::engine

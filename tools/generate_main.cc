@@ -1,0 +1,111 @@
+// vlcache-generate: one request from the command line, e.g.
+//   vlcache-generate --model models/demo --image cat.png --prompt "What is in the picture?"
+// Streams the text to stdout, or prints one JSON object with --json.
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "engine/pipeline.h"
+
+int main(int argc, char** argv) {
+  using namespace vlc::engine;
+  CLI::App app{"vlcache-generate: answer a prompt about images or a video with a LLaVA model"};
+  std::string model_dir, video, prompt;
+  std::vector<std::string> images;
+  int frames = 8;
+  bool json = false;
+  SamplingParams sp;
+  sp.max_new_tokens = 64;
+  PipelineOptions opts;
+  app.add_option("--model", model_dir, "Model directory in Hugging Face LLaVA layout")->required();
+  auto* img = app.add_option("--image", images, "Image file (PNG, JPEG, WebP, BMP); repeatable");
+  auto* vid = app.add_option("--video", video, "Video file (MP4, AVI, WebM)");
+  img->excludes(vid);
+  app.add_option("--frames", frames, "Frames sampled uniformly from the video")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--prompt", prompt, "The question or instruction")->required();
+  app.add_option("--max-new-tokens", sp.max_new_tokens, "Most tokens to generate")
+      ->capture_default_str();
+  app.add_option("--temperature", sp.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str();
+  app.add_option("--top-p", sp.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
+  app.add_option("--top-k", sp.top_k, "Sample among the k most likely tokens; 0 = all")
+      ->capture_default_str();
+  app.add_option("--seed", sp.seed, "Random seed for sampling")->capture_default_str();
+  app.add_option("--stop", sp.stop, "Stop before this text; repeatable");
+  app.add_option("--threads", opts.num_threads, "LibTorch threads; 0 = cores available")
+      ->capture_default_str();
+  app.add_option("--max-frames", opts.limits.max_frames, "Most frames or images per request")
+      ->capture_default_str();
+  app.add_option("--max-prompt-tokens", opts.max_prompt_tokens,
+                 "Most prompt tokens (text and visual)")
+      ->capture_default_str();
+  app.add_option("--chat-template", opts.chat_template,
+                 "Prompt template with {prompt} and one <image>")
+      ->capture_default_str();
+  app.add_flag("--json", json, "Print one JSON object with the text, token counts and timings");
+  CLI11_PARSE(app, argc, argv);
+
+  auto pipeline = Pipeline::Load(model_dir, opts);
+  if (!pipeline.ok()) {
+    std::cerr << "error: " << pipeline.status().message() << "\n";
+    return 1;
+  }
+  GenerateRequest req;
+  req.prompt = prompt;
+  req.sampling = sp;
+  for (const auto& f : images) {
+    auto bytes = ReadFileBytes(f, opts.limits.max_bytes);
+    if (!bytes.ok()) {
+      std::cerr << "error: " << bytes.status().message() << "\n";
+      return 1;
+    }
+    req.media.images.push_back(std::move(*bytes));
+  }
+  if (!video.empty()) {
+    auto bytes = ReadFileBytes(video, opts.limits.max_bytes);
+    if (!bytes.ok()) {
+      std::cerr << "error: " << bytes.status().message() << "\n";
+      return 1;
+    }
+    req.media.video = std::move(*bytes);
+    req.media.video_frames = frames;
+  }
+  TextCallback stream;
+  if (!json) {
+    stream = [](const std::string& delta) {
+      std::fwrite(delta.data(), 1, delta.size(), stdout);
+      std::fflush(stdout);
+    };
+  }
+  auto res = (*pipeline)->Generate(req, stream);
+  if (!res.ok()) {
+    if (!json) std::cout << std::endl;
+    std::cerr << "error: " << res.status().message() << "\n";
+    return 1;
+  }
+  if (json) {
+    nlohmann::json j = {
+        {"text", res->text},
+        {"finish_reason", res->finish_reason},
+        {"prompt_tokens", res->prompt_tokens},
+        {"visual_tokens", res->visual_tokens},
+        {"generated_tokens", res->generated_tokens},
+        {"token_ids", res->token_ids},
+        {"media_ms", res->media_ms},
+        {"ttft_ms", res->ttft_ms},
+        {"decode_ms_per_token", res->decode_ms_per_token},
+        {"total_ms", res->total_ms},
+        {"kv_bytes", res->kv_bytes},
+    };
+    std::cout << j.dump() << std::endl;
+  } else {
+    std::cout << std::endl;
+  }
+  return 0;
+}

@@ -1,0 +1,32 @@
+// Writes a random tiny LLaVA checkpoint in the exact Hugging Face layout (config.json,
+// model.safetensors or shards with model.safetensors.index.json, preprocessor_config.json, and a
+// SentencePiece tokenizer.model trained on a small built-in text). Tests and benchmarks use it
+// in place of a downloaded model.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "engine/config.h"
+
+namespace vlc::tools {
+
+struct TinyOptions {
+  uint64_t seed = 0;
+  std::string text_model_type = "llama";  // "llama" or "mistral"
+  bool new_key_layout = false;             // model.language_model.* instead of language_model.model.*
+  std::string dtype = "F32";               // F32, F16 or BF16 on disk
+  int num_shards = 1;                      // > 1 writes model-0000i-of-0000n.safetensors + index
+  std::string vision_feature_select_strategy = "default";
+  float init_std = 0.02f;                  // weights ~ N(0, init_std); norms start at 1
+};
+
+// The config the tiny checkpoint is written with (small enough that a forward pass takes
+// milliseconds: 2 vision and 2 text layers, GQA with 4 query and 2 KV heads). The text vocabulary
+// is the tokenizer's size plus the image token, as in LLaVA.
+engine::LlavaConfig TinyConfig(const TinyOptions& opts, int tokenizer_vocab_size);
+
+absl::Status MakeTinyCheckpoint(const std::string& out_dir, const TinyOptions& opts);
+
+}  // namespace vlc::tools

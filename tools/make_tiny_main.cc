@@ -1,0 +1,49 @@
+// vlcache-make-tiny: writes a random tiny LLaVA checkpoint (see tools/make_tiny.h).
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <iostream>
+#include <string>
+
+#include "tools/make_tiny.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Writes a random tiny LLaVA checkpoint in the Hugging Face layout."};
+  std::string out_dir;
+  vlc::tools::TinyOptions opts;
+  app.add_option("--out", out_dir, "output directory (created when missing)")->required();
+  app.add_option("--seed", opts.seed, "seed of the random weights")->required();
+  app.add_option("--text-model", opts.text_model_type, "language model type")
+      ->check(CLI::IsMember({"llama", "mistral"}))
+      ->capture_default_str();
+  app.add_flag("--new-layout", opts.new_key_layout,
+               "write model.language_model.* keys (transformers >= 4.52) instead of "
+               "language_model.model.*");
+  app.add_option("--dtype", opts.dtype, "weight dtype on disk")
+      ->check(CLI::IsMember({"F32", "F16", "BF16"}))
+      ->capture_default_str();
+  app.add_option("--shards", opts.num_shards, "number of safetensors shards")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--strategy", opts.vision_feature_select_strategy,
+                 "vision_feature_select_strategy")
+      ->check(CLI::IsMember({"default", "full"}))
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help is a ParseError too, with exit code 0; every real error exits 1.
+    return app.exit(e) == 0 ? 0 : 1;
+  }
+
+  const auto status = vlc::tools::MakeTinyCheckpoint(out_dir, opts);
+  if (!status.ok()) {
+    std::cerr << "vlcache-make-tiny: " << status.message() << "\n";
+    return 1;
+  }
+  std::cout << "wrote tiny llava checkpoint dir=" << out_dir << " seed=" << opts.seed
+            << " text_model=" << opts.text_model_type
+            << " layout=" << (opts.new_key_layout ? "new" : "old") << " dtype=" << opts.dtype
+            << " shards=" << opts.num_shards << " strategy=" << opts.vision_feature_select_strategy
+            << "\n";
+  return 0;
+}
