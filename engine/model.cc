@@ -6,19 +6,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/cpu_linear.h"
 #include "engine/status.h"
 
 namespace vlc::engine {
 namespace {
 
-// y = x W^T + b. A single row goes through a matrix-vector product: at 1 x n the GEMM path of
-// the BLAS is slower than its GEMV, and a decode step of one sequence is exactly this case.
+// y = x W^T + b; the few rows of a decode step take the streaming kernel (cpu_linear.h).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor()) {
-  if (x.dim() == 2 && x.size(0) == 1) {
-    auto y = at::mv(w, x[0]);
-    if (b.defined()) y.add_(b);
-    return y.unsqueeze(0);
-  }
+  if (x.dim() == 2) return DecodeLinear(x, w, b);
   return at::linear(x, w, b);
 }
 

@@ -1,0 +1,21 @@
+// y = x W^T for the few rows of a decode step. A decode step multiplies every weight matrix by
+// one row per running sequence; measured here (OpenBLAS 0.3.21, 2 cores), the BLAS GEMM at 1 to
+// 8 rows runs at a third of memory bandwidth and GEMV handles one row only. This kernel (AVX2 and
+// FMA, chosen at run time; elsewhere at::linear) streams each weight row once and applies it to
+// every row of x while it is in registers, so a small batch costs little more than one sequence.
+// Each output element is summed in the same order whatever the batch, so batching never changes
+// a sequence's numbers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace vlc::engine {
+
+// Rows of x up to which DecodeLinear uses the streaming kernel; above it the BLAS GEMM is
+// compute-efficient enough to win.
+inline constexpr int64_t kStreamingLinearMaxRows = 8;
+
+// x [rows, in] (float32), w [out, in] (float32, contiguous), b [out] or undefined -> [rows, out].
+at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+}  // namespace vlc::engine
