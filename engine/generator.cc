@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status.h"
+#include "common/status.h"
 
 namespace vlc::engine {
 namespace {
@@ -57,6 +57,9 @@ void Generator::Finish(SeqId id, FinishReason reason, absl::Status error) {
     res.error = std::move(error);
   }
   res.kv_bytes = cache_->Bytes(id);
+  // Every token fed to the model so far (prompt and generated) would sit in every layer.
+  res.kv_bytes_full = it->second.next_pos * model_->config().text.num_hidden_layers *
+                      cache_->BytesPerTokenPerLayer();
   cache_->RemoveSequence(id);
   running_.erase(it);
   finished_.emplace_back(id, std::move(res));
@@ -64,17 +67,45 @@ void Generator::Finish(SeqId id, FinishReason reason, absl::Status error) {
 
 absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
   VLC_RETURN_IF_ERROR(spec.sampling.Validate());
+  VLC_RETURN_IF_ERROR(spec.cache_policy.Validate());
   if (spec.prompt_ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
   const auto t0 = std::chrono::steady_clock::now();
   VLC_ASSIGN_OR_RETURN(at::Tensor embeds, model_->EmbedPrompt(spec.prompt_ids, spec.visual));
+  const auto& cfg = model_->config();
+  const bool compress = spec.cache_policy.name != "full";
+  kvcache::PromptShape shape;
+  kvcache::ObservationSpec observe;
+  if (compress) {
+    shape.length = static_cast<int64_t>(spec.prompt_ids.size());
+    shape.layers = cfg.text.num_hidden_layers;
+    shape.heads = cfg.text.num_attention_heads;
+    shape.kv_heads = cfg.text.num_key_value_heads;
+    shape.visual.resize(spec.prompt_ids.size());
+    for (size_t i = 0; i < spec.prompt_ids.size(); ++i) {
+      shape.visual[i] = spec.prompt_ids[i] == cfg.image_token_index;
+    }
+    observe = kvcache::ObservationFor(spec.cache_policy, shape);
+  }
   const SeqId id = next_id_++;
   VLC_RETURN_IF_ERROR(cache_->AddSequence(id));
-  auto logits = model_->Prefill(id, embeds, 0, cache_);
-  if (!logits.ok()) {
+  std::vector<kvcache::LayerObservation> observations;
+  auto logits = model_->Prefill(id, embeds, 0, cache_, false, &observe, &observations);
+  absl::Status st = logits.status();
+  const auto t_plan = std::chrono::steady_clock::now();
+  if (st.ok() && compress) {
+    // One-shot compression right after prefill; generated tokens are appended and never evicted.
+    auto plan = kvcache::MakeKeepPlan(spec.cache_policy, shape, observations);
+    st = plan.ok() ? cache_->Compact(id, *plan) : plan.status();
+  }
+  if (!st.ok()) {
     cache_->RemoveSequence(id);
-    return logits.status();
+    return st;
   }
   Running r;
+  r.result.compress_ms = compress ? MsSince(t_plan) : 0;
+  for (int l = 0; l < cfg.text.num_hidden_layers; ++l) {
+    r.result.layer_budgets.push_back(cache_->Length(id, l));
+  }
   r.sampler = std::make_unique<Sampler>(spec.sampling);
   r.result.prompt_tokens = static_cast<int>(spec.prompt_ids.size());
   r.next_pos = static_cast<int64_t>(spec.prompt_ids.size());

@@ -12,9 +12,10 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
-#include "engine/kv_cache.h"
+#include "kvcache/kv_cache.h"
 #include "engine/model.h"
 #include "engine/sampling.h"
+#include "kvcache/policy.h"
 
 namespace vlc::engine {
 
@@ -25,6 +26,8 @@ struct SequenceSpec {
   std::vector<int> prompt_ids;
   at::Tensor visual;  // [image tokens in prompt_ids, hidden]; undefined when there are none
   SamplingParams sampling;
+  // How the prompt's cache is compressed once, right after prefill ("full": not at all).
+  kvcache::PolicyConfig cache_policy;
   // Called with every sampled token except EOS; returning false ends the sequence (stop string
   // found, caller cancelled).
   std::function<bool(int token)> on_token;
@@ -37,7 +40,10 @@ struct SequenceResult {
   int prompt_tokens = 0;
   double prefill_ms = 0;    // embedding + prefill + first sample
   double decode_ms = 0;     // all decode steps this sequence took part in
+  double compress_ms = 0;   // keep plan and compaction (part of prefill_ms)
   int64_t kv_bytes = 0;     // cache bytes held when the sequence finished
+  int64_t kv_bytes_full = 0;  // bytes an uncompressed cache would hold for the same tokens
+  std::vector<int64_t> layer_budgets;  // prompt tokens each layer kept after compression
 };
 
 class Generator {

@@ -26,7 +26,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status.h"
+#include "common/status.h"
 
 namespace vlc::engine {
 namespace {

@@ -7,7 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu_linear.h"
-#include "engine/status.h"
+#include "kvcache/attention.h"
+#include "common/status.h"
 
 namespace vlc::engine {
 namespace {
@@ -277,9 +278,10 @@ absl::StatusOr<at::Tensor> LlavaModel::EmbedPrompt(const std::vector<int>& ids,
   return out;
 }
 
-absl::StatusOr<at::Tensor> LlavaModel::Prefill(SeqId seq, const at::Tensor& embeds,
-                                               int64_t start_pos, KvCache* cache,
-                                               bool all_logits) const {
+absl::StatusOr<at::Tensor> LlavaModel::Prefill(
+    SeqId seq, const at::Tensor& embeds, int64_t start_pos, KvCache* cache, bool all_logits,
+    const kvcache::ObservationSpec* observe,
+    std::vector<kvcache::LayerObservation>* observations) const {
   const auto& t = config_.text;
   if (embeds.dim() != 2 || embeds.size(1) != t.hidden_size || embeds.size(0) == 0) {
     return absl::InvalidArgumentError("prefill needs embeddings [tokens > 0, hidden]");
@@ -288,6 +290,8 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(SeqId seq, const at::Tensor& embe
   const int64_t hd = t.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   const Impl& p = *impl_;
+  const bool observing = observe && observe->enabled && observations;
+  if (observing) observations->assign(p.text_layers.size(), {});
   at::Tensor x = embeds.to(at::kFloat), cos, sin;
   VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
     std::tie(cos, sin) = p.RopeTables(at::arange(start_pos, start_pos + n, at::kLong));
@@ -303,6 +307,9 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(SeqId seq, const at::Tensor& embe
       v = qkv.slice(1, (h + hkv) * hd).view({n, hkv, hd}).transpose(0, 1).contiguous();
     }));
     const bool fresh = cache->Length(seq, li) == 0;
+    if (observing && !fresh) {
+      return absl::FailedPreconditionError("a prefill that observes must start an empty cache");
+    }
     VLC_RETURN_IF_ERROR(cache->Append(seq, li, k, v));
     if (!fresh) {
       // Continuing a sequence: attend over everything the cache holds, ours at the end.
@@ -311,7 +318,8 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(SeqId seq, const at::Tensor& embe
       v = kv.second;
     }
     VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-      auto a = CausalAttention(q, k, v, scale, t.sliding_window);
+      auto a = kvcache::CausalAttention(q, k, v, scale, t.sliding_window, observe,
+                                        observing ? &(*observations)[li] : nullptr);
       a = a.transpose(0, 1).reshape({n, h * hd});
       x = x + Linear(a, l.o_w);
       auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
@@ -385,7 +393,7 @@ absl::StatusOr<at::Tensor> LlavaModel::ForwardFull(const at::Tensor& embeds) con
 }
 
 std::unique_ptr<KvCache> LlavaModel::NewContiguousCache() const {
-  return std::make_unique<ContiguousKvCache>(config_.text.num_hidden_layers,
+  return std::make_unique<kvcache::ContiguousKvCache>(config_.text.num_hidden_layers,
                                              config_.text.num_key_value_heads,
                                              config_.text.head_dim);
 }

@@ -11,10 +11,14 @@
 
 #include "absl/status/statusor.h"
 #include "engine/config.h"
-#include "engine/kv_cache.h"
+#include "kvcache/kv_cache.h"
+#include "kvcache/plan.h"
 #include "engine/weights.h"
 
 namespace vlc::engine {
+
+using kvcache::KvCache;
+using kvcache::SeqId;
 
 class LlavaModel {
  public:
@@ -40,9 +44,13 @@ class LlavaModel {
 
   // Runs the decoder over `embeds` [t, hidden] of one sequence whose first token sits at
   // `start_pos`, after whatever the cache already holds for it, and appends its K/V to the cache.
-  // Returns logits [t, vocab] when `all_logits`, else only the last row [1, vocab].
-  absl::StatusOr<at::Tensor> Prefill(SeqId seq, const at::Tensor& embeds, int64_t start_pos,
-                                     KvCache* cache, bool all_logits = false) const;
+  // Returns logits [t, vocab] when `all_logits`, else only the last row [1, vocab]. With an
+  // enabled `observe` (a whole prompt, empty cache), each layer's attention also fills one entry
+  // of `observations` for a cache policy (kvcache/policy.h).
+  absl::StatusOr<at::Tensor> Prefill(
+      SeqId seq, const at::Tensor& embeds, int64_t start_pos, KvCache* cache,
+      bool all_logits = false, const kvcache::ObservationSpec* observe = nullptr,
+      std::vector<kvcache::LayerObservation>* observations = nullptr) const;
 
   // One decode step for a batch: token `tokens[b]` of sequence `seqs[b]` at `positions[b]`.
   // Returns logits [batch, vocab].

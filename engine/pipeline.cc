@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status.h"
+#include "common/status.h"
 
 namespace vlc::engine {
 namespace {
@@ -92,6 +92,14 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
   VLC_ASSIGN_OR_RETURN(p->preprocessor_,
                        PreprocessorConfig::FromFileOrDefault(model_dir + "/preprocessor_config.json",
                                                              cfg.vision.image_size));
+  VLC_RETURN_IF_ERROR(options.cache_policy.Validate());
+  kvcache::PagePoolOptions pool;
+  pool.capacity_bytes = options.kv_cache_bytes;
+  pool.page_tokens = options.kv_page_tokens;
+  pool.kv_heads = cfg.text.num_key_value_heads;
+  pool.head_dim = cfg.text.head_dim;
+  VLC_ASSIGN_OR_RETURN(p->pool_, kvcache::PagePool::Create(pool));
+  p->cache_ = std::make_unique<kvcache::PagedKvCache>(cfg.text.num_hidden_layers, p->pool_.get());
   if (p->preprocessor_.crop_height != cfg.vision.image_size ||
       p->preprocessor_.crop_width != cfg.vision.image_size) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -115,6 +123,7 @@ absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) con
                                                    " per request"));
   }
   VLC_RETURN_IF_ERROR(req.sampling.Validate());
+  if (req.cache_policy) VLC_RETURN_IF_ERROR(req.cache_policy->Validate());
   if (req.sampling.max_new_tokens > options_.max_new_tokens_limit) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_new_tokens ", req.sampling.max_new_tokens, " exceeds the limit of ",
@@ -171,6 +180,7 @@ struct Tracker {
   Clock::time_point start;
   double ttft_ms = -1;
   const TextCallback* on_text = nullptr;
+  std::string policy;
 };
 
 GenerateResponse MakeResponse(const PreparedPrompt& prompt, SequenceResult& res, Tracker& tr) {
@@ -183,6 +193,7 @@ GenerateResponse MakeResponse(const PreparedPrompt& prompt, SequenceResult& res,
   r.text = tr.text->text();
   r.token_ids = res.tokens;
   r.finish_reason = FinishReasonName(res.finish);
+  r.kv_policy = tr.policy;
   r.prompt_tokens = res.prompt_tokens;
   r.visual_tokens = prompt.visual_tokens;
   r.generated_tokens = static_cast<int>(res.tokens.size());
@@ -190,7 +201,10 @@ GenerateResponse MakeResponse(const PreparedPrompt& prompt, SequenceResult& res,
   r.ttft_ms = tr.ttft_ms;
   r.decode_ms_per_token = r.generated_tokens > 1 ? res.decode_ms / (r.generated_tokens - 1) : 0;
   r.total_ms = MsSince(tr.start);
+  r.compress_ms = res.compress_ms;
   r.kv_bytes = res.kv_bytes;
+  r.kv_bytes_full = res.kv_bytes_full;
+  r.layer_budgets = res.layer_budgets;
   return r;
 }
 
@@ -231,6 +245,7 @@ absl::StatusOr<std::vector<GenerateResponse>> Pipeline::GenerateBatchWithCallbac
     spec.prompt_ids = prompts.back().ids;
     spec.visual = prompts.back().visual;
     spec.sampling = requests[i].sampling;
+    spec.cache_policy = requests[i].cache_policy.value_or(options_.cache_policy);
     spec.on_token = [&tr](int token) {
       if (tr.ttft_ms < 0) tr.ttft_ms = MsSince(tr.start);
       const bool more = tr.text->Push(token);
@@ -242,11 +257,11 @@ absl::StatusOr<std::vector<GenerateResponse>> Pipeline::GenerateBatchWithCallbac
     };
     specs.push_back(std::move(spec));
   }
-  auto cache = model_->NewContiguousCache();
-  Generator gen(model_.get(), cache.get(), tokenizer_->eos_id());
+  Generator gen(model_.get(), cache_.get(), tokenizer_->eos_id());
   VLC_ASSIGN_OR_RETURN(auto results, gen.Run(std::move(specs)));
   std::vector<GenerateResponse> out;
   for (size_t i = 0; i < results.size(); ++i) {
+    trackers[i].policy = requests[i].cache_policy.value_or(options_.cache_policy).name;
     // A sequence that ended on EOS at once never called on_token: its first token time is now.
     if (trackers[i].ttft_ms < 0) trackers[i].ttft_ms = MsSince(start);
     out.push_back(MakeResponse(prompts[i], results[i], trackers[i]));

@@ -1,9 +1,11 @@
 // A request end to end: media bytes and a prompt in, text out. Decodes and preprocesses the media,
-// runs the vision tower, builds the prompt with the chat template, generates, detokenizes and
-// applies stop strings. The CLI and (later) the server's engine thread call this.
+// runs the vision tower, builds the prompt with the chat template, generates over the paged KV
+// cache (compressed by the request's policy), detokenizes and applies stop strings. The CLI and
+// (later) the server's engine thread call this. Not thread-safe: one caller owns a Pipeline.
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +17,9 @@
 #include "engine/model.h"
 #include "engine/sampling.h"
 #include "engine/tokenizer.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/paged_cache.h"
+#include "kvcache/policy.h"
 
 namespace vlc::engine {
 
@@ -25,6 +30,9 @@ struct PipelineOptions {
   int max_new_tokens_limit = 4096;
   int default_video_frames = 8;
   std::string chat_template = kDefaultChatTemplate;
+  int64_t kv_cache_bytes = int64_t{1} << 30;  // the page pool, allocated once at load
+  int kv_page_tokens = 16;
+  kvcache::PolicyConfig cache_policy;  // requests without their own policy use this one
 };
 
 struct MediaInput {
@@ -37,6 +45,7 @@ struct GenerateRequest {
   MediaInput media;
   std::string prompt;
   SamplingParams sampling;
+  std::optional<kvcache::PolicyConfig> cache_policy;  // unset: PipelineOptions::cache_policy
 };
 
 struct GenerateResponse {
@@ -50,7 +59,11 @@ struct GenerateResponse {
   double ttft_ms = 0;         // request start to first token
   double decode_ms_per_token = 0;
   double total_ms = 0;
-  int64_t kv_bytes = 0;
+  double compress_ms = 0;
+  std::string kv_policy;
+  int64_t kv_bytes = 0;       // the pages the sequence held at the end
+  int64_t kv_bytes_full = 0;  // what the uncompressed cache would hold for the same tokens
+  std::vector<int64_t> layer_budgets;  // prompt tokens each layer kept
 };
 
 // A prompt ready for the generator: ids with image tokens, and the visual rows they stand for.
@@ -92,6 +105,8 @@ class Pipeline {
   PreprocessorConfig preprocessor_;
   std::unique_ptr<LlavaModel> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<kvcache::PagePool> pool_;
+  std::unique_ptr<kvcache::PagedKvCache> cache_;
 };
 
 // Turns generated ids into text, ending it before the first stop string and holding back any tail

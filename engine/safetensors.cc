@@ -15,7 +15,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status.h"
+#include "common/status.h"
 
 namespace vlc::engine {
 namespace {

@@ -48,6 +48,17 @@ int main(int argc, char** argv) {
   app.add_option("--chat-template", opts.chat_template,
                  "Prompt template with {prompt} and one <image>")
       ->capture_default_str();
+  std::string policy_names;
+  for (const auto& n : vlc::kvcache::PolicyNames()) policy_names += (policy_names.empty() ? "" : ", ") + n;
+  app.add_option("--kv-policy", opts.cache_policy.name, "KV cache policy: " + policy_names)
+      ->capture_default_str();
+  app.add_option("--kv-budget", opts.cache_policy.budget,
+                 "Fraction of the prompt's KV cache kept, in (0, 1]")
+      ->capture_default_str();
+  app.add_option("--kv-cache-bytes", opts.kv_cache_bytes, "Size of the KV page pool in bytes")
+      ->capture_default_str();
+  app.add_option("--kv-page-tokens", opts.kv_page_tokens, "Tokens per KV page")
+      ->capture_default_str();
   app.add_flag("--json", json, "Print one JSON object with the text, token counts and timings");
   CLI11_PARSE(app, argc, argv);
 
@@ -101,7 +112,12 @@ int main(int argc, char** argv) {
         {"ttft_ms", res->ttft_ms},
         {"decode_ms_per_token", res->decode_ms_per_token},
         {"total_ms", res->total_ms},
-        {"kv_bytes", res->kv_bytes},
+        {"kv_policy", res->kv_policy},
+        {"kv_budget", opts.cache_policy.budget},
+        {"kv_bytes_kept", res->kv_bytes},
+        {"kv_bytes_full", res->kv_bytes_full},
+        {"layer_budgets", res->layer_budgets},
+        {"compress_ms", res->compress_ms},
     };
     std::cout << j.dump() << std::endl;
   } else {

@@ -22,7 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "engine/safetensors.h"
-#include "engine/status.h"
+#include "common/status.h"
 #include "engine/tokenizer.h"
 #include "tools/random_weights.h"
 

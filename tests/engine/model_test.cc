@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/generator.h"
+#include "kvcache/attention.h"
 #include "tools/random_weights.h"
 
 namespace vlc::engine {
@@ -115,7 +116,7 @@ TEST(LlavaModel, CausalAttentionMatchesNaiveSoftmax) {
   at::manual_seed(3);
   auto q = at::randn({4, 5, 8}), k = at::randn({2, 7, 8}), v = at::randn({2, 7, 8});
   for (int64_t window : {0, 3}) {
-    auto out = CausalAttention(q, k, v, 0.5, window);
+    auto out = kvcache::CausalAttention(q, k, v, 0.5, window);
     for (int h = 0; h < 4; ++h) {
       for (int i = 0; i < 5; ++i) {
         const int64_t self = 7 - 5 + i;  // the query's own cache index

@@ -160,6 +160,35 @@ TEST_F(PipelineTest, BadInputIsAClearErrorAndTheNextRequestStillWorks) {
   EXPECT_TRUE(ok.ok()) << ok.status();
 }
 
+TEST_F(PipelineTest, CachePolicyCompressesAndReportsWhatItKept) {
+  auto req = ImageRequest(4, 6);
+  req.cache_policy = kvcache::PolicyConfig{};
+  req.cache_policy->name = "vlcache";
+  req.cache_policy->budget = 0.5;
+  auto r = pipeline_->Generate(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->kv_policy, "vlcache");
+  const int layers = pipeline_->model().config().text.num_hidden_layers;
+  ASSERT_EQ(r->layer_budgets.size(), static_cast<size_t>(layers));
+  int64_t kept = 0;
+  for (int64_t k : r->layer_budgets) kept += k;
+  EXPECT_EQ(kept, std::llround(0.5 * r->prompt_tokens) * layers);
+  EXPECT_GT(r->kv_bytes_full, 0);
+
+  auto full = pipeline_->Generate(ImageRequest(4, 6));
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(full->kv_policy, "full");
+  for (int64_t k : full->layer_budgets) EXPECT_EQ(k, full->prompt_tokens);
+
+  req.cache_policy->name = "lru";
+  auto bad = pipeline_->Generate(req);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("vlcache"), std::string::npos) << bad.status();
+  req.cache_policy->name = "vlcache";
+  req.cache_policy->budget = 0;
+  EXPECT_EQ(pipeline_->Generate(req).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(PipelineTest, TextOnlyPromptHasNoVisualTokens) {
   GenerateRequest r;
   r.prompt = "count to three";
@@ -211,6 +240,20 @@ TEST_F(PipelineTest, GenerateCliAnswersForAnImageAndAVideo) {
   ASSERT_EQ(v.code, 0) << v.out;
   auto jv = nlohmann::json::parse(v.out.substr(v.out.find('{')));
   EXPECT_EQ(jv["visual_tokens"], 48);
+
+  // The compressed cache from the command line: about a tenth of the prompt's cache kept.
+  ShellRun c = Sh(bin + "/vlcache-generate --model " + model + " --video " + VideoFile(12) +
+                  " --frames 8 --prompt 'what happens?' --max-new-tokens 2 --json" +
+                  " --kv-policy vlcache --kv-budget 0.1 --kv-page-tokens 1");
+  ASSERT_EQ(c.code, 0) << c.out;
+  auto jc = nlohmann::json::parse(c.out.substr(c.out.find('{')));
+  const int prompt = jc["prompt_tokens"];
+  int kept = 0;
+  for (int k : jc["layer_budgets"]) kept += k;
+  EXPECT_EQ(kept, std::lround(0.1 * prompt) * 2);
+  // One-token pages: kept bytes are the kept tokens (and the one generated token fed back).
+  const double ratio = jc["kv_bytes_kept"].get<double>() / jc["kv_bytes_full"].get<double>();
+  EXPECT_NEAR(ratio, (kept + 2.0) / (2.0 * (prompt + 1)), 1e-9);
 
   ShellRun bad = Sh(bin + "/vlcache-generate --model " + model + " --image /nonexistent.png" +
                " --prompt hi");

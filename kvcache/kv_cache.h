@@ -1,7 +1,7 @@
 // The engine's contract with a KV cache. The model writes each layer's rotated keys and values
 // through it and asks it for decode attention, so a cache decides its own layout: this file's
-// ContiguousKvCache (one growing tensor per sequence and layer) is the reference; the paged,
-// compressed cache of kvcache/ implements the same interface.
+// ContiguousKvCache (one growing tensor per sequence and layer) is the reference; PagedKvCache
+// (paged_cache.h) is the one that serves, with a page pool and compression.
 //
 // A cache stores tokens in cache order, which need not be position order's full range: once a
 // policy evicts tokens, a layer holds fewer entries than the sequence's logical length, and
@@ -17,8 +17,9 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "kvcache/plan.h"
 
-namespace vlc::engine {
+namespace vlc::kvcache {
 
 using SeqId = int64_t;
 
@@ -46,18 +47,17 @@ class KvCache {
                                                      const at::Tensor& q, double scale,
                                                      int64_t window) const = 0;
 
+  // Keeps, in every layer and KV head, only the entries the plan names (cache indices, which
+  // equal prompt positions right after prefill) and frees the rest. Layers may end with different
+  // lengths; all heads of a layer keep the same number.
+  virtual absl::Status Compact(SeqId seq, const KeepPlan& plan) = 0;
+
   virtual int64_t Length(SeqId seq, int layer) const = 0;
   // Bytes of K and V the cache holds for `seq` (all layers).
   virtual int64_t Bytes(SeqId seq) const = 0;
+  // Bytes one token takes in one layer (K and V of every KV head).
+  virtual int64_t BytesPerTokenPerLayer() const = 0;
 };
-
-// softmax(q k^T * scale) v for one sequence, with GQA grouping: q [heads, tq, d], k/v
-// [kv_heads, tk, d]. Query i sits at cache index `tk - tq + i` and sees keys up to its own index
-// (causal) and, when `window` > 0, only the last `window` of them. Queries are processed in
-// chunks so that memory stays O(chunk * tk) per head, never O(tk^2). Shared by prefill and by
-// caches' decode attention so that both compute exactly the same thing.
-at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           double scale, int64_t window);
 
 // Reference cache: per sequence and layer, K and V in one tensor each, grown by doubling.
 class ContiguousKvCache final : public KvCache {
@@ -72,8 +72,10 @@ class ContiguousKvCache final : public KvCache {
   absl::StatusOr<at::Tensor> DecodeAttention(int layer, const std::vector<SeqId>& seqs,
                                              const at::Tensor& q, double scale,
                                              int64_t window) const override;
+  absl::Status Compact(SeqId seq, const KeepPlan& plan) override;
   int64_t Length(SeqId seq, int layer) const override;
   int64_t Bytes(SeqId seq) const override;
+  int64_t BytesPerTokenPerLayer() const override;
 
  private:
   struct Layer {
@@ -86,4 +88,4 @@ class ContiguousKvCache final : public KvCache {
   std::unordered_map<SeqId, std::vector<Layer>> seqs_;
 };
 
-}  // namespace vlc::engine
+}  // namespace vlc::kvcache

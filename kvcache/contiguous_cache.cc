@@ -1,4 +1,4 @@
-#include "engine/kv_cache.h"
+#include "kvcache/kv_cache.h"
 
 #include <ATen/ATen.h>
 
@@ -6,45 +6,10 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status.h"
+#include "kvcache/attention.h"
+#include "common/status.h"
 
-namespace vlc::engine {
-
-at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           double scale, int64_t window) {
-  const int64_t heads = q.size(0), tq = q.size(1), d = q.size(2);
-  const int64_t kv_heads = k.size(0), tk = k.size(1);
-  const int64_t group = heads / kv_heads;
-  const int64_t offset = tk - tq;  // cache index of query 0
-  // Rows of scores per chunk, sized to keep one chunk's score matrix near 32 MB.
-  const int64_t budget = (int64_t{32} << 20) / 4;
-  const int64_t chunk =
-      std::max<int64_t>(1, std::min<int64_t>(tq, budget / std::max<int64_t>(1, heads * tk)));
-  auto q4 = q.reshape({kv_heads, group, tq, d});
-  auto out = at::empty({kv_heads, group, tq, d}, q.options());
-  for (int64_t i0 = 0; i0 < tq; i0 += chunk) {
-    const int64_t i1 = std::min(tq, i0 + chunk), c = i1 - i0;
-    const int64_t end = offset + i1;  // keys [start, end) can be seen by some query of the chunk
-    const int64_t start = window > 0 ? std::max<int64_t>(0, offset + i0 - window + 1) : 0;
-    auto qc = q4.slice(2, i0, i1).reshape({kv_heads, group * c, d});
-    auto kc = k.slice(1, start, end);
-    auto vc = v.slice(1, start, end);
-    auto s = at::bmm(qc, kc.transpose(1, 2)).mul_(scale);  // [kv_heads, group*c, n]
-    const int64_t n = end - start;
-    const bool needs_mask = c > 1 || (window > 0 && n > window);
-    if (needs_mask) {
-      auto qi = at::arange(offset + i0, offset + i1, at::kLong).unsqueeze(1);  // [c, 1]
-      auto kj = at::arange(start, end, at::kLong).unsqueeze(0);               // [1, n]
-      auto hidden = kj > qi;
-      if (window > 0) hidden = hidden.logical_or(kj <= qi - window);
-      s.view({kv_heads, group, c, n})
-          .masked_fill_(hidden.view({1, 1, c, n}), -std::numeric_limits<float>::infinity());
-    }
-    auto p = at::softmax(s, -1);
-    out.slice(2, i0, i1).copy_(at::bmm(p, vc).view({kv_heads, group, c, d}));
-  }
-  return out.view({heads, tq, d});
-}
+namespace vlc::kvcache {
 
 ContiguousKvCache::ContiguousKvCache(int num_layers, int kv_heads, int head_dim,
                                      at::ScalarType dtype)
@@ -136,12 +101,37 @@ int64_t ContiguousKvCache::Length(SeqId seq, int layer) const {
   return layers ? (*layers)[layer].length : 0;
 }
 
+int64_t ContiguousKvCache::BytesPerTokenPerLayer() const {
+  return 2 * kv_heads_ * head_dim_ * static_cast<int64_t>(c10::elementSize(dtype_));
+}
+
 int64_t ContiguousKvCache::Bytes(SeqId seq) const {
   const auto* layers = Find(seq);
   if (!layers) return 0;
   int64_t tokens = 0;
   for (const auto& l : *layers) tokens += l.length;
-  return tokens * 2 * kv_heads_ * head_dim_ * static_cast<int64_t>(c10::elementSize(dtype_));
+  return tokens * BytesPerTokenPerLayer();
 }
 
-}  // namespace vlc::engine
+absl::Status ContiguousKvCache::Compact(SeqId seq, const KeepPlan& plan) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return absl::NotFoundError(absl::StrCat("no sequence ", seq));
+  if (static_cast<int>(plan.layers.size()) != num_layers_) {
+    return absl::InvalidArgumentError(absl::StrCat("plan has ", plan.layers.size(),
+                                                   " layers, the cache ", num_layers_));
+  }
+  return CatchAll("kv cache compact", [&] {
+    for (int l = 0; l < num_layers_; ++l) {
+      const LayerPlan& lp = plan.layers[l];
+      Layer& layer = it->second[l];
+      if (!lp.positions.defined() || layer.length == 0) continue;
+      // Gather along the token axis, per head: index [kv_heads, keep, head_dim].
+      auto idx = lp.positions.to(at::kLong).unsqueeze(-1).expand({kv_heads_, lp.keep, head_dim_});
+      layer.k = at::gather(layer.k.slice(1, 0, layer.length), 1, idx).contiguous();
+      layer.v = at::gather(layer.v.slice(1, 0, layer.length), 1, idx).contiguous();
+      layer.length = lp.keep;
+    }
+  });
+}
+
+}  // namespace vlc::kvcache

@@ -1,0 +1,28 @@
+// Attention over one sequence's keys and values on the CPU, shared by prefill (all prompt rows)
+// and by the caches' decode attention, so both compute exactly the same thing. Prefill can also
+// produce a policy's observation from the same scores, without materialising the m x m matrix.
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+#include "kvcache/plan.h"
+
+namespace vlc::kvcache {
+
+// softmax(q k^T * scale) v with GQA grouping: q [heads, tq, d], k/v [kv_heads, tk, d]. Query i
+// sits at cache index `tk - tq + i` and sees keys up to its own index (causal) and, when
+// `window` > 0, only the last `window` of them. Queries are processed in chunks, so memory stays
+// O(chunk * tk) per head, never O(tk^2).
+//
+// With `spec` enabled and `obs` given (prefill of a whole prompt: tq == tk), also fills `obs` for
+// the rows [spec.query_begin, tq): per-head column sums of the attention probabilities and, with
+// spec.sparsity, the count of causal entries with A[q, j] < threshold * max_j A[q, j], i.e.
+// logit < rowmax_logit + ln(threshold). `max_chunk_rows` > 0 caps the rows per chunk (tests use it
+// to cross chunk boundaries on small inputs).
+at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           double scale, int64_t window, const ObservationSpec* spec = nullptr,
+                           LayerObservation* obs = nullptr, int64_t max_chunk_rows = 0);
+
+}  // namespace vlc::kvcache

@@ -1,0 +1,206 @@
+// Generation on the paged, compressed cache: exact where it must be (alpha = 1 equals full), and
+// equal to the uncompressed model with the evicted positions masked out, which a wrong position
+// (RoPE), a wrong gather or a wrong head could not fake.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <limits>
+
+#include "engine/generator.h"
+#include "engine/model.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/paged_cache.h"
+#include "kvcache/policy.h"
+#include "tools/random_weights.h"
+
+namespace vlc::engine {
+namespace {
+
+LlavaConfig SmallConfig() {
+  LlavaConfig c;
+  c.vision.hidden_size = 32;
+  c.vision.intermediate_size = 64;
+  c.vision.num_hidden_layers = 2;
+  c.vision.num_attention_heads = 2;
+  c.vision.image_size = 32;
+  c.vision.patch_size = 8;
+  c.text.vocab_size = 96;
+  c.text.hidden_size = 64;
+  c.text.intermediate_size = 128;
+  c.text.num_hidden_layers = 3;
+  c.text.num_attention_heads = 4;
+  c.text.num_key_value_heads = 2;
+  c.text.head_dim = 16;
+  c.image_token_index = 95;
+  return c;
+}
+
+std::unique_ptr<LlavaModel> RandomModel(const LlavaConfig& c) {
+  WeightMap w;
+  for (auto& [name, t] : tools::RandomLlavaWeights(c, 21, 0.2f)) w[name] = t;
+  return std::move(LlavaModel::FromWeights(c, std::move(w))).value();
+}
+
+std::unique_ptr<kvcache::PagePool> Pool(const LlavaConfig& c, int64_t bytes = 64 << 20) {
+  kvcache::PagePoolOptions o;
+  o.capacity_bytes = bytes;
+  o.page_tokens = 4;
+  o.kv_heads = c.text.num_key_value_heads;
+  o.head_dim = c.text.head_dim;
+  return std::move(kvcache::PagePool::Create(o)).value();
+}
+
+SequenceSpec Spec(const LlavaModel& m, int seed, int max_new, const std::string& policy,
+                  double budget) {
+  const auto& c = m.config();
+  SequenceSpec s;
+  s.prompt_ids = {1, 7, 9};
+  for (int i = 0; i < 2 * c.visual_tokens_per_image(); ++i) s.prompt_ids.push_back(c.image_token_index);
+  for (int i = 0; i < 9; ++i) s.prompt_ids.push_back(3 + (seed * 5 + i * 7) % 80);
+  at::manual_seed(seed);
+  s.visual = *m.EncodeImages(at::randn({2, 3, 32, 32}));
+  s.sampling.max_new_tokens = max_new;
+  s.cache_policy.name = policy;
+  s.cache_policy.budget = budget;
+  return s;
+}
+
+TEST(CompressedGeneration, BudgetOneEqualsFullTokenForToken) {
+  auto m = RandomModel(SmallConfig());
+  auto pool = Pool(m->config());
+  kvcache::PagedKvCache cache(m->config().text.num_hidden_layers, pool.get());
+  Generator gen(m.get(), &cache, -1);
+  auto full = gen.Run({Spec(*m, 1, 20, "full", 1.0)});
+  ASSERT_TRUE(full.ok()) << full.status();
+  for (const char* policy : {"vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
+    auto r = gen.Run({Spec(*m, 1, 20, policy, 1.0)});
+    ASSERT_TRUE(r.ok()) << policy << ": " << r.status();
+    EXPECT_EQ((*r)[0].tokens, (*full)[0].tokens) << policy;
+  }
+  EXPECT_EQ(pool->free_pages(), pool->num_pages());  // every finished sequence gave its pages back
+}
+
+TEST(CompressedGeneration, VlCacheKeepsAboutTheBudgetAndReportsIt) {
+  auto m = RandomModel(SmallConfig());
+  auto pool = Pool(m->config());
+  kvcache::PagedKvCache cache(m->config().text.num_hidden_layers, pool.get());
+  Generator gen(m.get(), &cache, -1);
+  auto r = gen.Run({Spec(*m, 2, 1, "vlcache", 0.25)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const auto& res = (*r)[0];
+  const int64_t prompt = res.prompt_tokens;
+  int64_t total = 0;
+  for (int64_t k : res.layer_budgets) total += k;
+  EXPECT_EQ(total, std::llround(0.25 * prompt) * 3);  // renormalised: exact
+  EXPECT_LT(res.kv_bytes, res.kv_bytes_full / 2);
+}
+
+// The uncompressed cache with a keep mask: decode attends to every cached token except the
+// prompt positions the plan evicted. The reference for what compaction must compute.
+class MaskedCache final : public kvcache::KvCache {
+ public:
+  MaskedCache(int layers, int kv_heads, int head_dim)
+      : inner_(layers, kv_heads, head_dim), masks_(layers) {}
+  absl::Status AddSequence(SeqId s) override { return inner_.AddSequence(s); }
+  void RemoveSequence(SeqId s) override { inner_.RemoveSequence(s); }
+  bool HasSequence(SeqId s) const override { return inner_.HasSequence(s); }
+  absl::Status Append(SeqId s, int l, const at::Tensor& k, const at::Tensor& v) override {
+    return inner_.Append(s, l, k, v);
+  }
+  absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Read(SeqId s, int l) const override {
+    return inner_.Read(s, l);
+  }
+  absl::Status Compact(SeqId, const kvcache::KeepPlan& plan) override {
+    for (size_t l = 0; l < plan.layers.size(); ++l) masks_[l] = plan.layers[l].positions;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<at::Tensor> DecodeAttention(int l, const std::vector<SeqId>& seqs,
+                                             const at::Tensor& q, double scale,
+                                             int64_t) const override {
+    auto out = at::empty_like(q);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      auto [k, v] = *inner_.Read(seqs[b], l);
+      const int64_t kv = k.size(0), t = k.size(1), group = q.size(1) / kv;
+      auto visible = at::ones({kv, t}, at::kBool);
+      if (masks_[l].defined()) {
+        // Prompt positions not named by the plan are hidden; later tokens stay visible.
+        const int64_t m = prompt_len_;
+        visible.slice(1, 0, m).fill_(false);
+        visible.slice(1, 0, m).scatter_(1, masks_[l], true);
+      }
+      for (int64_t h = 0; h < q.size(1); ++h) {
+        auto s = at::mv(k[h / group], q[b][h]) * scale;
+        s.masked_fill_(visible[h / group].logical_not(), -std::numeric_limits<float>::infinity());
+        out[b][h] = at::mv(v[h / group].t(), at::softmax(s, 0));
+      }
+    }
+    return out;
+  }
+  int64_t Length(SeqId s, int l) const override { return inner_.Length(s, l); }
+  int64_t Bytes(SeqId s) const override { return inner_.Bytes(s); }
+  int64_t BytesPerTokenPerLayer() const override { return inner_.BytesPerTokenPerLayer(); }
+  int64_t prompt_len_ = 0;
+
+ private:
+  kvcache::ContiguousKvCache inner_;
+  std::vector<at::Tensor> masks_;
+};
+
+TEST(CompressedGeneration, DecodeEqualsFullCacheWithEvictedPositionsMasked) {
+  const auto c = SmallConfig();
+  auto m = RandomModel(c);
+  for (const char* policy : {"vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
+    SCOPED_TRACE(policy);
+    auto spec = Spec(*m, 3, 20, policy, 0.3);
+    const int64_t n = static_cast<int64_t>(spec.prompt_ids.size());
+    auto embeds = *m->EmbedPrompt(spec.prompt_ids, spec.visual);
+    // Compressed: observe, plan, compact in the paged cache.
+    auto pool = Pool(c);
+    kvcache::PagedKvCache paged(c.text.num_hidden_layers, pool.get());
+    ASSERT_TRUE(paged.AddSequence(1).ok());
+    kvcache::PromptShape shape{n, c.text.num_hidden_layers, c.text.num_attention_heads,
+                               c.text.num_key_value_heads, {}};
+    for (int id : spec.prompt_ids) shape.visual.push_back(id == c.image_token_index);
+    auto observe = kvcache::ObservationFor(spec.cache_policy, shape);
+    std::vector<kvcache::LayerObservation> obs;
+    auto logits = m->Prefill(1, embeds, 0, &paged, false, &observe, &obs);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    auto plan = kvcache::MakeKeepPlan(spec.cache_policy, shape, obs);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    ASSERT_TRUE(paged.Compact(1, *plan).ok());
+    // Reference: everything cached, the same positions masked.
+    MaskedCache masked(c.text.num_hidden_layers, c.text.num_key_value_heads, c.text.head_dim);
+    masked.prompt_len_ = n;
+    ASSERT_TRUE(masked.AddSequence(1).ok());
+    auto ref_logits = m->Prefill(1, embeds, 0, &masked);
+    ASSERT_TRUE(ref_logits.ok());
+    ASSERT_TRUE(masked.Compact(1, *plan).ok());
+    double worst = 0;
+    for (int step = 0; step < 20; ++step) {
+      const int tok = static_cast<int>(logits->argmax(-1).item<int64_t>());
+      logits = m->DecodeStep({1}, {tok}, {n + step}, &paged);
+      ref_logits = m->DecodeStep({1}, {tok}, {n + step}, &masked);
+      ASSERT_TRUE(logits.ok() && ref_logits.ok());
+      worst = std::max(worst, (*logits - *ref_logits).abs().max().item<double>());
+    }
+    EXPECT_LT(worst, 1e-4);
+    // The plan really evicted something, in every layer.
+    for (int l = 0; l < c.text.num_hidden_layers; ++l) EXPECT_LT(paged.Length(1, l), n + 20);
+  }
+}
+
+TEST(CompressedGeneration, AnExhaustedPoolIsACleanErrorAndLeaksNothing) {
+  auto m = RandomModel(SmallConfig());
+  // Room for a few pages only: the prompt cannot fit.
+  const auto& t = m->config().text;
+  auto pool = Pool(m->config(), 5 * 2 * t.num_key_value_heads * 4 * t.head_dim * 4);
+  kvcache::PagedKvCache cache(t.num_hidden_layers, pool.get());
+  Generator gen(m.get(), &cache, -1);
+  auto r = gen.Run({Spec(*m, 1, 4, "vlcache", 0.1)});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_EQ(pool->free_pages(), pool->num_pages());
+  EXPECT_EQ(cache.num_sequences(), 0);
+}
+
+}  // namespace
+}  // namespace vlc::engine
