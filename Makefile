@@ -22,9 +22,11 @@ test: deps
 	@$(MAKE) --no-print-directory build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-# Engine throughput at hidden size 4096 (2 layers), against this machine's copy bandwidth.
+# The benchmarks of docs/BENCHMARKS.md: engine throughput at hidden size 4096 against memory
+# bandwidth, and the compressed cache against the full one.
 bench: build
 	@$(BUILD)/bin/vlcache-bench-engine --hidden 4096 --intermediate 11008 --layers 2 --json $(BUILD)/bench-engine.json
+	@$(BUILD)/bin/vlcache-bench-kvcache --prompts 2048,8192,32768 --budget 0.1 --repeats 3 --steps 6 --json $(BUILD)/bench-kvcache.json
 
 clean:
 	@rm -rf $(BUILD)

@@ -11,27 +11,20 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "engine/model.h"
-#include "tools/random_weights.h"
+#include "bench/bench_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using vlc::bench::Clock;
+using vlc::bench::Median;
+using vlc::bench::Seconds;
 
 struct Bandwidth {
   double copy;  // bytes read plus bytes written per second, copying `bytes`
@@ -63,21 +56,8 @@ Bandwidth MeasureBandwidth(int64_t bytes, int repeats) {
 int main(int argc, char** argv) {
   using namespace vlc;
   CLI::App app{"Engine benchmark: prefill and decode on random weights, against memory bandwidth"};
-  engine::LlavaConfig c;
-  c.vision.hidden_size = 64;
-  c.vision.intermediate_size = 128;
-  c.vision.num_hidden_layers = 1;
-  c.vision.num_attention_heads = 2;
-  c.vision.image_size = 32;
-  c.vision.patch_size = 16;
-  c.vision_feature_layer = -1;
+  engine::LlavaConfig c = bench::TextModelConfig(4096, 11008, 2, 32, 32, 32000);
   auto& t = c.text;
-  t.hidden_size = 4096;
-  t.intermediate_size = 11008;
-  t.num_hidden_layers = 2;
-  t.num_attention_heads = 32;
-  t.num_key_value_heads = 32;
-  t.vocab_size = 32000;
   int prompt = 512, steps = 32, batch = 1, threads = 0, repeats = 5;
   std::string json_path;
   app.add_option("--hidden", t.hidden_size, "Text hidden size")->capture_default_str();
@@ -98,14 +78,8 @@ int main(int argc, char** argv) {
   if (threads > 0) at::set_num_threads(threads);
   else at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
 
-  engine::WeightMap w;
-  for (auto& [name, tensor] : tools::RandomLlavaWeights(c, 1)) w[name] = std::move(tensor);
-  auto model_or = engine::LlavaModel::FromWeights(c, std::move(w));
-  if (!model_or.ok()) {
-    std::cerr << model_or.status() << "\n";
-    return 1;
-  }
-  auto& model = **model_or;
+  auto model_ptr = bench::RandomModel(c);
+  auto& model = *model_ptr;
   // The machine is shared and its bandwidth drifts between seconds: each repeat measures the
   // limit right before its decode steps, and the ratio is taken per repeat.
   std::vector<double> copy_bw, read_bw, ratio;

@@ -25,54 +25,14 @@
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_cache.h"
 #include "kvcache/policy.h"
-#include "tools/random_weights.h"
+#include "bench/bench_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace vlc;
-
-double Seconds(Clock::time_point a) {
-  return std::chrono::duration<double>(Clock::now() - a).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::unique_ptr<engine::LlavaModel> BuildModel(engine::LlavaConfig c) {
-  engine::WeightMap w;
-  for (auto& [name, t] : tools::RandomLlavaWeights(c, 1)) w[name] = std::move(t);
-  auto m = engine::LlavaModel::FromWeights(c, std::move(w));
-  if (!m.ok()) {
-    std::cerr << m.status() << "\n";
-    std::exit(1);
-  }
-  return std::move(m).value();
-}
-
-engine::LlavaConfig TextConfig(int hidden, int inter, int layers, int heads, int kv_heads,
-                               int vocab) {
-  engine::LlavaConfig c;
-  c.vision.hidden_size = 64;
-  c.vision.intermediate_size = 128;
-  c.vision.num_hidden_layers = 1;
-  c.vision.num_attention_heads = 2;
-  c.vision.image_size = 32;
-  c.vision.patch_size = 16;
-  c.vision_feature_layer = -1;
-  c.text.hidden_size = hidden;
-  c.text.intermediate_size = inter;
-  c.text.num_hidden_layers = layers;
-  c.text.num_attention_heads = heads;
-  c.text.num_key_value_heads = kv_heads;
-  c.text.head_dim = hidden / heads;
-  c.text.vocab_size = vocab;
-  c.image_token_index = vocab - 1;
-  return c;
-}
+using bench::Clock;
+using bench::Median;
+using bench::Seconds;
 
 // A prompt of m tokens: visual tokens, then `text_tail` text tokens (the post-vision rows).
 kvcache::PromptShape Shape(const engine::LlavaConfig& c, int64_t m, int64_t text_tail) {
@@ -142,8 +102,8 @@ int main(int argc, char** argv) {
                         {"threads", at::get_num_threads()}};
 
   // ---- Decode: full versus compressed, one model, one pool.
-  auto cfg = TextConfig(hidden, inter, layers, heads, kv_heads, vocab);
-  auto model = BuildModel(cfg);
+  auto cfg = bench::TextModelConfig(hidden, inter, layers, heads, kv_heads, vocab);
+  auto model = bench::RandomModel(cfg);
   const int64_t max_prompt = *std::max_element(prompts.begin(), prompts.end());
   kvcache::PagePoolOptions po;
   po.kv_heads = kv_heads;
@@ -225,19 +185,22 @@ int main(int argc, char** argv) {
   pool.reset();
 
   // ---- Prefill: plain versus observation + plan + compaction.
-  auto pcfg = TextConfig(prefill_hidden, prefill_inter, layers, prefill_heads, prefill_heads,
-                         vocab);
-  auto pmodel = BuildModel(pcfg);
+  auto pcfg = bench::TextModelConfig(prefill_hidden, prefill_inter, layers, prefill_heads,
+                                     prefill_heads, vocab);
+  auto pmodel = bench::RandomModel(pcfg);
   kvcache::PagePoolOptions ppo;
   ppo.kv_heads = prefill_heads;
   ppo.head_dim = prefill_hidden / prefill_heads;
   ppo.capacity_bytes = (prefill_prompt + 64) * 2LL * ppo.kv_heads * ppo.head_dim * 4 * layers * 2;
   auto ppool = std::move(kvcache::PagePool::Create(ppo)).value();
   auto shape = Shape(pcfg, prefill_prompt, 50);
-  std::vector<double> plain, observed, ratios;
-  for (int r = 0; r < repeats; ++r) {
+  std::vector<double> plain, observed, ratios, plan_ms, compact_ms;
+  // Repeat -1 warms allocator and caches up and is not recorded.
+  for (int r = -1; r < repeats; ++r) {
     auto embeds = at::randn({prefill_prompt, prefill_hidden}) * 0.02;
-    for (int with = 0; with < 2; ++with) {
+    // Alternate which variant runs first, so drift on a shared machine favours neither.
+    for (int turn = 0; turn < 2; ++turn) {
+      const int with = (turn + r) % 2;
       kvcache::PagedKvCache cache(layers, ppool.get());
       (void)cache.AddSequence(0);
       auto a = Clock::now();
@@ -245,29 +208,37 @@ int main(int argc, char** argv) {
         auto spec = kvcache::ObservationFor(policy, shape);
         std::vector<kvcache::LayerObservation> obs;
         auto logits = pmodel->Prefill(0, embeds, 0, &cache, false, &spec, &obs);
+        auto b = Clock::now();
         auto plan = kvcache::MakeKeepPlan(policy, shape, obs);
+        auto c = Clock::now();
         if (!logits.ok() || !plan.ok() || !cache.Compact(0, *plan).ok()) {
           std::cerr << "prefill with compression failed\n";
           return 1;
         }
-        observed.push_back(Seconds(a));
+        if (r >= 0) {
+          observed.push_back(Seconds(a));
+          plan_ms.push_back(std::chrono::duration<double, std::milli>(c - b).count());
+          compact_ms.push_back(Seconds(c) * 1e3);
+        }
       } else {
         auto logits = pmodel->Prefill(0, embeds, 0, &cache);
         if (!logits.ok()) return 1;
-        plain.push_back(Seconds(a));
+        if (r >= 0) plain.push_back(Seconds(a));
       }
     }
-    ratios.push_back(observed.back() / plain.back());
+    if (r >= 0) ratios.push_back(observed.back() / plain.back());
   }
   std::printf("prefill %lld tokens: plain %.1f ms, with %s observation + compaction %.1f ms, "
-              "ratio %.3f\n",
+              "ratio %.3f (plan %.2f ms, compaction %.2f ms)\n",
               static_cast<long long>(prefill_prompt), Median(plain) * 1e3, policy_name.c_str(),
-              Median(observed) * 1e3, Median(ratios));
+              Median(observed) * 1e3, Median(ratios), Median(plan_ms), Median(compact_ms));
   out["prefill"] = {{"prompt", prefill_prompt},
                     {"hidden", prefill_hidden},
                     {"plain_ms", Median(plain) * 1e3},
                     {"compressed_ms", Median(observed) * 1e3},
                     {"overhead_ratio", Median(ratios)},
+                    {"plan_ms", Median(plan_ms)},
+                    {"compaction_ms", Median(compact_ms)},
                     {"ratios_per_repeat", ratios}};
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
   return 0;

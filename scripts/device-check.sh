@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The check run on the GPU machine (PyTorch's LibTorch 2.x, CUDA, no package registry): builds the
-# LibTorch-only parts of vlcache against that LibTorch, runs their test suites, and runs the engine
-# benchmark on its CPUs. Logs and JSON go to $OUT. Prepare with scripts/pack-device-deps.sh here,
+# LibTorch-only parts of vlcache (engine core, kvcache, benchmarks) against that LibTorch, runs
+# their test suites, and runs the engine and KV-cache benchmarks on its CPUs. Logs and JSON go to $OUT. Prepare with scripts/pack-device-deps.sh here,
 # then: device run --carry .devdeps -- scripts/device-check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,12 +30,14 @@ step() {  # name, command...
   return $rc
 }
 
-GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
+GEN=""; KEEP="-k"; command -v ninja >/dev/null && { GEN="-G Ninja"; KEEP="-k 0"; }
 step configure cmake -S . -B build-device $GEN -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS" -DVLC_WITH_MEDIA=OFF -DVLC_WITH_TOKENIZER=OFF || exit 1
-step build cmake --build build-device -j "$(nproc)" || exit 1
+step build cmake --build build-device -j "$(nproc)" -- $KEEP || exit 1
 step ctest bash -c "cd build-device && ctest --output-on-failure -j 8"
 step bench-engine build-device/bin/vlcache-bench-engine --hidden 4096 --intermediate 11008 \
   --layers 2 --repeats 5 --json "$OUT/bench-engine-cpu.json"
-cat "$OUT/bench-engine.log" 2>/dev/null
+step bench-kvcache build-device/bin/vlcache-bench-kvcache --prompts 2048,8192,32768 --budget 0.1 \
+  --repeats 3 --steps 6 --json "$OUT/bench-kvcache-cpu.json"
+cat "$OUT/bench-engine.log" "$OUT/bench-kvcache.log" 2>/dev/null
 exit 0

@@ -11,35 +11,12 @@
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_cache.h"
 #include "kvcache/policy.h"
-#include "tools/random_weights.h"
+#include "tests/engine/test_models.h"
 
 namespace vlc::engine {
 namespace {
 
-LlavaConfig SmallConfig() {
-  LlavaConfig c;
-  c.vision.hidden_size = 32;
-  c.vision.intermediate_size = 64;
-  c.vision.num_hidden_layers = 2;
-  c.vision.num_attention_heads = 2;
-  c.vision.image_size = 32;
-  c.vision.patch_size = 8;
-  c.text.vocab_size = 96;
-  c.text.hidden_size = 64;
-  c.text.intermediate_size = 128;
-  c.text.num_hidden_layers = 3;
-  c.text.num_attention_heads = 4;
-  c.text.num_key_value_heads = 2;
-  c.text.head_dim = 16;
-  c.image_token_index = 95;
-  return c;
-}
-
-std::unique_ptr<LlavaModel> RandomModel(const LlavaConfig& c) {
-  WeightMap w;
-  for (auto& [name, t] : tools::RandomLlavaWeights(c, 21, 0.2f)) w[name] = t;
-  return std::move(LlavaModel::FromWeights(c, std::move(w))).value();
-}
+LlavaConfig ThreeLayers() { return SmallConfig("llama", 0, 3); }
 
 std::unique_ptr<kvcache::PagePool> Pool(const LlavaConfig& c, int64_t bytes = 64 << 20) {
   kvcache::PagePoolOptions o;
@@ -66,7 +43,7 @@ SequenceSpec Spec(const LlavaModel& m, int seed, int max_new, const std::string&
 }
 
 TEST(CompressedGeneration, BudgetOneEqualsFullTokenForToken) {
-  auto m = RandomModel(SmallConfig());
+  auto m = RandomModel(ThreeLayers());
   auto pool = Pool(m->config());
   kvcache::PagedKvCache cache(m->config().text.num_hidden_layers, pool.get());
   Generator gen(m.get(), &cache, -1);
@@ -81,7 +58,7 @@ TEST(CompressedGeneration, BudgetOneEqualsFullTokenForToken) {
 }
 
 TEST(CompressedGeneration, VlCacheKeepsAboutTheBudgetAndReportsIt) {
-  auto m = RandomModel(SmallConfig());
+  auto m = RandomModel(ThreeLayers());
   auto pool = Pool(m->config());
   kvcache::PagedKvCache cache(m->config().text.num_hidden_layers, pool.get());
   Generator gen(m.get(), &cache, -1);
@@ -147,7 +124,7 @@ class MaskedCache final : public kvcache::KvCache {
 };
 
 TEST(CompressedGeneration, DecodeEqualsFullCacheWithEvictedPositionsMasked) {
-  const auto c = SmallConfig();
+  const auto c = ThreeLayers();
   auto m = RandomModel(c);
   for (const char* policy : {"vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
     SCOPED_TRACE(policy);
@@ -190,7 +167,7 @@ TEST(CompressedGeneration, DecodeEqualsFullCacheWithEvictedPositionsMasked) {
 }
 
 TEST(CompressedGeneration, AnExhaustedPoolIsACleanErrorAndLeaksNothing) {
-  auto m = RandomModel(SmallConfig());
+  auto m = RandomModel(ThreeLayers());
   // Room for a few pages only: the prompt cannot fit.
   const auto& t = m->config().text;
   auto pool = Pool(m->config(), 5 * 2 * t.num_key_value_heads * 4 * t.head_dim * 4);

@@ -1,3 +1,4 @@
+#include "common/fs.h"
 #include "engine/config.h"
 
 #include <gtest/gtest.h>
@@ -94,7 +95,7 @@ class TempDir {
     if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
   }
   ~TempDir() {
-    if (!path_.empty()) std::filesystem::remove_all(path_);
+    if (!path_.empty()) RemoveTree(path_);
   }
   std::string Write(const std::string& name, const std::string& text) const {
     std::ofstream(path_ + "/" + name) << text;

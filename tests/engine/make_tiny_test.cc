@@ -1,5 +1,6 @@
 // The tiny checkpoint writer: the Hugging Face files it writes, that the engine's own readers load
 // them back in every layout, shard count and dtype, and that a seed fixes every byte.
+#include "common/fs.h"
 #include "tools/make_tiny.h"
 
 #include <ATen/ATen.h>
@@ -40,8 +41,7 @@ class TempDir {
     if (mkdtemp(tmpl) != nullptr) path_ = tmpl;
   }
   ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
+    if (!path_.empty()) RemoveTree(path_);
   }
   const std::string& path() const { return path_; }
   std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }

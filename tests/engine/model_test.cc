@@ -6,40 +6,11 @@
 
 #include "engine/generator.h"
 #include "kvcache/attention.h"
+#include "tests/engine/test_models.h"
 #include "tools/random_weights.h"
 
 namespace vlc::engine {
 namespace {
-
-LlavaConfig SmallConfig(const std::string& text_type = "llama", int sliding_window = 0) {
-  LlavaConfig c;
-  c.vision.hidden_size = 32;
-  c.vision.intermediate_size = 64;
-  c.vision.num_hidden_layers = 2;
-  c.vision.num_attention_heads = 2;
-  c.vision.image_size = 32;
-  c.vision.patch_size = 8;
-  c.text.model_type = text_type;
-  c.text.vocab_size = 96;
-  c.text.hidden_size = 64;
-  c.text.intermediate_size = 128;
-  c.text.num_hidden_layers = 2;
-  c.text.num_attention_heads = 4;
-  c.text.num_key_value_heads = 2;
-  c.text.head_dim = 16;
-  c.text.sliding_window = sliding_window;
-  c.image_token_index = 95;
-  return c;
-}
-
-std::unique_ptr<LlavaModel> RandomModel(const LlavaConfig& c, uint64_t seed = 7,
-                                        float std = 0.2f) {
-  WeightMap w;
-  for (auto& [name, t] : tools::RandomLlavaWeights(c, seed, std)) w[name] = t;
-  auto m = LlavaModel::FromWeights(c, std::move(w));
-  EXPECT_TRUE(m.ok()) << m.status();
-  return std::move(m).value();
-}
 
 // A prompt of text ids around one image's visual tokens.
 std::vector<int> PromptIds(const LlavaConfig& c, int text_before, int text_after, int seed) {

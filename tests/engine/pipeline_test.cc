@@ -1,5 +1,6 @@
 // End to end on a tiny random checkpoint written in the Hugging Face layout: media and prompt in,
 // text out, through the same Pipeline the CLI uses; and the CLI binaries themselves.
+#include "common/fs.h"
 #include "engine/pipeline.h"
 
 #include <gtest/gtest.h>
@@ -36,7 +37,7 @@ class PipelineTest : public ::testing::Test {
   }
   static void TearDownTestSuite() {
     delete pipeline_;
-    fs::remove_all(*dir_);
+    RemoveTree(*dir_);
     delete dir_;
   }
 

@@ -1,3 +1,4 @@
+#include "common/fs.h"
 #include "engine/safetensors.h"
 
 #include <ATen/ATen.h>
@@ -21,7 +22,7 @@ class TempDirTest : public ::testing::Test {
     dir_ = tmpl;
     at::manual_seed(0);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override { RemoveTree(dir_); }
 
   std::string PathOf(const std::string& name) const { return dir_ + "/" + name; }
 

@@ -1,5 +1,6 @@
 // The SentencePiece tokenizer, the chat template with its <image> placeholder, and streaming
 // detokenization, checked against the tokenizer vlcache-make-tiny trains.
+#include "common/fs.h"
 #include "engine/tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -81,7 +82,7 @@ class TokenizerTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete tok_;
     tok_ = nullptr;
-    if (dir_ != nullptr) fs::remove_all(*dir_);
+    if (dir_ != nullptr) RemoveTree(*dir_);
     delete dir_;
     dir_ = nullptr;
   }

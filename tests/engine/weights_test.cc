@@ -1,3 +1,4 @@
+#include "common/fs.h"
 #include "engine/weights.h"
 
 #include <ATen/ATen.h>
@@ -52,7 +53,7 @@ class CheckpointLoader : public ::testing::Test {
     dir_ = tmpl;
     at::manual_seed(0);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override { RemoveTree(dir_); }
 
   std::string PathOf(const std::string& name) const { return dir_ + "/" + name; }
 

@@ -1,0 +1,46 @@
+// Small random LLaVA models built in memory, for the suites that test the model and generation.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "engine/model.h"
+#include "tools/random_weights.h"
+
+namespace vlc::engine {
+
+// 2 vision layers (16 patches), a GQA decoder (4 query, 2 KV heads) of `text_layers` layers.
+inline LlavaConfig SmallConfig(const std::string& text_type = "llama", int sliding_window = 0,
+                               int text_layers = 2) {
+  LlavaConfig c;
+  c.vision.hidden_size = 32;
+  c.vision.intermediate_size = 64;
+  c.vision.num_hidden_layers = 2;
+  c.vision.num_attention_heads = 2;
+  c.vision.image_size = 32;
+  c.vision.patch_size = 8;
+  c.text.model_type = text_type;
+  c.text.vocab_size = 96;
+  c.text.hidden_size = 64;
+  c.text.intermediate_size = 128;
+  c.text.num_hidden_layers = text_layers;
+  c.text.num_attention_heads = 4;
+  c.text.num_key_value_heads = 2;
+  c.text.head_dim = 16;
+  c.text.sliding_window = sliding_window;
+  c.image_token_index = 95;
+  return c;
+}
+
+inline std::unique_ptr<LlavaModel> RandomModel(const LlavaConfig& c, uint64_t seed = 7,
+                                               float std = 0.2f) {
+  WeightMap w;
+  for (auto& [name, t] : tools::RandomLlavaWeights(c, seed, std)) w[name] = t;
+  auto m = LlavaModel::FromWeights(c, std::move(w));
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? std::move(m).value() : nullptr;
+}
+
+}  // namespace vlc::engine
