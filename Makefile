@@ -3,7 +3,12 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench clean
+.PHONY: all deps configure build test bench serve clean
+
+# The model `make serve` runs: the shipped demo model when present, else a tiny random one.
+MODEL ?= $(if $(wildcard models/demo/config.json),models/demo,$(BUILD)/models/tiny)
+LISTEN ?= 127.0.0.1:50051
+METRICS_LISTEN ?= 127.0.0.1:9464
 
 all: build
 
@@ -27,6 +32,13 @@ test: deps
 bench: build
 	@$(BUILD)/bin/vlcache-bench-engine --hidden 4096 --intermediate 11008 --layers 2 --json $(BUILD)/bench-engine.json
 	@$(BUILD)/bin/vlcache-bench-kvcache --prompts 2048,8192,32768 --budget 0.1 --repeats 3 --steps 6 --json $(BUILD)/bench-kvcache.json
+
+serve: deps
+	@$(MAKE) --no-print-directory build
+	@if [ "$(MODEL)" = "$(BUILD)/models/tiny" ] && [ ! -f $(BUILD)/models/tiny/config.json ]; then \
+	  echo "models/demo is not in this checkout yet: serving a tiny random model (answers are noise)"; \
+	  $(BUILD)/bin/vlcache-make-tiny --out $(BUILD)/models/tiny --seed 1; fi
+	@$(BUILD)/bin/vlcache-server --model $(MODEL) --listen $(LISTEN) --metrics-listen $(METRICS_LISTEN)
 
 clean:
 	@rm -rf $(BUILD)

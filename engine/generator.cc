@@ -149,6 +149,10 @@ absl::Status Generator::Step() {
   return absl::OkStatus();
 }
 
+void Generator::Cancel(SeqId id, absl::Status reason) {
+  Finish(id, FinishReason::kError, std::move(reason));
+}
+
 std::vector<std::pair<SeqId, SequenceResult>> Generator::TakeFinished() {
   std::vector<std::pair<SeqId, SequenceResult>> out;
   out.swap(finished_);

@@ -60,6 +60,10 @@ class Generator {
   // with kError and returns the error.
   absl::Status Step();
 
+  // Ends a running sequence now (its caller cancelled or its deadline passed) with kError and
+  // `reason`; its pages return to the pool. Unknown ids are ignored.
+  void Cancel(SeqId id, absl::Status reason);
+
   bool HasRunning() const { return !running_.empty(); }
   size_t NumRunning() const { return running_.size(); }
 

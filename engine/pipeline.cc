@@ -189,18 +189,27 @@ GenerateResponse MakeResponse(const PreparedPrompt& prompt, SequenceResult& res,
     std::string rest = tr.text->TakeDelta();
     if (!rest.empty()) (*tr.on_text)(rest);
   }
+  return SummarizeSequence(prompt, res, tr.text->text(), tr.policy, tr.ttft_ms,
+                           MsSince(tr.start));
+}
+
+}  // namespace
+
+GenerateResponse SummarizeSequence(const PreparedPrompt& prompt, const SequenceResult& res,
+                                   const std::string& text, const std::string& policy,
+                                   double ttft_ms, double total_ms) {
   GenerateResponse r;
-  r.text = tr.text->text();
+  r.text = text;
   r.token_ids = res.tokens;
   r.finish_reason = FinishReasonName(res.finish);
-  r.kv_policy = tr.policy;
+  r.kv_policy = policy;
   r.prompt_tokens = res.prompt_tokens;
   r.visual_tokens = prompt.visual_tokens;
   r.generated_tokens = static_cast<int>(res.tokens.size());
   r.media_ms = prompt.media_ms;
-  r.ttft_ms = tr.ttft_ms;
+  r.ttft_ms = ttft_ms;
   r.decode_ms_per_token = r.generated_tokens > 1 ? res.decode_ms / (r.generated_tokens - 1) : 0;
-  r.total_ms = MsSince(tr.start);
+  r.total_ms = total_ms;
   r.compress_ms = res.compress_ms;
   r.kv_bytes = res.kv_bytes;
   r.kv_bytes_full = res.kv_bytes_full;
@@ -208,7 +217,15 @@ GenerateResponse MakeResponse(const PreparedPrompt& prompt, SequenceResult& res,
   return r;
 }
 
-}  // namespace
+SequenceSpec Pipeline::SpecFor(const GenerateRequest& request,
+                               const PreparedPrompt& prompt) const {
+  SequenceSpec spec;
+  spec.prompt_ids = prompt.ids;
+  spec.visual = prompt.visual;
+  spec.sampling = request.sampling;
+  spec.cache_policy = request.cache_policy.value_or(options_.cache_policy);
+  return spec;
+}
 
 absl::StatusOr<GenerateResponse> Pipeline::Generate(const GenerateRequest& request,
                                                     const TextCallback& on_text) const {
@@ -241,11 +258,7 @@ absl::StatusOr<std::vector<GenerateResponse>> Pipeline::GenerateBatchWithCallbac
     tr.text = std::make_unique<TextAssembler>(tokenizer_.get(), requests[i].sampling.stop);
     tr.start = start;
     tr.on_text = &callbacks[i];
-    SequenceSpec spec;
-    spec.prompt_ids = prompts.back().ids;
-    spec.visual = prompts.back().visual;
-    spec.sampling = requests[i].sampling;
-    spec.cache_policy = requests[i].cache_policy.value_or(options_.cache_policy);
+    SequenceSpec spec = SpecFor(requests[i], prompts.back());
     spec.on_token = [&tr](int token) {
       if (tr.ttft_ms < 0) tr.ttft_ms = MsSince(tr.start);
       const bool more = tr.text->Push(token);

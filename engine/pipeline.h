@@ -87,6 +87,13 @@ class Pipeline {
 
   // Checks the request's shape (media combination, limits, sampling) and builds the prompt.
   absl::StatusOr<PreparedPrompt> Prepare(const GenerateRequest& request) const;
+  // The generator's view of a prepared request (no callback set).
+  SequenceSpec SpecFor(const GenerateRequest& request, const PreparedPrompt& prompt) const;
+
+  // The paged cache every request of this pipeline runs on; a caller that drives its own
+  // Generator (the server's engine thread) uses it, one thread at a time.
+  kvcache::PagedKvCache* cache() const { return cache_.get(); }
+  const kvcache::PagePool& pool() const { return *pool_; }
 
   // One request; `on_text` receives text deltas as they become final (never past a stop string).
   absl::StatusOr<GenerateResponse> Generate(const GenerateRequest& request,
@@ -108,6 +115,11 @@ class Pipeline {
   std::unique_ptr<kvcache::PagePool> pool_;
   std::unique_ptr<kvcache::PagedKvCache> cache_;
 };
+
+// The response for a finished sequence whose text is final.
+GenerateResponse SummarizeSequence(const PreparedPrompt& prompt, const SequenceResult& res,
+                                   const std::string& text, const std::string& policy,
+                                   double ttft_ms, double total_ms);
 
 // Turns generated ids into text, ending it before the first stop string and holding back any tail
 // that could still become one, so streamed text never has to be taken back.

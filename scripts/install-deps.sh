@@ -11,6 +11,11 @@ PACKAGES=(
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-videoio-dev
   ffmpeg                                     # video codecs behind OpenCV's videoio
   libgtest-dev libbenchmark-dev
+  # the gRPC service
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  prometheus-cpp-dev libyaml-cpp-dev
+  python3-grpcio python3-protobuf             # the Python client, tested with Debian's python3
+  prometheus                                  # a real Prometheus server and promtool, for tests
 )
 
 missing=()

@@ -1,0 +1,62 @@
+// The server's configuration: command-line flags, then VLC_* environment variables, then an
+// optional YAML file (--config), then defaults, in that order of precedence. `--help` documents
+// every option; an invalid value is an error naming the option and where it came from.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/pipeline.h"
+
+namespace vlc::server {
+
+struct ServerConfig {
+  // Serving
+  std::string model_dir = "models/demo";    // --model, VLC_MODEL, model
+  std::string listen = "0.0.0.0:50051";     // --listen, VLC_LISTEN, listen (port 0: any free port)
+  std::string metrics_listen = "0.0.0.0:9464";  // --metrics-listen ... ("" disables metrics)
+  int threads = 0;                          // --threads: LibTorch threads, 0 = cores available
+  // Limits and scheduling
+  int max_queue = 64;                       // --max-queue: requests waiting for admission
+  int max_running = 16;                     // --max-running: sequences decoded together
+  int max_sessions = 256;                   // --max-sessions
+  double session_ttl_seconds = 600;         // --session-ttl-seconds: idle sessions expire
+  // The engine's options: limits, KV cache, default policy (see engine/pipeline.h).
+  engine::PipelineOptions pipeline;         // --kv-cache-bytes, --kv-page-tokens, --kv-policy,
+                                            // --kv-budget, --max-prompt-tokens, --max-new-tokens,
+                                            // --max-media-bytes, --max-pixels, --max-frames,
+                                            // --video-frames, --chat-template
+  int default_max_new_tokens = 128;         // --default-max-new-tokens
+  // Security
+  std::string auth_token_file;              // --auth-token-file: one bearer token per line
+  std::string auth_token;                   // VLC_AUTH_TOKEN only (never a flag: ps shows flags)
+  std::string tls_cert_file;                // --tls-cert
+  std::string tls_key_file;                 // --tls-key
+  // Logging
+  std::string log_format = "text";          // --log-format text|json
+  std::string log_level = "info";           // --log-level trace|debug|info|warn|error
+};
+
+// Parses argv, the environment and the YAML file. Returns the config, or INVALID_ARGUMENT with a
+// message naming the option; `--help` output goes to `help_text` with an OK status and
+// `*exit_now` set.
+absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::string* help_text,
+                                        bool* exit_now);
+
+// "host:port" split into its parts (an IPv6 host in brackets, "[::1]:50051", comes back without
+// them; port 0..65535); INVALID_ARGUMENT saying what is wrong otherwise. Shared by the config
+// checks and the metrics listener.
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+absl::StatusOr<HostPort> ParseHostPort(const std::string& address);
+
+// Parses a byte size: a plain integer or one with a binary suffix K, M, G or T (optionally
+// followed by "i" and/or "B": 512M, 2GiB, 64KB all count powers of 1024). INVALID_ARGUMENT on
+// anything else, negative values and overflow.
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
+
+}  // namespace vlc::server

@@ -1,0 +1,47 @@
+// The gRPC face of the engine: request checks (answered at once, before any work), conversion
+// between the proto API and the engine's types, streaming, deadlines and cancellation, optional
+// bearer-token auth, and one log line per request. Nothing below server/ knows gRPC.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/config.h"
+#include "server/engine_loop.h"
+#include "server/metrics.h"
+#include "vlcache/v1/inference.grpc.pb.h"
+
+namespace vlc::server {
+
+// gRPC code name of an absl status code (they are the same numbers).
+grpc::Status ToGrpc(const absl::Status& s);
+
+// The engine request for an API request, with the server's defaults for unset fields; the
+// checks that need no media decoding happen here (INVALID_ARGUMENT naming the field).
+absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const vlcache::v1::GenerateRequest& req,
+                                                        const ServerConfig& config);
+
+class InferenceService final : public vlcache::v1::Inference::Service {
+ public:
+  InferenceService(const ServerConfig& config, const engine::Pipeline* pipeline, EngineLoop* loop,
+                   Metrics* metrics, std::vector<std::string> tokens);
+
+  grpc::Status Generate(grpc::ServerContext* context, const vlcache::v1::GenerateRequest* request,
+                        grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context,
+                            const vlcache::v1::GetModelInfoRequest* request,
+                            vlcache::v1::ModelInfo* response) override;
+
+ private:
+  absl::Status Authorize(grpc::ServerContext* context) const;
+  void Record(const std::string& method, const grpc::Status& status);
+
+  const ServerConfig& config_;
+  const engine::Pipeline* pipeline_;
+  EngineLoop* loop_;
+  Metrics* metrics_;
+  std::vector<std::string> tokens_;
+};
+
+}  // namespace vlc::server

@@ -1,0 +1,139 @@
+// vlcache-server: the gRPC inference service. Configuration: flags, VLC_* environment variables,
+// an optional YAML file (--help lists every option). Once serving it prints one line,
+//   listening grpc=HOST:PORT metrics=HOST:PORT
+// so that scripts and tests that asked for port 0 learn the ports; SIGTERM or SIGINT stop it.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "server/config.h"
+#include "server/engine_loop.h"
+#include "server/inference_service.h"
+#include "server/metrics.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+std::string Host(const std::string& listen) { return listen.substr(0, listen.rfind(':')); }
+
+std::string ReadFile(const std::string& path, bool* ok) {
+  std::ifstream f(path, std::ios::binary);
+  *ok = static_cast<bool>(f);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace vlc;
+  // Signals are taken by sigwait below, never by the threads gRPC and LibTorch start.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::string help;
+  bool exit_now = false;
+  auto config_or = server::LoadConfig(argc, argv, &help, &exit_now);
+  if (!config_or.ok()) {
+    std::cerr << "error: " << config_or.status().message() << "\n";
+    return 2;
+  }
+  if (exit_now) {
+    std::cout << help;
+    return 0;
+  }
+  const server::ServerConfig& config = *config_or;
+  auto logger = spdlog::stderr_logger_mt("vlcache");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(config.log_level));
+  if (config.log_format == "json") {
+    spdlog::set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%v"})");
+  }
+
+  std::vector<std::string> tokens;
+  if (!config.auth_token.empty()) tokens.push_back(config.auth_token);
+  if (!config.auth_token_file.empty()) {
+    bool ok = false;
+    std::istringstream lines(ReadFile(config.auth_token_file, &ok));
+    if (!ok) {
+      std::cerr << "error: cannot read --auth-token-file " << config.auth_token_file << "\n";
+      return 2;
+    }
+    for (std::string line; std::getline(lines, line);) {
+      if (!line.empty()) tokens.push_back(line);
+    }
+  }
+
+  std::unique_ptr<server::Metrics> metrics;
+  if (!config.metrics_listen.empty()) {
+    auto m = server::Metrics::Start(config.metrics_listen);
+    if (!m.ok()) {
+      std::cerr << "error: metrics: " << m.status().message() << "\n";
+      return 2;
+    }
+    metrics = std::move(*m);
+  }
+
+  spdlog::info("event=loading model={}", config.model_dir);
+  auto pipeline = engine::Pipeline::Load(config.model_dir, config.pipeline);
+  if (!pipeline.ok()) {
+    std::cerr << "error: " << pipeline.status().message() << "\n";
+    return 2;
+  }
+  server::EngineLoop loop(pipeline->get(), {config.max_queue, config.max_running},
+                          metrics.get());
+  loop.Start();
+  server::InferenceService service(config, pipeline->get(), &loop, metrics.get(), tokens);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!config.tls_cert_file.empty()) {
+    bool ok_cert = false, ok_key = false;
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({ReadFile(config.tls_key_file, &ok_key),
+                                      ReadFile(config.tls_cert_file, &ok_cert)});
+    if (!ok_cert || !ok_key) {
+      std::cerr << "error: cannot read --tls-cert / --tls-key\n";
+      return 2;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  int port = 0;
+  builder.AddListeningPort(config.listen, creds, &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(config.pipeline.limits.max_bytes * 2 + (1 << 20),
+                                         INT32_MAX)));
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (!grpc_server || port == 0) {
+    std::cerr << "error: cannot listen on " << config.listen << "\n";
+    return 2;
+  }
+  grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  std::cout << "listening grpc=" << Host(config.listen) << ":" << port;
+  if (metrics) std::cout << " metrics=" << Host(config.metrics_listen) << ":" << metrics->port();
+  std::cout << std::endl;
+  spdlog::info("event=serving grpc_port={} model={}", port, config.model_dir);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("event=stopping signal={}", sig);
+  grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  loop.Stop();  // answers every waiting and running request
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return 0;
+}

@@ -1,0 +1,55 @@
+// The server's Prometheus metrics (prefix vlcache_, base units), served on their own port at
+// /metrics. One Metrics object per process; its methods are thread-safe (prometheus-cpp's
+// counters, gauges and histograms are).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace vlc::server {
+
+class Metrics {
+ public:
+  // Starts the exposer on `listen` ("host:port"; port 0 picks a free one). INVALID_ARGUMENT or
+  // UNAVAILABLE when it cannot bind.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Start(const std::string& listen);
+  ~Metrics();
+
+  // The port the exposer listens on (the real one when 0 was asked).
+  int port() const;
+
+  // vlcache_requests_total{method, code}
+  void CountRequest(const std::string& method, const std::string& code);
+  // vlcache_time_to_first_token_seconds, vlcache_inter_token_latency_seconds,
+  // vlcache_queue_time_seconds, vlcache_prefill_seconds, vlcache_request_duration_seconds
+  void ObserveTtft(double seconds);
+  void ObserveInterToken(double seconds);
+  void ObserveQueueTime(double seconds);
+  void ObservePrefill(double seconds);
+  void ObserveEndToEnd(double seconds);
+  // vlcache_prompt_tokens_total{modality="text"|"visual"}, vlcache_generated_tokens_total
+  void CountPromptTokens(int64_t text, int64_t visual);
+  void CountGeneratedTokens(int64_t n);
+  // vlcache_kv_cache_bytes{state="used"|"capacity"|"full_equivalent"}
+  void SetKvBytes(int64_t used, int64_t capacity, int64_t full_equivalent);
+  // vlcache_kv_compression_ratio (kept / full of the last compressed prompt) and
+  // vlcache_kv_layer_budget_ratio histogram (per-layer kept / prompt length)
+  void ObserveCompression(double kept_over_full, const std::vector<double>& layer_ratios);
+  // vlcache_sessions_active, vlcache_session_evictions_total{reason}
+  void SetSessionsActive(int64_t n);
+  void CountEviction(const std::string& reason);
+  // vlcache_batch_size (sequences in the last decode step), vlcache_queue_depth
+  void SetBatchSize(int64_t n);
+  void SetQueueDepth(int64_t n);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  Metrics();
+};
+
+}  // namespace vlc::server
