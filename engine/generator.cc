@@ -60,16 +60,17 @@ void Generator::Finish(SeqId id, FinishReason reason, absl::Status error) {
   // Every token fed to the model so far (prompt and generated) would sit in every layer.
   res.kv_bytes_full = it->second.next_pos * model_->config().text.num_hidden_layers *
                       cache_->BytesPerTokenPerLayer();
-  cache_->RemoveSequence(id);
+  res.next_pos = it->second.next_pos;
+  // A session's sequence stays unless it failed; everything else leaves the cache at once.
+  if (!it->second.spec.keep_cache || reason == FinishReason::kError) cache_->RemoveSequence(id);
   running_.erase(it);
   finished_.emplace_back(id, std::move(res));
 }
 
-absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
-  VLC_RETURN_IF_ERROR(spec.sampling.Validate());
+absl::StatusOr<SeqId> Generator::PrefillNew(SequenceSpec& spec, SequenceResult* result,
+                                            at::Tensor* last_logits) {
   VLC_RETURN_IF_ERROR(spec.cache_policy.Validate());
   if (spec.prompt_ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
-  const auto t0 = std::chrono::steady_clock::now();
   VLC_ASSIGN_OR_RETURN(at::Tensor embeds, model_->EmbedPrompt(spec.prompt_ids, spec.visual));
   const auto& cfg = model_->config();
   const bool compress = spec.cache_policy.name != "full";
@@ -101,23 +102,84 @@ absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
     cache_->RemoveSequence(id);
     return st;
   }
-  Running r;
-  r.result.compress_ms = compress ? MsSince(t_plan) : 0;
+  result->compress_ms = compress ? MsSince(t_plan) : 0;
+  result->layer_budgets.clear();
   for (int l = 0; l < cfg.text.num_hidden_layers; ++l) {
-    r.result.layer_budgets.push_back(cache_->Length(id, l));
+    result->layer_budgets.push_back(cache_->Length(id, l));
   }
+  result->prompt_tokens = static_cast<int>(spec.prompt_ids.size());
+  result->next_pos = static_cast<int64_t>(spec.prompt_ids.size());
+  *last_logits = std::move(logits).value();
+  spec.visual = at::Tensor();  // prefilled: the cache holds what it contributed
+  return id;
+}
+
+SeqId Generator::StartRunning(SeqId id, SequenceSpec spec, SequenceResult result,
+                              int64_t next_pos, const at::Tensor& logits,
+                              std::chrono::steady_clock::time_point t0) {
+  Running r;
+  r.result = std::move(result);
   r.sampler = std::make_unique<Sampler>(spec.sampling);
-  r.result.prompt_tokens = static_cast<int>(spec.prompt_ids.size());
-  r.next_pos = static_cast<int64_t>(spec.prompt_ids.size());
+  r.next_pos = next_pos;
   r.spec = std::move(spec);
-  r.spec.visual = at::Tensor();  // prefilled: the cache holds what it contributed
-  at::Tensor row = logits->reshape({-1}).contiguous();
+  at::Tensor row = logits.reshape({-1}).contiguous();
   const int token = r.sampler->Sample(row.data_ptr<float>(), static_cast<int>(row.numel()));
   auto& slot = running_.emplace(id, std::move(r)).first->second;
   const bool more = Accept(slot, token);
   slot.result.prefill_ms = MsSince(t0);
   if (!more) Finish(id, slot.result.finish);
   return id;
+}
+
+absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
+  VLC_RETURN_IF_ERROR(spec.sampling.Validate());
+  const auto t0 = std::chrono::steady_clock::now();
+  SequenceResult result;
+  at::Tensor logits;
+  VLC_ASSIGN_OR_RETURN(SeqId id, PrefillNew(spec, &result, &logits));
+  const int64_t next_pos = result.next_pos;
+  return StartRunning(id, std::move(spec), std::move(result), next_pos, logits, t0);
+}
+
+absl::StatusOr<SeqId> Generator::Open(SequenceSpec spec, SequenceResult* info) {
+  at::Tensor logits;
+  SequenceResult result;
+  VLC_ASSIGN_OR_RETURN(SeqId id, PrefillNew(spec, &result, &logits));
+  result.kv_bytes = cache_->Bytes(id);
+  result.kv_bytes_full =
+      result.next_pos * model_->config().text.num_hidden_layers * cache_->BytesPerTokenPerLayer();
+  if (info) *info = std::move(result);
+  return id;
+}
+
+absl::StatusOr<SeqId> Generator::Resume(SeqId seq, int64_t start_pos,
+                                        const std::vector<int>& ids, SequenceSpec spec) {
+  VLC_RETURN_IF_ERROR(spec.sampling.Validate());
+  if (running_.count(seq)) {
+    return absl::FailedPreconditionError(absl::StrCat("sequence ", seq, " is still generating"));
+  }
+  if (!cache_->HasSequence(seq)) {
+    return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not in the cache"));
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("the turn is empty");
+  const auto t0 = std::chrono::steady_clock::now();
+  VLC_ASSIGN_OR_RETURN(at::Tensor embeds, model_->EmbedPrompt(ids, at::Tensor()));
+  // A continued prefill: attends over the compressed cache, appends at the logical positions.
+  VLC_ASSIGN_OR_RETURN(at::Tensor logits, model_->Prefill(seq, embeds, start_pos, cache_));
+  SequenceResult result;
+  result.prompt_tokens = static_cast<int>(ids.size());
+  const auto& cfg = model_->config();
+  for (int l = 0; l < cfg.text.num_hidden_layers; ++l) {
+    result.layer_budgets.push_back(cache_->Length(seq, l));
+  }
+  spec.keep_cache = true;
+  return StartRunning(seq, std::move(spec), std::move(result),
+                      start_pos + static_cast<int64_t>(ids.size()), logits, t0);
+}
+
+void Generator::Close(SeqId seq) {
+  if (running_.count(seq)) Finish(seq, FinishReason::kError, absl::CancelledError("closed"));
+  cache_->RemoveSequence(seq);
 }
 
 absl::Status Generator::Step() {

@@ -31,6 +31,9 @@ struct SequenceSpec {
   // Called with every sampled token except EOS; returning false ends the sequence (stop string
   // found, caller cancelled).
   std::function<bool(int token)> on_token;
+  // Sessions: when set, a finished sequence keeps its cache entry (the compressed prompt and every
+  // token fed so far) for a later Resume, and its id stays valid until Close.
+  bool keep_cache = false;
 };
 
 struct SequenceResult {
@@ -44,6 +47,7 @@ struct SequenceResult {
   int64_t kv_bytes = 0;     // cache bytes held when the sequence finished
   int64_t kv_bytes_full = 0;  // bytes an uncompressed cache would hold for the same tokens
   std::vector<int64_t> layer_budgets;  // prompt tokens each layer kept after compression
+  int64_t next_pos = 0;     // logical length: positions used by the tokens fed so far
 };
 
 class Generator {
@@ -55,6 +59,15 @@ class Generator {
   // Prefills a new sequence and samples its first token; the sequence may already be finished
   // (max_new_tokens 1, EOS, stopped) and is then waiting in TakeFinished().
   absl::StatusOr<SeqId> Add(SequenceSpec spec);
+
+  // Sessions. Open prefills (and compresses) a prompt without generating and keeps it in the
+  // cache; it returns the id. Resume appends `ids` (a turn's text) to a kept sequence at its
+  // logical position `start_pos`, samples the first token and runs it like any other sequence;
+  // the sampled-but-unfed last token of the previous turn must lead `ids`. Close frees it.
+  absl::StatusOr<SeqId> Open(SequenceSpec spec, SequenceResult* info);
+  absl::StatusOr<SeqId> Resume(SeqId seq, int64_t start_pos, const std::vector<int>& ids,
+                               SequenceSpec spec);
+  void Close(SeqId seq);
 
   // One decode step for every running sequence. A failing step ends the sequences it involved
   // with kError and returns the error.
@@ -82,6 +95,12 @@ class Generator {
   };
   // Records a sampled token; returns true when the sequence goes on.
   bool Accept(Running& r, int token);
+  // Prefill of `spec` (and its compression) into a new cache sequence.
+  absl::StatusOr<SeqId> PrefillNew(SequenceSpec& spec, SequenceResult* result,
+                                   at::Tensor* last_logits);
+  // Samples the first token after a prefill and starts the sequence running.
+  SeqId StartRunning(SeqId id, SequenceSpec spec, SequenceResult result, int64_t next_pos,
+                     const at::Tensor& logits, std::chrono::steady_clock::time_point t0);
   void Finish(SeqId id, FinishReason reason, absl::Status error = absl::OkStatus());
 
   const LlavaModel* model_;

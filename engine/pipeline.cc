@@ -113,7 +113,11 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
 absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) const {
   const auto t0 = Clock::now();
   const auto& lim = options_.limits;
-  if (req.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (req.prompt.empty() && req.chat_template.empty()) {
+    return absl::InvalidArgumentError("the prompt is empty");
+  }
+  const std::string& chat_template =
+      req.chat_template.empty() ? options_.chat_template : req.chat_template;
   if (!req.media.images.empty() && !req.media.video.empty()) {
     return absl::InvalidArgumentError("send either images or one video, not both");
   }
@@ -137,7 +141,7 @@ absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) con
                                                       : frames;
   PreparedPrompt out;
   VLC_ASSIGN_OR_RETURN(out.ids, tokenizer_->EncodePrompt(req.prompt, expected_images * per_image,
-                                                         options_.chat_template));
+                                                         chat_template));
   if (static_cast<int>(out.ids.size()) > options_.max_prompt_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the prompt is ", out.ids.size(), " tokens (", expected_images * per_image,
@@ -162,7 +166,7 @@ absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) con
     VLC_ASSIGN_OR_RETURN(out.ids,
                          tokenizer_->EncodePrompt(req.prompt, static_cast<int>(images.size()) *
                                                                   per_image,
-                                                  options_.chat_template));
+                                                  chat_template));
   }
   if (!images.empty()) {
     VLC_ASSIGN_OR_RETURN(at::Tensor pixels, PreprocessImages(images, preprocessor_));

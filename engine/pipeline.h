@@ -46,6 +46,9 @@ struct GenerateRequest {
   std::string prompt;
   SamplingParams sampling;
   std::optional<kvcache::PolicyConfig> cache_policy;  // unset: PipelineOptions::cache_policy
+  // Overrides PipelineOptions::chat_template; an empty prompt is then allowed (a session's
+  // media with no prefix text).
+  std::string chat_template;
 };
 
 struct GenerateResponse {

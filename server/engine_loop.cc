@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -14,6 +18,21 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// 128 random bits: session ids must not be guessable.
+std::string NewSessionId() {
+  static std::random_device rd;
+  std::uniform_int_distribution<uint64_t> d;
+  return absl::StrFormat("%016x%016x", d(rd), d(rd));
+}
+
+// The chat template split at {prompt}: a session's prompt is the head (with the media and the
+// prefix); every turn ends with the tail, where the model answers.
+std::pair<std::string, std::string> SplitTemplate(const std::string& t) {
+  const size_t pos = t.find("{prompt}");
+  if (pos == std::string::npos) return {t, ""};
+  return {t.substr(0, pos + 8), t.substr(pos + 8)};
 }
 
 }  // namespace
@@ -46,6 +65,7 @@ struct EngineLoop::Active {
   double ttft_ms = -1;
   std::vector<int> pending_ids;  // tokens whose text is not out yet
   int64_t generated = 0;
+  std::string session_id;        // a session turn
 };
 
 EngineLoop::EngineLoop(engine::Pipeline* pipeline, EngineLoopOptions options, Metrics* metrics)
@@ -107,6 +127,165 @@ void EngineLoop::PublishGauges() {
   metrics_->SetQueueDepth(queue_depth_.load());
 }
 
+SessionView EngineLoop::View(const std::string& id, const Session& s) const {
+  SessionView v;
+  v.id = id;
+  v.policy = s.policy;
+  auto* cache = pipeline_->cache();
+  v.kv_bytes_kept = cache->Bytes(s.seq);
+  const int layers = pipeline_->model().config().text.num_hidden_layers;
+  v.kv_bytes_full = s.next_pos * layers * cache->BytesPerTokenPerLayer();
+  for (int l = 0; l < layers; ++l) v.layer_budgets.push_back(cache->Length(s.seq, l));
+  v.logical_length = s.next_pos;
+  v.idle_seconds = s.busy ? 0 : SecondsSince(s.last_used);
+  v.turns = s.turns;
+  v.visual_tokens = s.visual_tokens;
+  return v;
+}
+
+void EngineLoop::Evict(const std::string& id, const std::string& reason) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  generator_->Close(it->second.seq);
+  const double idle = SecondsSince(it->second.last_used);
+  sessions_.erase(it);
+  std::string why;
+  if (reason == "ttl") {
+    why = absl::StrFormat("session %s expired after %.0f s idle", id, idle);
+  } else if (reason == "deleted") {
+    why = absl::StrCat("session ", id, " was deleted");
+  } else {
+    why = absl::StrCat("session ", id, " was evicted (", reason,
+                       "): the server needed its room; create a new session");
+  }
+  gone_[id] = why;
+  gone_order_.push_back(id);
+  while (gone_order_.size() > 10000) {  // remember recent ones only
+    gone_.erase(gone_order_.front());
+    gone_order_.pop_front();
+  }
+  if (reason != "deleted") {
+    spdlog::info("event=session_evicted session={} reason={} idle_s={:.1f}", id, reason, idle);
+    if (metrics_) metrics_->CountEviction(reason);
+  }
+  if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+}
+
+bool EngineLoop::EvictFor(int64_t pages) {
+  while (pipeline_->pool().free_pages() < pages) {
+    const std::string* lru = nullptr;
+    Clock::time_point oldest = Clock::time_point::max();
+    for (const auto& [id, s] : sessions_) {
+      if (!s.busy && s.last_used < oldest) {
+        oldest = s.last_used;
+        lru = &id;
+      }
+    }
+    if (!lru) return false;
+    Evict(std::string(*lru), "kv_pages");
+  }
+  return true;
+}
+
+void EngineLoop::ExpireIdle() {
+  if (options_.session_ttl_seconds <= 0) return;
+  std::vector<std::string> expired;
+  for (const auto& [id, s] : sessions_) {
+    if (!s.busy && SecondsSince(s.last_used) > options_.session_ttl_seconds) expired.push_back(id);
+  }
+  for (const auto& id : expired) Evict(id, "ttl");
+}
+
+absl::StatusOr<EngineLoop::Session*> EngineLoop::FindSession(const Job& job) {
+  auto it = sessions_.find(job.session_id);
+  if (it == sessions_.end()) {
+    auto gone = gone_.find(job.session_id);
+    if (gone != gone_.end()) return absl::NotFoundError(gone->second);
+    return absl::NotFoundError(absl::StrCat("unknown session id '", job.session_id,
+                                            "': it was never created here, or it was deleted"));
+  }
+  if (it->second.owner != job.owner) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("session ", job.session_id, " belongs to another caller"));
+  }
+  return &it->second;
+}
+
+bool EngineLoop::HandleSessionJob(const std::shared_ptr<Job>& job) {
+  StreamEvent e;
+  e.final = true;
+  if (job->kind == Job::Kind::kGetSession || job->kind == Job::Kind::kDeleteSession) {
+    auto s = FindSession(*job);
+    if (!s.ok()) {
+      e.status = s.status();
+    } else if (job->kind == Job::Kind::kGetSession) {
+      e.session = View(job->session_id, **s);
+    } else if ((*s)->busy) {
+      e.status = absl::FailedPreconditionError("a turn is running on this session; wait for it");
+    } else {
+      Evict(job->session_id, "deleted");
+    }
+    job->channel->Push(std::move(e));
+    return true;
+  }
+  // kCreateSession: prefill and compress the media and prefix once.
+  auto prompt = pipeline_->Prepare(job->request);
+  if (!prompt.ok()) {
+    Fail(*job, prompt.status());
+    return true;
+  }
+  auto* cache = pipeline_->cache();
+  const int64_t need = cache->PagesNeeded(-1, static_cast<int64_t>(prompt->ids.size()) + 1);
+  if (need > pipeline_->pool().num_pages()) {
+    Fail(*job, absl::ResourceExhaustedError(absl::StrCat(
+                   "the session's prompt needs ", need, " KV pages but the whole pool has ",
+                   pipeline_->pool().num_pages())));
+    return true;
+  }
+  while (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
+    const std::string* lru = nullptr;
+    Clock::time_point oldest = Clock::time_point::max();
+    for (const auto& [id, s] : sessions_) {
+      if (!s.busy && s.last_used < oldest) {
+        oldest = s.last_used;
+        lru = &id;
+      }
+    }
+    if (!lru) {
+      Fail(*job, absl::ResourceExhaustedError(absl::StrCat(
+                     "all ", sessions_.size(), " sessions are busy; retry later")));
+      return true;
+    }
+    Evict(std::string(*lru), "max_sessions");
+  }
+  if (need > pipeline_->pool().free_pages() && !EvictFor(need)) return false;
+  engine::SequenceSpec spec = pipeline_->SpecFor(job->request, *prompt);
+  engine::SequenceResult info;
+  auto seq = generator_->Open(std::move(spec), &info);
+  if (!seq.ok()) {
+    Fail(*job, seq.status());
+    return true;
+  }
+  Session s;
+  s.seq = *seq;
+  s.owner = job->owner;
+  s.policy = job->request.cache_policy.value_or(pipeline_->options().cache_policy).name;
+  s.next_pos = info.next_pos;
+  s.visual_tokens = prompt->visual_tokens;
+  s.has_prefix = !job->request.prompt.empty();
+  s.last_used = Clock::now();
+  std::string id = NewSessionId();
+  while (sessions_.count(id)) id = NewSessionId();
+  auto& slot = sessions_.emplace(id, std::move(s)).first->second;
+  spdlog::info("event=session_created session={} prompt_tokens={} kv_policy={} kv_bytes={}", id,
+               prompt->ids.size(), slot.policy, cache->Bytes(slot.seq));
+  if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+  e.session = View(id, slot);
+  e.queue_seconds = SecondsSince(job->enqueued);
+  job->channel->Push(std::move(e));
+  return true;
+}
+
 void EngineLoop::Admit(std::vector<std::shared_ptr<Job>>& waiting) {
   auto* cache = pipeline_->cache();
   while (!waiting.empty() && static_cast<int>(active_.size()) < options_.max_running) {
@@ -117,14 +296,54 @@ void EngineLoop::Admit(std::vector<std::shared_ptr<Job>>& waiting) {
                                 : absl::DeadlineExceededError("deadline passed while queued"));
       continue;
     }
-    auto prompt = pipeline_->Prepare(job->request);
+    if (job->kind != Job::Kind::kGenerate && job->kind != Job::Kind::kSessionGenerate) {
+      if (!HandleSessionJob(job)) break;  // waits for pages
+      waiting.erase(waiting.begin());
+      continue;
+    }
+    Session* session = nullptr;
+    absl::StatusOr<engine::PreparedPrompt> prompt;
+    std::vector<int> turn_ids;
+    if (job->kind == Job::Kind::kSessionGenerate) {
+      auto found = FindSession(*job);
+      absl::Status st = found.status();
+      if (st.ok() && (*found)->busy) {
+        st = absl::FailedPreconditionError("a turn is already running on this session");
+      }
+      if (st.ok() && absl::StrContains(job->request.prompt, engine::kImagePlaceholder)) {
+        st = absl::InvalidArgumentError("the prompt must not contain <image>");
+      }
+      if (!st.ok()) {
+        waiting.erase(waiting.begin());
+        Fail(*job, st);
+        continue;
+      }
+      session = *found;
+      // The turn's text follows the previous answer (its last token was sampled, never fed).
+      const auto tail = SplitTemplate(pipeline_->options().chat_template).second;
+      const auto& tok = pipeline_->tokenizer();
+      if (session->last_token >= 0) {
+        turn_ids.push_back(session->last_token);
+        auto more = tok.Encode("USER: " + job->request.prompt + tail, /*add_bos=*/false);
+        turn_ids.insert(turn_ids.end(), more.begin(), more.end());
+      } else {
+        turn_ids = tok.Encode((session->has_prefix ? " " : "") + job->request.prompt + tail,
+                              /*add_bos=*/false);
+      }
+      engine::PreparedPrompt p;
+      p.ids = turn_ids;
+      prompt = std::move(p);
+    } else {
+      prompt = pipeline_->Prepare(job->request);
+    }
     if (!prompt.ok()) {
       waiting.erase(waiting.begin());
       Fail(*job, prompt.status());
       continue;
     }
     // Admission: the pool must hold the whole prompt (and the first generated token).
-    const int64_t need = cache->PagesNeeded(-1, static_cast<int64_t>(prompt->ids.size()) + 1);
+    const int64_t need = cache->PagesNeeded(session ? session->seq : -1,
+                                            static_cast<int64_t>(prompt->ids.size()) + 1);
     if (need > pipeline_->pool().num_pages()) {
       waiting.erase(waiting.begin());
       Fail(*job, absl::ResourceExhaustedError(absl::StrCat(
@@ -132,7 +351,12 @@ void EngineLoop::Admit(std::vector<std::shared_ptr<Job>>& waiting) {
                      pipeline_->pool().num_pages(), "; send less media or raise --kv-cache-bytes")));
       continue;
     }
-    if (need > pipeline_->pool().free_pages()) break;  // wait for running sequences to finish
+    if (need > pipeline_->pool().free_pages()) {
+      if (session) session->busy = true;  // not a candidate for eviction
+      const bool room = EvictFor(need);
+      if (session) session->busy = false;
+      if (!room) break;  // wait for running sequences to finish
+    }
     waiting.erase(waiting.begin());
     auto a = std::make_unique<Active>();
     a->job = job;
@@ -167,7 +391,16 @@ void EngineLoop::Admit(std::vector<std::shared_ptr<Job>>& waiting) {
     if (metrics_) metrics_->ObserveQueueTime(SecondsSince(job->enqueued));
     active_.push_back(std::move(a));
     const auto t0 = Clock::now();
-    auto id = generator_->Add(std::move(spec));
+    absl::StatusOr<engine::SeqId> id;
+    if (session) {
+      raw->session_id = job->session_id;
+      raw->policy = session->policy;
+      session->busy = true;
+      id = generator_->Resume(session->seq, session->next_pos, turn_ids, std::move(spec));
+      if (!id.ok()) session->busy = false;
+    } else {
+      id = generator_->Add(std::move(spec));
+    }
     if (!id.ok()) {
       active_.pop_back();
       Fail(*job, id.status());
@@ -189,8 +422,14 @@ void EngineLoop::Run() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       // Sleep only when there is nothing to decode and nothing new to admit.
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty() || !active_.empty() ||
-                                  (!waiting.empty() && generator_->HasRunning()); });
+      // Wake at least once a second while sessions exist, so idle ones expire on time.
+      auto ready = [&] { return stop_ || !queue_.empty() || !active_.empty() ||
+                                (!waiting.empty() && generator_->HasRunning()); };
+      if (sessions_.empty()) {
+        cv_.wait(lock, ready);
+      } else {
+        cv_.wait_for(lock, std::chrono::seconds(1), ready);
+      }
       if (stop_) break;
       while (!queue_.empty()) {
         waiting.push_back(std::move(queue_.front()));
@@ -198,6 +437,7 @@ void EngineLoop::Run() {
       }
       queue_depth_ = 0;
     }
+    ExpireIdle();
     Admit(waiting);
     queue_depth_ = static_cast<int64_t>(waiting.size());
     // Cancellation and deadlines, between decode steps.
@@ -219,6 +459,26 @@ void EngineLoop::Run() {
                              [id = id](const auto& a) { return a->id == id; });
       if (it == active_.end()) continue;
       Active& a = **it;
+      if (!a.session_id.empty()) {
+        auto sit = sessions_.find(a.session_id);
+        if (sit != sessions_.end()) {
+          if (res.finish == engine::FinishReason::kError) {
+            // The generator dropped the sequence's cache: the session cannot go on.
+            sessions_.erase(sit);
+            gone_[a.session_id] = absl::StrCat("session ", a.session_id,
+                                               " ended when its turn failed: ", res.error.message());
+            gone_order_.push_back(a.session_id);
+            if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+          } else {
+            Session& ss = sit->second;
+            ss.next_pos = res.next_pos;
+            if (!res.tokens.empty()) ss.last_token = res.tokens.back();
+            ss.turns += 1;
+            ss.busy = false;
+            ss.last_used = Clock::now();
+          }
+        }
+      }
       StreamEvent e;
       e.final = true;
       e.queue_seconds = std::chrono::duration<double>(a.admitted - a.job->enqueued).count();
@@ -258,6 +518,8 @@ void EngineLoop::Run() {
   }
   generator_->TakeFinished();
   active_.clear();
+  for (auto& [id, sess] : sessions_) generator_->Close(sess.seq);
+  sessions_.clear();
   for (auto& j : waiting) Fail(*j, absl::UnavailableError("the server is shutting down"));
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& j : queue_) Fail(*j, absl::UnavailableError("the server is shutting down"));

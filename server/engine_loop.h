@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,6 +26,19 @@
 
 namespace vlc::server {
 
+// A session as the API reports it.
+struct SessionView {
+  std::string id;
+  std::string policy;
+  int64_t kv_bytes_kept = 0;
+  int64_t kv_bytes_full = 0;
+  std::vector<int64_t> layer_budgets;
+  int64_t logical_length = 0;
+  double idle_seconds = 0;
+  int turns = 0;
+  int visual_tokens = 0;
+};
+
 // What a handler receives: text deltas, then one final event with the usage or an error.
 struct StreamEvent {
   std::string text;
@@ -33,6 +47,7 @@ struct StreamEvent {
   absl::Status status;              // final only
   engine::GenerateResponse usage;   // final and OK only
   double queue_seconds = 0;         // final only
+  SessionView session;              // final, for session calls
 };
 
 // A single-producer (engine thread), single-consumer (handler) queue of events.
@@ -49,8 +64,12 @@ class EventChannel {
 };
 
 struct Job {
+  enum class Kind { kGenerate, kCreateSession, kSessionGenerate, kGetSession, kDeleteSession };
+  Kind kind = Kind::kGenerate;
   std::string request_id;
-  engine::GenerateRequest request;
+  engine::GenerateRequest request;  // media and prompt prefix for kCreateSession
+  std::string session_id;           // session calls
+  std::string owner;                // the caller's identity (its token) when auth is on
   std::shared_ptr<EventChannel> channel = std::make_shared<EventChannel>();
   std::atomic<bool> cancelled{false};
   std::chrono::steady_clock::time_point enqueued = std::chrono::steady_clock::now();
@@ -60,6 +79,8 @@ struct Job {
 struct EngineLoopOptions {
   int max_queue = 64;
   int max_running = 16;
+  int max_sessions = 256;
+  double session_ttl_seconds = 600;
 };
 
 class EngineLoop {
@@ -79,8 +100,28 @@ class EngineLoop {
 
  private:
   struct Active;
+  struct Session {
+    engine::SeqId seq = -1;
+    std::string owner;
+    std::string policy;
+    int64_t next_pos = 0;   // logical length
+    int last_token = -1;    // sampled at the end of the last turn, not yet fed
+    int turns = 0;
+    int visual_tokens = 0;
+    bool has_prefix = false;
+    bool busy = false;      // a turn is generating
+    std::chrono::steady_clock::time_point last_used;
+  };
   void Run();
   void Admit(std::vector<std::shared_ptr<Job>>& waiting);
+  // Session calls that need no decoding; returns false when the job must wait for pages.
+  bool HandleSessionJob(const std::shared_ptr<Job>& job);
+  absl::StatusOr<Session*> FindSession(const Job& job);
+  SessionView View(const std::string& id, const Session& s) const;
+  // Frees idle sessions, least recently used first, until `pages` are free; false if impossible.
+  bool EvictFor(int64_t pages);
+  void Evict(const std::string& id, const std::string& reason);
+  void ExpireIdle();
   void Fail(Job& job, absl::Status status);
   void PublishGauges();
 
@@ -96,6 +137,9 @@ class EngineLoop {
   std::atomic<int64_t> queue_depth_{0};
   std::atomic<int64_t> running_count_{0};
   std::vector<std::unique_ptr<Active>> active_;
+  std::map<std::string, Session> sessions_;
+  std::map<std::string, std::string> gone_;  // session id -> why it is gone (bounded)
+  std::deque<std::string> gone_order_;
 };
 
 }  // namespace vlc::server

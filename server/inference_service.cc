@@ -106,8 +106,8 @@ InferenceService::InferenceService(const ServerConfig& config, const engine::Pip
     : config_(config), pipeline_(pipeline), loop_(loop), metrics_(metrics),
       tokens_(std::move(tokens)) {}
 
-absl::Status InferenceService::Authorize(grpc::ServerContext* context) const {
-  if (tokens_.empty()) return absl::OkStatus();
+absl::StatusOr<std::string> InferenceService::Authorize(grpc::ServerContext* context) const {
+  if (tokens_.empty()) return std::string();
   const auto& md = context->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) {
@@ -115,7 +115,7 @@ absl::Status InferenceService::Authorize(grpc::ServerContext* context) const {
   }
   const std::string value(it->second.data(), it->second.size());
   for (const auto& t : tokens_) {
-    if (value == "Bearer " + t) return absl::OkStatus();
+    if (value == "Bearer " + t) return t;
   }
   return absl::UnauthenticatedError("the bearer token is not valid");
 }
@@ -124,39 +124,14 @@ void InferenceService::Record(const std::string& method, const grpc::Status& sta
   if (metrics_) metrics_->CountRequest(method, CodeName(status));
 }
 
-grpc::Status InferenceService::Generate(grpc::ServerContext* context,
-                                        const pb::GenerateRequest* request,
-                                        grpc::ServerWriter<pb::GenerateResponse>* writer) {
-  const std::string id = NewRequestId();
-  auto finish = [&](const grpc::Status& st, const engine::GenerateResponse* usage) {
-    Record("Generate", st);
-    if (usage) {
-      spdlog::info(
-          "event=request method=Generate request_id={} code={} prompt_tokens={} "
-          "visual_tokens={} generated_tokens={} kv_policy={} kv_bytes_kept={} kv_bytes_full={} "
-          "ttft_ms={:.1f} total_ms={:.1f}",
-          id, CodeName(st), usage->prompt_tokens, usage->visual_tokens, usage->generated_tokens,
-          usage->kv_policy, usage->kv_bytes, usage->kv_bytes_full, usage->ttft_ms,
-          usage->total_ms);
-    } else {
-      spdlog::info("event=request method=Generate request_id={} code={} message=\"{}\"", id,
-                   CodeName(st), st.error_message());
-    }
-    return st;
-  };
-  if (absl::Status st = Authorize(context); !st.ok()) return finish(ToGrpc(st), nullptr);
-  auto req = ToEngineRequest(*request, config_);
-  if (!req.ok()) return finish(ToGrpc(req.status()), nullptr);
-
-  auto job = std::make_shared<Job>();
-  job->request_id = id;
-  job->request = std::move(*req);
+absl::StatusOr<StreamEvent> InferenceService::RunJob(
+    grpc::ServerContext* context, std::shared_ptr<Job> job,
+    grpc::ServerWriter<pb::GenerateResponse>* writer) {
   const auto wall_deadline = context->deadline();
   if (wall_deadline != std::chrono::system_clock::time_point::max()) {
     job->deadline = Clock::now() + (wall_deadline - std::chrono::system_clock::now());
   }
-  if (absl::Status st = loop_->Submit(job); !st.ok()) return finish(ToGrpc(st), nullptr);
-
+  if (absl::Status st = loop_->Submit(job); !st.ok()) return st;
   StreamEvent e;
   while (true) {
     if (!job->channel->Pop(&e, std::chrono::milliseconds(50))) {
@@ -164,36 +139,189 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
       if (context->IsCancelled()) job->cancelled = true;
       continue;
     }
-    if (!e.final) {
+    if (e.final) break;
+    if (writer) {
       pb::GenerateResponse r;
       r.set_text(e.text);
       for (int t : e.token_ids) r.add_token_ids(t);
       if (!writer->Write(r)) job->cancelled = true;
-      continue;
     }
-    break;
   }
-  if (!e.status.ok()) {
-    if (std::chrono::system_clock::now() >= wall_deadline) {
-      return finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed"),
-                    nullptr);
-    }
-    return finish(ToGrpc(e.status), nullptr);
+  if (!e.status.ok() && std::chrono::system_clock::now() >= wall_deadline) {
+    return absl::DeadlineExceededError("the deadline passed");
+  }
+  if (!e.status.ok()) return e.status;
+  return e;
+}
+
+grpc::Status InferenceService::StreamTurn(const char* method, grpc::ServerContext* context,
+                                          std::shared_ptr<Job> job,
+                                          grpc::ServerWriter<pb::GenerateResponse>* writer) {
+  const std::string id = job->request_id;
+  auto e = RunJob(context, job, writer);
+  grpc::Status st = e.ok() ? grpc::Status::OK : ToGrpc(e.status());
+  Record(method, st);
+  if (!e.ok()) {
+    spdlog::info("event=request method={} request_id={} session={} code={} message=\"{}\"",
+                 method, id, job->session_id, CodeName(st), st.error_message());
+    return st;
   }
   pb::GenerateResponse last;
-  last.set_text(e.text);
-  for (int t : e.token_ids) last.add_token_ids(t);
-  FillUsage(e.usage, e.queue_seconds, last.mutable_usage());
+  last.set_text(e->text);
+  for (int t : e->token_ids) last.add_token_ids(t);
+  FillUsage(e->usage, e->queue_seconds, last.mutable_usage());
   writer->Write(last);
-  return finish(grpc::Status::OK, &e.usage);
+  const auto& u = e->usage;
+  spdlog::info(
+      "event=request method={} request_id={} session={} code=OK prompt_tokens={} "
+      "visual_tokens={} generated_tokens={} kv_policy={} kv_bytes_kept={} kv_bytes_full={} "
+      "ttft_ms={:.1f} total_ms={:.1f}",
+      method, id, job->session_id, u.prompt_tokens, u.visual_tokens, u.generated_tokens,
+      u.kv_policy, u.kv_bytes, u.kv_bytes_full, u.ttft_ms, u.total_ms);
+  return st;
+}
+
+grpc::Status InferenceService::Generate(grpc::ServerContext* context,
+                                        const pb::GenerateRequest* request,
+                                        grpc::ServerWriter<pb::GenerateResponse>* writer) {
+  auto fail = [&](const absl::Status& s) {
+    grpc::Status st = ToGrpc(s);
+    Record("Generate", st);
+    spdlog::info("event=request method=Generate code={} message=\"{}\"", CodeName(st),
+                 st.error_message());
+    return st;
+  };
+  auto owner = Authorize(context);
+  if (!owner.ok()) return fail(owner.status());
+  auto req = ToEngineRequest(*request, config_);
+  if (!req.ok()) return fail(req.status());
+  auto job = std::make_shared<Job>();
+  job->request_id = NewRequestId();
+  job->owner = *owner;
+  job->request = std::move(*req);
+  return StreamTurn("Generate", context, job, writer);
+}
+
+namespace {
+
+void FillSession(const SessionView& v, pb::SessionInfo* out) {
+  out->set_session_id(v.id);
+  out->set_kv_policy(v.policy);
+  out->set_kv_bytes_kept(v.kv_bytes_kept);
+  out->set_kv_bytes_full(v.kv_bytes_full);
+  for (int64_t k : v.layer_budgets) out->add_layer_budgets(k);
+  out->set_logical_length(v.logical_length);
+  out->set_idle_seconds(v.idle_seconds);
+  out->set_turns(v.turns);
+  out->set_visual_tokens(v.visual_tokens);
+}
+
+}  // namespace
+
+grpc::Status InferenceService::CreateSession(grpc::ServerContext* context,
+                                             const pb::CreateSessionRequest* request,
+                                             pb::SessionInfo* response) {
+  auto done = [&](const absl::Status& s) {
+    grpc::Status st = ToGrpc(s);
+    Record("CreateSession", st);
+    spdlog::info("event=request method=CreateSession session={} code={} message=\"{}\"",
+                 response->session_id(), CodeName(st), st.error_message());
+    return st;
+  };
+  auto owner = Authorize(context);
+  if (!owner.ok()) return done(owner.status());
+  // The same checks as Generate, on the media, the prefix and the cache parameters.
+  pb::GenerateRequest as_generate;
+  *as_generate.mutable_media() = request->media();
+  as_generate.set_prompt(request->prompt_prefix().empty() ? "-" : request->prompt_prefix());
+  *as_generate.mutable_cache() = request->cache();
+  auto req = ToEngineRequest(as_generate, config_);
+  if (!req.ok()) return done(req.status());
+  auto job = std::make_shared<Job>();
+  job->kind = Job::Kind::kCreateSession;
+  job->request_id = NewRequestId();
+  job->owner = *owner;
+  job->request = std::move(*req);
+  job->request.prompt = request->prompt_prefix();
+  job->request.chat_template = config_.pipeline.chat_template.substr(
+      0, config_.pipeline.chat_template.find("{prompt}") + 8);
+  auto e = RunJob(context, job, nullptr);
+  if (!e.ok()) return done(e.status());
+  FillSession(e->session, response);
+  return done(absl::OkStatus());
+}
+
+grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
+                                               const pb::SessionGenerateRequest* request,
+                                               grpc::ServerWriter<pb::GenerateResponse>* writer) {
+  auto fail = [&](const absl::Status& s) {
+    grpc::Status st = ToGrpc(s);
+    Record("SessionGenerate", st);
+    return st;
+  };
+  auto owner = Authorize(context);
+  if (!owner.ok()) return fail(owner.status());
+  pb::GenerateRequest as_generate;
+  as_generate.set_prompt(request->prompt());
+  *as_generate.mutable_sampling() = request->sampling();
+  auto req = ToEngineRequest(as_generate, config_);
+  if (!req.ok()) return fail(req.status());
+  auto job = std::make_shared<Job>();
+  job->kind = Job::Kind::kSessionGenerate;
+  job->request_id = NewRequestId();
+  job->owner = *owner;
+  job->session_id = request->session_id();
+  job->request = std::move(*req);
+  return StreamTurn("SessionGenerate", context, job, writer);
+}
+
+grpc::Status InferenceService::GetSession(grpc::ServerContext* context,
+                                          const pb::GetSessionRequest* request,
+                                          pb::SessionInfo* response) {
+  auto owner = Authorize(context);
+  absl::StatusOr<StreamEvent> e = absl::UnknownError("not run");
+  if (!owner.ok()) {
+    e = owner.status();
+  } else {
+    auto job = std::make_shared<Job>();
+    job->kind = Job::Kind::kGetSession;
+    job->owner = *owner;
+    job->session_id = request->session_id();
+    e = RunJob(context, job, nullptr);
+  }
+  grpc::Status st = e.ok() ? grpc::Status::OK : ToGrpc(e.status());
+  Record("GetSession", st);
+  if (e.ok()) FillSession(e->session, response);
+  return st;
+}
+
+grpc::Status InferenceService::DeleteSession(grpc::ServerContext* context,
+                                             const pb::DeleteSessionRequest* request,
+                                             pb::DeleteSessionResponse*) {
+  auto owner = Authorize(context);
+  absl::StatusOr<StreamEvent> e = absl::UnknownError("not run");
+  if (!owner.ok()) {
+    e = owner.status();
+  } else {
+    auto job = std::make_shared<Job>();
+    job->kind = Job::Kind::kDeleteSession;
+    job->owner = *owner;
+    job->session_id = request->session_id();
+    e = RunJob(context, job, nullptr);
+  }
+  grpc::Status st = e.ok() ? grpc::Status::OK : ToGrpc(e.status());
+  Record("DeleteSession", st);
+  spdlog::info("event=request method=DeleteSession session={} code={}", request->session_id(),
+               CodeName(st));
+  return st;
 }
 
 grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
                                             const pb::GetModelInfoRequest*,
                                             pb::ModelInfo* out) {
-  if (absl::Status st = Authorize(context); !st.ok()) {
-    Record("GetModelInfo", ToGrpc(st));
-    return ToGrpc(st);
+  if (auto owner = Authorize(context); !owner.ok()) {
+    Record("GetModelInfo", ToGrpc(owner.status()));
+    return ToGrpc(owner.status());
   }
   const auto& c = pipeline_->model().config();
   const auto& o = pipeline_->options();

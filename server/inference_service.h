@@ -32,9 +32,28 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   grpc::Status GetModelInfo(grpc::ServerContext* context,
                             const vlcache::v1::GetModelInfoRequest* request,
                             vlcache::v1::ModelInfo* response) override;
+  grpc::Status CreateSession(grpc::ServerContext* context,
+                             const vlcache::v1::CreateSessionRequest* request,
+                             vlcache::v1::SessionInfo* response) override;
+  grpc::Status SessionGenerate(grpc::ServerContext* context,
+                               const vlcache::v1::SessionGenerateRequest* request,
+                               grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer) override;
+  grpc::Status GetSession(grpc::ServerContext* context,
+                          const vlcache::v1::GetSessionRequest* request,
+                          vlcache::v1::SessionInfo* response) override;
+  grpc::Status DeleteSession(grpc::ServerContext* context,
+                             const vlcache::v1::DeleteSessionRequest* request,
+                             vlcache::v1::DeleteSessionResponse* response) override;
 
  private:
-  absl::Status Authorize(grpc::ServerContext* context) const;
+  // OK with the caller's identity (its token; "" when auth is off), or UNAUTHENTICATED.
+  absl::StatusOr<std::string> Authorize(grpc::ServerContext* context) const;
+  // Submits `job` and relays its events: deltas to `writer` (when given), the final one returned.
+  absl::StatusOr<StreamEvent> RunJob(grpc::ServerContext* context, std::shared_ptr<Job> job,
+                                     grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
+  grpc::Status StreamTurn(const char* method, grpc::ServerContext* context,
+                          std::shared_ptr<Job> job,
+                          grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
   void Record(const std::string& method, const grpc::Status& status);
 
   const ServerConfig& config_;

@@ -92,7 +92,9 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << pipeline.status().message() << "\n";
     return 2;
   }
-  server::EngineLoop loop(pipeline->get(), {config.max_queue, config.max_running},
+  server::EngineLoop loop(pipeline->get(),
+                          {config.max_queue, config.max_running, config.max_sessions,
+                           config.session_ttl_seconds},
                           metrics.get());
   loop.Start();
   server::InferenceService service(config, pipeline->get(), &loop, metrics.get(), tokens);

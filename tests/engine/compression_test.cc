@@ -18,14 +18,6 @@ namespace {
 
 LlavaConfig ThreeLayers() { return SmallConfig("llama", 0, 3); }
 
-std::unique_ptr<kvcache::PagePool> Pool(const LlavaConfig& c, int64_t bytes = 64 << 20) {
-  kvcache::PagePoolOptions o;
-  o.capacity_bytes = bytes;
-  o.page_tokens = 4;
-  o.kv_heads = c.text.num_key_value_heads;
-  o.head_dim = c.text.head_dim;
-  return std::move(kvcache::PagePool::Create(o)).value();
-}
 
 SequenceSpec Spec(const LlavaModel& m, int seed, int max_new, const std::string& policy,
                   double budget) {

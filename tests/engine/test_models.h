@@ -7,6 +7,7 @@
 #include <string>
 
 #include "engine/model.h"
+#include "kvcache/page_pool.h"
 #include "tools/random_weights.h"
 
 namespace vlc::engine {
@@ -41,6 +42,17 @@ inline std::unique_ptr<LlavaModel> RandomModel(const LlavaConfig& c, uint64_t se
   auto m = LlavaModel::FromWeights(c, std::move(w));
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? std::move(m).value() : nullptr;
+}
+
+// A page pool shaped for `c`, with small pages so that short prompts cross page boundaries.
+inline std::unique_ptr<kvcache::PagePool> Pool(const LlavaConfig& c,
+                                               int64_t bytes = int64_t{64} << 20) {
+  kvcache::PagePoolOptions o;
+  o.capacity_bytes = bytes;
+  o.page_tokens = 4;
+  o.kv_heads = c.text.num_key_value_heads;
+  o.head_dim = c.text.head_dim;
+  return std::move(kvcache::PagePool::Create(o)).value();
 }
 
 }  // namespace vlc::engine

@@ -1,66 +1,36 @@
 // The real server process end to end: a tiny random checkpoint is written, vlcache-server is
 // started on free ports, and the C++ stub, the CLI and the Python client talk to it as users
 // would. One server per test process (ctest runs each case as its own process).
-#include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <future>
-#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/videoio.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/fs.h"
-#include "tools/make_tiny.h"
+#include "tests/server/server_fixture.h"
 #include "vlcache/v1/inference.grpc.pb.h"
-
-extern char** environ;
 
 namespace vlc::server {
 namespace {
 
-namespace pb = vlcache::v1;
 using nlohmann::json;
 
-constexpr int kVisualTokensPerImage = 16;  // the tiny model: 32x32 pixels in 8x8 patches
 constexpr char kPrompt[] = "what color is the triangle?";
-
-std::string Png(int w, int h, int seed) {
-  cv::Mat img(h, w, CV_8UC3);
-  cv::RNG rng(seed);  // a local generator: the same seed always draws the same image
-  rng.fill(img, cv::RNG::UNIFORM, 0, 256);
-  std::vector<uchar> buf;
-  cv::imencode(".png", img, buf);
-  return std::string(buf.begin(), buf.end());
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void WriteFile(const std::string& path, const std::string& data) {
-  std::ofstream(path, std::ios::binary) << data;
-}
 
 std::string ShellQuote(const std::string& s) {
   std::string out = "'";
@@ -93,157 +63,39 @@ pb::GenerateRequest ImageRequest(int seed, int max_new_tokens) {
   return r;
 }
 
-// Everything a Generate stream delivered.
-struct StreamResult {
-  grpc::Status status;
-  std::string text;  // the deltas, concatenated
-  std::vector<int> token_ids;
-  int messages = 0;
-  int usage_messages = 0;
-  pb::Usage usage;
-};
-
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    // The server, the CLI and the Python client all read VLC_* variables (a token, a model);
-    // a developer's own settings must not change what these tests see.
-    std::vector<std::string> vlc_vars;
-    for (char** e = environ; *e != nullptr; ++e) {
-      const std::string entry(*e);
-      if (entry.rfind("VLC_", 0) == 0) vlc_vars.push_back(entry.substr(0, entry.find('=')));
-    }
-    for (const auto& name : vlc_vars) ::unsetenv(name.c_str());
-
+    ClearVlcEnvironment();
     dir_ = new std::string(MakeTempDir("vlcache-server-it-"));
     ASSERT_FALSE(dir_->empty());
-    tools::TinyOptions opts;
-    opts.seed = 5;
-    const absl::Status made = tools::MakeTinyCheckpoint(*dir_ + "/model", opts);
+    const absl::Status made = MakeTinyModel(*dir_ + "/model");
     ASSERT_TRUE(made.ok()) << made;
-    ASSERT_TRUE(StartServer(*dir_ + "/model"));
-    channel_ = new std::shared_ptr<grpc::Channel>(
-        grpc::CreateChannel(*target_, grpc::InsecureChannelCredentials()));
-    stub_ = pb::Inference::NewStub(*channel_).release();
+    server_ = new ServerProcess();
+    ASSERT_TRUE(server_->Start(*dir_ + "/model"));
+    channel_ = &server_->channel();
+    stub_ = server_->stub();
+    target_ = &server_->target();
   }
 
   static void TearDownTestSuite() {
-    delete stub_;
-    delete channel_;
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      int status = 0;
-      // The server drains and exits on SIGTERM; a hang past the grace period is a failure.
-      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      pid_t done = 0;
-      while ((done = ::waitpid(pid_, &status, WNOHANG)) == 0 &&
-             std::chrono::steady_clock::now() < give_up) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-      if (done == 0) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        ADD_FAILURE() << "vlcache-server did not exit within 30 s of SIGTERM";
-      } else {
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-            << "vlcache-server exited with wait status " << status << " after SIGTERM";
-      }
-      pid_ = -1;
-    }
-    if (stdout_fd_ >= 0) ::close(stdout_fd_);
+    stub_ = nullptr;
+    channel_ = nullptr;
+    target_ = nullptr;
+    delete server_;  // stops it: SIGTERM, and a clean exit is required
+    server_ = nullptr;
     if (dir_ != nullptr && !dir_->empty()) RemoveTree(*dir_);
     delete dir_;
-    delete target_;
   }
 
   void SetUp() override { ASSERT_NE(stub_, nullptr) << "the server did not start"; }
-
-  // Starts vlcache-server on free ports and waits (60 s at most) for its "listening" line.
-  static ::testing::AssertionResult StartServer(const std::string& model_dir) {
-    const std::string bin = std::string(VLC_BIN_DIR) + "/vlcache-server";
-    std::vector<std::string> args = {bin,           "--model",     model_dir,
-                                     "--listen",    "127.0.0.1:0", "--metrics-listen",
-                                     "127.0.0.1:0", "--log-level", "warn"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) return ::testing::AssertionFailure() << "pipe failed";
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) return ::testing::AssertionFailure() << "fork failed";
-    if (pid == 0) {
-      // Only async-signal-safe calls between fork and exec. A crashed test must not leave the
-      // server running: it dies with its parent.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(126);
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    pid_ = pid;
-    stdout_fd_ = fds[0];
-
-    std::string line;
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (line.empty() || line.back() != '\n') {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          give_up - std::chrono::steady_clock::now());
-      if (left.count() <= 0) {
-        return ::testing::AssertionFailure() << "no listening line within 60 s; got: " << line;
-      }
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      char c;
-      if (::read(stdout_fd_, &c, 1) != 1) {
-        int status = 0;
-        ::waitpid(pid_, &status, 0);
-        pid_ = -1;
-        return ::testing::AssertionFailure()
-               << "vlcache-server closed stdout before listening (wait status " << status
-               << "); got: " << line;
-      }
-      line += c;
-    }
-    line.pop_back();  // the '\n'
-    // "listening grpc=127.0.0.1:PORT metrics=127.0.0.1:MPORT"
-    const std::string grpc_key = "listening grpc=", metrics_key = " metrics=";
-    const size_t m = line.find(metrics_key);
-    if (line.rfind(grpc_key, 0) != 0 || m == std::string::npos) {
-      return ::testing::AssertionFailure() << "unexpected first line: " << line;
-    }
-    const std::string grpc_addr = line.substr(grpc_key.size(), m - grpc_key.size());
-    const std::string metrics_addr = line.substr(m + metrics_key.size());
-    for (const std::string& addr : {grpc_addr, metrics_addr}) {
-      const size_t colon = addr.rfind(':');
-      if (colon == std::string::npos || std::atoi(addr.c_str() + colon + 1) <= 0) {
-        return ::testing::AssertionFailure() << "no bound port in: " << line;
-      }
-    }
-    target_ = new std::string(grpc_addr);
-    return ::testing::AssertionSuccess();
-  }
 
   static StreamResult Generate(const pb::GenerateRequest& request,
                                std::chrono::milliseconds deadline = std::chrono::minutes(5)) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-    StreamResult r;
     auto reader = stub_->Generate(&ctx, request);
-    pb::GenerateResponse response;
-    while (reader->Read(&response)) {
-      ++r.messages;
-      r.text += response.text();
-      r.token_ids.insert(r.token_ids.end(), response.token_ids().begin(),
-                         response.token_ids().end());
-      if (response.has_usage()) {
-        ++r.usage_messages;
-        r.usage = response.usage();
-      }
-    }
-    r.status = reader->Finish();
-    return r;
+    return ReadStream(reader.get());
   }
 
   static pb::ModelInfo ModelInfo() {
@@ -255,17 +107,16 @@ class ServerTest : public ::testing::Test {
   }
 
   static std::string* dir_;
-  static std::string* target_;
-  static pid_t pid_;
-  static int stdout_fd_;
-  static std::shared_ptr<grpc::Channel>* channel_;
+  static ServerProcess* server_;
+  // Views into server_, named as the tests use them.
+  static const std::string* target_;
+  static const std::shared_ptr<grpc::Channel>* channel_;
   static pb::Inference::Stub* stub_;
 };
 std::string* ServerTest::dir_ = nullptr;
-std::string* ServerTest::target_ = nullptr;
-pid_t ServerTest::pid_ = -1;
-int ServerTest::stdout_fd_ = -1;
-std::shared_ptr<grpc::Channel>* ServerTest::channel_ = nullptr;
+ServerProcess* ServerTest::server_ = nullptr;
+const std::string* ServerTest::target_ = nullptr;
+const std::shared_ptr<grpc::Channel>* ServerTest::channel_ = nullptr;
 pb::Inference::Stub* ServerTest::stub_ = nullptr;
 
 TEST_F(ServerTest, ReportsServingHealthAndDescribesTheModel) {

@@ -1,0 +1,272 @@
+// What the server integration suites share: the real vlcache-server process on free ports, the
+// tiny random checkpoint it serves, test images, reading a token stream, and scraping /metrics
+// over a plain socket as Prometheus would.
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "absl/status/status.h"
+#include "tools/make_tiny.h"
+#include "vlcache/v1/inference.grpc.pb.h"
+
+extern char** environ;
+
+namespace vlc::server {
+
+namespace pb = vlcache::v1;
+
+constexpr int kVisualTokensPerImage = 16;  // the tiny model: 32x32 pixels in 8x8 patches
+
+// The server, the CLI and the Python client all read VLC_* variables (a token, a model); a
+// developer's own settings must not change what these tests see.
+inline void ClearVlcEnvironment() {
+  std::vector<std::string> vlc_vars;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry(*e);
+    if (entry.rfind("VLC_", 0) == 0) vlc_vars.push_back(entry.substr(0, entry.find('=')));
+  }
+  for (const auto& name : vlc_vars) ::unsetenv(name.c_str());
+}
+
+// The tiny random checkpoint every server suite serves (seed 5: the answers the suites expect).
+inline absl::Status MakeTinyModel(const std::string& dir) {
+  tools::TinyOptions opts;
+  opts.seed = 5;
+  return tools::MakeTinyCheckpoint(dir, opts);
+}
+
+inline std::string Png(int w, int h, int seed) {
+  cv::Mat img(h, w, CV_8UC3);
+  cv::RNG rng(seed);  // a local generator: the same seed always draws the same image
+  rng.fill(img, cv::RNG::UNIFORM, 0, 256);
+  std::vector<uchar> buf;
+  cv::imencode(".png", img, buf);
+  return std::string(buf.begin(), buf.end());
+}
+
+inline std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+inline void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary) << data;
+}
+
+// Everything a Generate or SessionGenerate stream delivered.
+struct StreamResult {
+  grpc::Status status;
+  std::string text;  // the deltas, concatenated
+  std::vector<int> token_ids;
+  int messages = 0;
+  int usage_messages = 0;
+  pb::Usage usage;
+};
+
+inline StreamResult ReadStream(grpc::ClientReaderInterface<pb::GenerateResponse>* reader) {
+  StreamResult r;
+  pb::GenerateResponse response;
+  while (reader->Read(&response)) {
+    ++r.messages;
+    r.text += response.text();
+    r.token_ids.insert(r.token_ids.end(), response.token_ids().begin(),
+                       response.token_ids().end());
+    if (response.has_usage()) {
+      ++r.usage_messages;
+      r.usage = response.usage();
+    }
+  }
+  r.status = reader->Finish();
+  return r;
+}
+
+// HTTP/1.0 GET of http://host_port/path (host_port: "127.0.0.1:9100"); returns the body of a 200
+// answer, or "" for anything else.
+inline std::string HttpGet(const std::string& host_port, const std::string& path) {
+  const size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos) return "";
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::atoi(host_port.c_str() + colon + 1)));
+  ::inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &addr.sin_addr);
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + host_port + "\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), 0) == static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, n);
+    }
+  }
+  ::close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (response.rfind("HTTP/1.1 200 ", 0) != 0 || body == std::string::npos) return "";
+  return response.substr(body + 4);
+}
+
+// The sum of the sample lines of metric `name` (any labels); NaN when there is none.
+inline double SumSamples(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  std::string line;
+  double sum = std::numeric_limits<double>::quiet_NaN();
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != ' ' && next != '{') continue;  // a longer name that starts with this one
+    const double v = std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
+    sum = std::isnan(sum) ? v : sum + v;
+  }
+  return sum;
+}
+
+// The vlcache-server process, started on free ports; stopped (SIGTERM, then a clean exit within
+// 30 s is required) by Stop or the destructor.
+class ServerProcess {
+ public:
+  ServerProcess() = default;
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+  ~ServerProcess() { Stop(); }
+
+  // Starts the server on `model_dir` with `extra_args` and waits (60 s at most) for its
+  // "listening grpc=... metrics=..." line.
+  ::testing::AssertionResult Start(const std::string& model_dir,
+                                   const std::vector<std::string>& extra_args = {}) {
+    const std::string bin = std::string(VLC_BIN_DIR) + "/vlcache-server";
+    std::vector<std::string> args = {bin,           "--model",     model_dir,
+                                     "--listen",    "127.0.0.1:0", "--metrics-listen",
+                                     "127.0.0.1:0", "--log-level", "warn"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return ::testing::AssertionFailure() << "pipe failed";
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) return ::testing::AssertionFailure() << "fork failed";
+    if (pid == 0) {
+      // Only async-signal-safe calls between fork and exec. A crashed test must not leave the
+      // server running: it dies with its parent.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(126);
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    pid_ = pid;
+    stdout_fd_ = fds[0];
+
+    std::string line;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (line.empty() || line.back() != '\n') {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          give_up - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        return ::testing::AssertionFailure() << "no listening line within 60 s; got: " << line;
+      }
+      pollfd p{stdout_fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char c;
+      if (::read(stdout_fd_, &c, 1) != 1) {
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return ::testing::AssertionFailure()
+               << "vlcache-server closed stdout before listening (wait status " << status
+               << "); got: " << line;
+      }
+      line += c;
+    }
+    line.pop_back();  // the '\n'
+    // "listening grpc=127.0.0.1:PORT metrics=127.0.0.1:MPORT"
+    const std::string grpc_key = "listening grpc=", metrics_key = " metrics=";
+    const size_t m = line.find(metrics_key);
+    if (line.rfind(grpc_key, 0) != 0 || m == std::string::npos) {
+      return ::testing::AssertionFailure() << "unexpected first line: " << line;
+    }
+    const std::string grpc_addr = line.substr(grpc_key.size(), m - grpc_key.size());
+    const std::string metrics_addr = line.substr(m + metrics_key.size());
+    for (const std::string& addr : {grpc_addr, metrics_addr}) {
+      const size_t colon = addr.rfind(':');
+      if (colon == std::string::npos || std::atoi(addr.c_str() + colon + 1) <= 0) {
+        return ::testing::AssertionFailure() << "no bound port in: " << line;
+      }
+    }
+    target_ = grpc_addr;
+    metrics_target_ = metrics_addr;
+    channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
+    stub_ = pb::Inference::NewStub(channel_);
+    return ::testing::AssertionSuccess();
+  }
+
+  // SIGTERM: the server drains and must exit 0; a hang past the grace period is a failure.
+  void Stop() {
+    stub_.reset();
+    channel_.reset();
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      int status = 0;
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      pid_t done = 0;
+      while ((done = ::waitpid(pid_, &status, WNOHANG)) == 0 &&
+             std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (done == 0) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        ADD_FAILURE() << "vlcache-server did not exit within 30 s of SIGTERM";
+      } else {
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            << "vlcache-server exited with wait status " << status << " after SIGTERM";
+      }
+      pid_ = -1;
+    }
+    if (stdout_fd_ >= 0) ::close(stdout_fd_);
+    stdout_fd_ = -1;
+  }
+
+  const std::string& target() const { return target_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  pb::Inference::Stub* stub() const { return stub_.get(); }
+  // The /metrics page, "" when it could not be fetched.
+  std::string Metrics() const { return HttpGet(metrics_target_, "/metrics"); }
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string target_;
+  std::string metrics_target_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::Inference::Stub> stub_;
+};
+
+}  // namespace vlc::server

@@ -1,0 +1,328 @@
+// Sessions against the real server process: a conversation keeps its compressed KV cache across
+// turns, is reproducible, is guarded by its creator's token, and leaves when deleted, idle too
+// long or pushed out by newer sessions, with an error that says which. Each case starts its own
+// server, with the flags it tests.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/fs.h"
+#include "tests/server/server_fixture.h"
+#include "vlcache/v1/inference.grpc.pb.h"
+
+namespace vlc::server {
+namespace {
+
+constexpr double kBudget = 0.5;
+const char* const kTurns[] = {"what is in the picture?", "and what color is it?",
+                              "say it once more, shorter."};
+
+// Sets a deadline and, when `token` is not empty, the bearer token.
+void Prepare(grpc::ClientContext* ctx, const std::string& token) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+}
+
+pb::CreateSessionRequest SessionRequest(int image_seed) {
+  pb::CreateSessionRequest r;
+  r.mutable_media()->add_images(Png(40, 30, image_seed));
+  r.set_prompt_prefix("You look at the image and answer briefly.");
+  r.mutable_cache()->set_policy("vlcache");
+  r.mutable_cache()->set_budget(kBudget);
+  return r;
+}
+
+grpc::Status CreateSession(pb::Inference::Stub* stub, const pb::CreateSessionRequest& request,
+                           pb::SessionInfo* info, const std::string& token = "") {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, token);
+  return stub->CreateSession(&ctx, request, info);
+}
+
+// A turn, greedy with a fixed seed so that it is reproducible.
+StreamResult Turn(pb::Inference::Stub* stub, const std::string& id, const std::string& prompt,
+                  const std::string& token = "", int max_new_tokens = 8) {
+  pb::SessionGenerateRequest r;
+  r.set_session_id(id);
+  r.set_prompt(prompt);
+  r.mutable_sampling()->set_max_new_tokens(max_new_tokens);
+  r.mutable_sampling()->set_temperature(0);
+  r.mutable_sampling()->set_seed(17);
+  grpc::ClientContext ctx;
+  Prepare(&ctx, token);
+  auto reader = stub->SessionGenerate(&ctx, r);
+  return ReadStream(reader.get());
+}
+
+grpc::Status GetSession(pb::Inference::Stub* stub, const std::string& id, pb::SessionInfo* info,
+                        const std::string& token = "") {
+  pb::GetSessionRequest r;
+  r.set_session_id(id);
+  grpc::ClientContext ctx;
+  Prepare(&ctx, token);
+  return stub->GetSession(&ctx, r, info);
+}
+
+grpc::Status DeleteSession(pb::Inference::Stub* stub, const std::string& id,
+                           const std::string& token = "") {
+  pb::DeleteSessionRequest r;
+  r.set_session_id(id);
+  pb::DeleteSessionResponse response;
+  grpc::ClientContext ctx;
+  Prepare(&ctx, token);
+  return stub->DeleteSession(&ctx, r, &response);
+}
+
+bool IsSessionId(const std::string& id) {
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+std::string Describe(const grpc::Status& s) {
+  return std::to_string(s.error_code()) + ": " + s.error_message();
+}
+
+// Every call on `id` is NOT_FOUND, with a message that contains `why`.
+void ExpectGone(pb::Inference::Stub* stub, const std::string& id, const std::string& why,
+                const std::string& token = "") {
+  const StreamResult turn = Turn(stub, id, "are you there?", token);
+  EXPECT_EQ(turn.status.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(turn.status);
+  EXPECT_NE(turn.status.error_message().find(why), std::string::npos) << Describe(turn.status);
+  EXPECT_TRUE(turn.token_ids.empty()) << "tokens before the error";
+  pb::SessionInfo info;
+  const grpc::Status get = GetSession(stub, id, &info, token);
+  EXPECT_EQ(get.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(get);
+  EXPECT_NE(get.error_message().find(why), std::string::npos) << Describe(get);
+  const grpc::Status del = DeleteSession(stub, id, token);
+  EXPECT_EQ(del.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(del);
+}
+
+class SessionServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ClearVlcEnvironment();
+    dir_ = new std::string(MakeTempDir("vlcache-session-it-"));
+    ASSERT_FALSE(dir_->empty());
+    const absl::Status made = MakeTinyModel(*dir_ + "/model");
+    ASSERT_TRUE(made.ok()) << made;
+  }
+
+  static void TearDownTestSuite() {
+    if (dir_ != nullptr && !dir_->empty()) RemoveTree(*dir_);
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  void SetUp() override { ASSERT_NE(dir_, nullptr); }
+
+  ::testing::AssertionResult Start(const std::vector<std::string>& flags = {}) {
+    return server_.Start(*dir_ + "/model", flags);
+  }
+  pb::Inference::Stub* stub() const { return server_.stub(); }
+
+  int Layers() {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, "");
+    pb::ModelInfo info;
+    const grpc::Status s = stub()->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &info);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return info.num_layers();
+  }
+
+  static std::string* dir_;
+  ServerProcess server_;
+};
+std::string* SessionServerTest::dir_ = nullptr;
+
+TEST_F(SessionServerTest, ThreeTurnsGrowTheCacheWithoutEvictionAndRepeatExactly) {
+  ASSERT_TRUE(Start());
+  const int layers = Layers();
+  ASSERT_GT(layers, 0);
+
+  // The same conversation on two sessions: greedy, the same seed, the same answers.
+  std::vector<std::vector<StreamResult>> answers(2);
+  std::vector<pb::SessionInfo> created(2);
+  for (int run = 0; run < 2; ++run) {
+    SCOPED_TRACE("session " + std::to_string(run));
+    pb::SessionInfo& info = created[run];
+    const grpc::Status made = CreateSession(stub(), SessionRequest(3), &info);
+    ASSERT_TRUE(made.ok()) << Describe(made);
+    EXPECT_TRUE(IsSessionId(info.session_id())) << info.session_id();
+    EXPECT_EQ(info.visual_tokens(), kVisualTokensPerImage);
+    EXPECT_EQ(info.turns(), 0);
+    EXPECT_EQ(info.kv_policy(), "vlcache");
+    EXPECT_GT(info.logical_length(), info.visual_tokens()) << "the prefix is in the prompt too";
+    // The prompt is compressed once, at creation: the budget in every layer taken together.
+    ASSERT_EQ(info.layer_budgets_size(), layers);
+    const int64_t per_layer = std::max<int64_t>(1, std::llround(kBudget * info.logical_length()));
+    EXPECT_EQ(std::accumulate(info.layer_budgets().begin(), info.layer_budgets().end(),
+                              int64_t{0}),
+              per_layer * layers);
+    EXPECT_GT(info.kv_bytes_kept(), 0);
+    EXPECT_LT(info.kv_bytes_kept(), info.kv_bytes_full());
+    EXPECT_GE(info.idle_seconds(), 0);
+
+    pb::SessionInfo before = info;
+    for (int turn = 1; turn <= 3; ++turn) {
+      SCOPED_TRACE("turn " + std::to_string(turn));
+      const StreamResult r = Turn(stub(), info.session_id(), kTurns[turn - 1]);
+      ASSERT_TRUE(r.status.ok()) << Describe(r.status);
+      EXPECT_EQ(r.usage_messages, 1) << "usage belongs to the final message only";
+      EXPECT_GE(r.usage.generated_tokens(), 1);
+      EXPECT_EQ(static_cast<int>(r.token_ids.size()), r.usage.generated_tokens());
+      EXPECT_GT(r.usage.prompt_tokens(), 0);
+      EXPECT_EQ(r.usage.kv_policy(), "vlcache");
+      answers[run].push_back(r);
+
+      pb::SessionInfo after;
+      const grpc::Status got = GetSession(stub(), info.session_id(), &after);
+      ASSERT_TRUE(got.ok()) << Describe(got);
+      EXPECT_EQ(after.session_id(), info.session_id());
+      EXPECT_EQ(after.turns(), turn);
+      EXPECT_EQ(after.visual_tokens(), kVisualTokensPerImage);
+      EXPECT_EQ(after.kv_policy(), "vlcache");
+      EXPECT_GE(after.idle_seconds(), 0);
+      // The turn's text and its answer were appended, except the answer's last token: it was
+      // sampled but is fed only as the head of the next turn.
+      const int64_t growth = after.logical_length() - before.logical_length();
+      EXPECT_EQ(growth, r.usage.prompt_tokens() + r.usage.generated_tokens() - 1);
+      // No eviction after the one-shot compression: every layer grew by exactly that much.
+      ASSERT_EQ(after.layer_budgets_size(), layers);
+      for (int l = 0; l < layers; ++l) {
+        EXPECT_EQ(after.layer_budgets(l), before.layer_budgets(l) + growth) << "layer " << l;
+      }
+      EXPECT_GT(after.kv_bytes_kept(), before.kv_bytes_kept());
+      EXPECT_LT(after.kv_bytes_kept(), after.kv_bytes_full());
+      before = after;
+    }
+  }
+  EXPECT_NE(created[0].session_id(), created[1].session_id());
+  for (int l = 0; l < layers; ++l) {
+    EXPECT_EQ(created[0].layer_budgets(l), created[1].layer_budgets(l)) << "layer " << l;
+  }
+  for (int turn = 0; turn < 3; ++turn) {
+    EXPECT_EQ(answers[0][turn].text, answers[1][turn].text) << "turn " << turn + 1;
+    EXPECT_EQ(answers[0][turn].token_ids, answers[1][turn].token_ids) << "turn " << turn + 1;
+    EXPECT_EQ(answers[0][turn].usage.prompt_tokens(), answers[1][turn].usage.prompt_tokens());
+  }
+}
+
+TEST_F(SessionServerTest, DeletedAndUnknownSessionsAreNotFound) {
+  ASSERT_TRUE(Start());
+  ExpectGone(stub(), "0123456789abcdef0123456789abcdef", "unknown");
+
+  pb::SessionInfo info;
+  const grpc::Status made = CreateSession(stub(), SessionRequest(4), &info);
+  ASSERT_TRUE(made.ok()) << Describe(made);
+  const StreamResult first = Turn(stub(), info.session_id(), kTurns[0]);
+  ASSERT_TRUE(first.status.ok()) << Describe(first.status);
+  const grpc::Status deleted = DeleteSession(stub(), info.session_id());
+  ASSERT_TRUE(deleted.ok()) << Describe(deleted);
+  ExpectGone(stub(), info.session_id(), "deleted");
+
+  // The server goes on serving sessions.
+  pb::SessionInfo other;
+  const grpc::Status again = CreateSession(stub(), SessionRequest(4), &other);
+  ASSERT_TRUE(again.ok()) << Describe(again);
+  EXPECT_NE(other.session_id(), info.session_id());
+  const StreamResult r = Turn(stub(), other.session_id(), kTurns[0]);
+  ASSERT_TRUE(r.status.ok()) << Describe(r.status);
+  EXPECT_EQ(r.token_ids, first.token_ids) << "the same first turn on the same media";
+}
+
+TEST_F(SessionServerTest, SessionsBelongToTheTokenThatCreatedThem) {
+  const std::string tokens = *dir_ + "/tokens";
+  WriteFile(tokens, "alpha\nbeta\n");
+  ASSERT_TRUE(Start({"--auth-token-file", tokens}));
+
+  pb::SessionInfo info;
+  for (const char* token : {"", "gamma"}) {
+    const grpc::Status s = CreateSession(stub(), SessionRequest(5), &info, token);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << "token '" << token << "': " << Describe(s);
+  }
+
+  const grpc::Status made = CreateSession(stub(), SessionRequest(5), &info, "alpha");
+  ASSERT_TRUE(made.ok()) << Describe(made);
+  const std::string& id = info.session_id();
+
+  // Another valid token may not see, use or delete it; a call without a token is turned away
+  // before the session is looked up.
+  const StreamResult stolen = Turn(stub(), id, kTurns[0], "beta");
+  EXPECT_EQ(stolen.status.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << Describe(stolen.status);
+  EXPECT_TRUE(stolen.token_ids.empty());
+  pb::SessionInfo seen;
+  const grpc::Status peek = GetSession(stub(), id, &seen, "beta");
+  EXPECT_EQ(peek.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(peek);
+  const grpc::Status drop = DeleteSession(stub(), id, "beta");
+  EXPECT_EQ(drop.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(drop);
+  const StreamResult anonymous = Turn(stub(), id, kTurns[0], "");
+  EXPECT_EQ(anonymous.status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << Describe(anonymous.status);
+
+  // The refused calls changed nothing: the owner's session is intact.
+  const StreamResult mine = Turn(stub(), id, kTurns[0], "alpha");
+  ASSERT_TRUE(mine.status.ok()) << Describe(mine.status);
+  const grpc::Status got = GetSession(stub(), id, &seen, "alpha");
+  ASSERT_TRUE(got.ok()) << Describe(got);
+  EXPECT_EQ(seen.turns(), 1);
+  const grpc::Status deleted = DeleteSession(stub(), id, "alpha");
+  EXPECT_TRUE(deleted.ok()) << Describe(deleted);
+}
+
+TEST_F(SessionServerTest, IdleSessionsExpireAfterTheTtl) {
+  ASSERT_TRUE(Start({"--session-ttl-seconds", "1"}));
+  pb::SessionInfo info;
+  const grpc::Status made = CreateSession(stub(), SessionRequest(6), &info);
+  ASSERT_TRUE(made.ok()) << Describe(made);
+  const StreamResult first = Turn(stub(), info.session_id(), kTurns[0]);
+  ASSERT_TRUE(first.status.ok()) << "used at once, it has not expired: " << Describe(first.status);
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  ExpectGone(stub(), info.session_id(), "expired");
+
+  const std::string metrics = server_.Metrics();
+  ASSERT_FALSE(metrics.empty());
+  EXPECT_NE(metrics.find("vlcache_session_evictions_total{reason=\""), std::string::npos)
+      << metrics;
+  EXPECT_EQ(SumSamples(metrics, "vlcache_session_evictions_total"), 1) << metrics;
+  EXPECT_EQ(SumSamples(metrics, "vlcache_sessions_active"), 0) << metrics;
+}
+
+TEST_F(SessionServerTest, MaxSessionsEvictsTheLeastRecentlyUsed) {
+  ASSERT_TRUE(Start({"--max-sessions", "2"}));
+  pb::SessionInfo a, b, c;
+  ASSERT_TRUE(CreateSession(stub(), SessionRequest(7), &a).ok());
+  ASSERT_TRUE(CreateSession(stub(), SessionRequest(8), &b).ok());
+  // A turn on the older session makes the newer one the least recently used.
+  const StreamResult used = Turn(stub(), a.session_id(), kTurns[0]);
+  ASSERT_TRUE(used.status.ok()) << Describe(used.status);
+  const grpc::Status third = CreateSession(stub(), SessionRequest(9), &c);
+  ASSERT_TRUE(third.ok()) << "a full table evicts, it does not refuse: " << Describe(third);
+
+  ExpectGone(stub(), b.session_id(), "evicted");
+  for (const pb::SessionInfo* kept : {&a, &c}) {
+    const StreamResult r = Turn(stub(), kept->session_id(), kTurns[1]);
+    EXPECT_TRUE(r.status.ok()) << kept->session_id() << ": " << Describe(r.status);
+  }
+
+  const std::string metrics = server_.Metrics();
+  ASSERT_FALSE(metrics.empty());
+  EXPECT_NE(metrics.find("vlcache_session_evictions_total{reason=\""), std::string::npos)
+      << metrics;
+  EXPECT_EQ(SumSamples(metrics, "vlcache_session_evictions_total"), 1) << metrics;
+  EXPECT_EQ(SumSamples(metrics, "vlcache_sessions_active"), 2) << metrics;
+}
+
+}  // namespace
+}  // namespace vlc::server
