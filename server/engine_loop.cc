@@ -386,7 +386,9 @@ void EngineLoop::Admit(std::vector<std::shared_ptr<Job>>& waiting) {
         e.token_ids.swap(raw->pending_ids);
         raw->job->channel->Push(std::move(e));
       }
-      return more && !raw->job->cancelled.load();
+      // Cancellation is not a stop: the loop ends the sequence with CANCELLED or
+      // DEADLINE_EXCEEDED before the next decode step, so it is counted and answered as such.
+      return more;
     };
     if (metrics_) metrics_->ObserveQueueTime(SecondsSince(job->enqueued));
     active_.push_back(std::move(a));

@@ -105,7 +105,8 @@ inline StreamResult ReadStream(grpc::ClientReaderInterface<pb::GenerateResponse>
 }
 
 // HTTP/1.0 GET of http://host_port/path (host_port: "127.0.0.1:9100"); returns the body of a 200
-// answer, or "" for anything else.
+// answer (HTTP/1.1 or HTTP/1.0: Go servers such as Prometheus answer in the request's version),
+// or "" for anything else.
 inline std::string HttpGet(const std::string& host_port, const std::string& path) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos) return "";
@@ -126,7 +127,9 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   }
   ::close(fd);
   const size_t body = response.find("\r\n\r\n");
-  if (response.rfind("HTTP/1.1 200 ", 0) != 0 || body == std::string::npos) return "";
+  const bool ok =
+      response.rfind("HTTP/1.1 200 ", 0) == 0 || response.rfind("HTTP/1.0 200 ", 0) == 0;
+  if (!ok || body == std::string::npos) return "";
   return response.substr(body + 4);
 }
 
@@ -255,6 +258,8 @@ class ServerProcess {
   }
 
   const std::string& target() const { return target_; }
+  // The metrics listener, "127.0.0.1:PORT".
+  const std::string& metrics_target() const { return metrics_target_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   pb::Inference::Stub* stub() const { return stub_.get(); }
   // The /metrics page, "" when it could not be fetched.
