@@ -288,6 +288,15 @@ bool EngineLoop::HandleSessionJob(const std::shared_ptr<Job>& job) {
 
 void EngineLoop::Admit(std::vector<std::shared_ptr<Job>>& waiting) {
   auto* cache = pipeline_->cache();
+  // Reads and deletions need no decoding: answer them now, even while the batch is full.
+  for (auto it = waiting.begin(); it != waiting.end();) {
+    if ((*it)->kind == Job::Kind::kGetSession || (*it)->kind == Job::Kind::kDeleteSession) {
+      HandleSessionJob(*it);
+      it = waiting.erase(it);
+    } else {
+      ++it;
+    }
+  }
   while (!waiting.empty() && static_cast<int>(active_.size()) < options_.max_running) {
     std::shared_ptr<Job> job = waiting.front();
     if (job->cancelled || Clock::now() > job->deadline) {

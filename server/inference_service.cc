@@ -133,10 +133,17 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
   }
   if (absl::Status st = loop_->Submit(job); !st.ok()) return st;
   StreamEvent e;
+  bool deadline_hit = false;
   while (true) {
     if (!job->channel->Pop(&e, std::chrono::milliseconds(50))) {
       // The engine checks this flag between decode steps and frees the sequence's pages.
-      if (context->IsCancelled()) job->cancelled = true;
+      if (context->IsCancelled() && !job->cancelled) {
+        job->cancelled = true;
+        // The client's timer fires at its deadline; ours runs a little later (the timeout
+        // travels as a duration), so a cancellation that close to it is the deadline.
+        deadline_hit = wall_deadline - std::chrono::system_clock::now() <
+                       std::chrono::milliseconds(250);
+      }
       continue;
     }
     if (e.final) break;
@@ -147,7 +154,7 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
       if (!writer->Write(r)) job->cancelled = true;
     }
   }
-  if (!e.status.ok() && std::chrono::system_clock::now() >= wall_deadline) {
+  if (!e.status.ok() && (deadline_hit || std::chrono::system_clock::now() >= wall_deadline)) {
     return absl::DeadlineExceededError("the deadline passed");
   }
   if (!e.status.ok()) return e.status;

@@ -315,7 +315,8 @@ TEST_F(ServerTest, ConcurrentStreamsMatchRequestsRunAlone) {
 
 TEST_F(ServerTest, DeadlineEndsStreamAndServerKeepsServing) {
   // This image's greedy answer meets no EOS within 4000 tokens. The deadline is sized from the
-  // time of 200 tokens on this machine, so that it lands well inside the long stream: after the
+  // time of 200 tokens on this machine (the stream asks for 20 times as many, a margin that
+  // survives load changing between the two requests), so that it lands inside the stream: after the
   // first token, long before the last (later tokens attend to more and come no faster).
   const int max_new = std::min(4000, ModelInfo().max_new_tokens());
   ASSERT_GT(max_new, 1000);
@@ -326,7 +327,7 @@ TEST_F(ServerTest, DeadlineEndsStreamAndServerKeepsServing) {
   ASSERT_EQ(warm.usage.generated_tokens(), 200) << warm.usage.finish_reason();
   const auto deadline =
       std::max(std::chrono::milliseconds(50),
-               std::chrono::duration_cast<std::chrono::milliseconds>(5 * warm_time));
+               std::chrono::duration_cast<std::chrono::milliseconds>(warm_time));
 
   const auto start = std::chrono::steady_clock::now();
   const StreamResult r = Generate(ImageRequest(5, max_new), deadline);
