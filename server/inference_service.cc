@@ -282,20 +282,22 @@ grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
   return StreamTurn("SessionGenerate", context, job, writer);
 }
 
+absl::StatusOr<StreamEvent> InferenceService::SessionCall(grpc::ServerContext* context,
+                                                           Job::Kind kind,
+                                                           const std::string& session_id) {
+  auto owner = Authorize(context);
+  if (!owner.ok()) return owner.status();
+  auto job = std::make_shared<Job>();
+  job->kind = kind;
+  job->owner = *owner;
+  job->session_id = session_id;
+  return RunJob(context, job, nullptr);
+}
+
 grpc::Status InferenceService::GetSession(grpc::ServerContext* context,
                                           const pb::GetSessionRequest* request,
                                           pb::SessionInfo* response) {
-  auto owner = Authorize(context);
-  absl::StatusOr<StreamEvent> e = absl::UnknownError("not run");
-  if (!owner.ok()) {
-    e = owner.status();
-  } else {
-    auto job = std::make_shared<Job>();
-    job->kind = Job::Kind::kGetSession;
-    job->owner = *owner;
-    job->session_id = request->session_id();
-    e = RunJob(context, job, nullptr);
-  }
+  auto e = SessionCall(context, Job::Kind::kGetSession, request->session_id());
   grpc::Status st = e.ok() ? grpc::Status::OK : ToGrpc(e.status());
   Record("GetSession", st);
   if (e.ok()) FillSession(e->session, response);
@@ -305,17 +307,7 @@ grpc::Status InferenceService::GetSession(grpc::ServerContext* context,
 grpc::Status InferenceService::DeleteSession(grpc::ServerContext* context,
                                              const pb::DeleteSessionRequest* request,
                                              pb::DeleteSessionResponse*) {
-  auto owner = Authorize(context);
-  absl::StatusOr<StreamEvent> e = absl::UnknownError("not run");
-  if (!owner.ok()) {
-    e = owner.status();
-  } else {
-    auto job = std::make_shared<Job>();
-    job->kind = Job::Kind::kDeleteSession;
-    job->owner = *owner;
-    job->session_id = request->session_id();
-    e = RunJob(context, job, nullptr);
-  }
+  auto e = SessionCall(context, Job::Kind::kDeleteSession, request->session_id());
   grpc::Status st = e.ok() ? grpc::Status::OK : ToGrpc(e.status());
   Record("DeleteSession", st);
   spdlog::info("event=request method=DeleteSession session={} code={}", request->session_id(),

@@ -51,6 +51,9 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   // Submits `job` and relays its events: deltas to `writer` (when given), the final one returned.
   absl::StatusOr<StreamEvent> RunJob(grpc::ServerContext* context, std::shared_ptr<Job> job,
                                      grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
+  // GetSession / DeleteSession: authorize, then one engine-thread job without media.
+  absl::StatusOr<StreamEvent> SessionCall(grpc::ServerContext* context, Job::Kind kind,
+                                          const std::string& session_id);
   grpc::Status StreamTurn(const char* method, grpc::ServerContext* context,
                           std::shared_ptr<Job> job,
                           grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
