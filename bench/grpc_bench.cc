@@ -4,6 +4,10 @@
 // once, so they do not compete for the cores.
 //
 //   build/bin/vlcache-bench-grpc [--model DIR] --max-new-tokens 32 --repeats 7 --json out.json
+//
+// Without --model it writes a random checkpoint whose language model has the --text-* sizes: the
+// overhead is a few fixed costs per request and per streamed message, so it is only meaningful
+// against per-token work of a realistic size, not the millisecond steps of the tiny default.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -21,6 +25,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include "bench/bench_util.h"
+#include "bench/server_process.h"
 #include "common/fs.h"
 #include "engine/pipeline.h"
 #include "tools/make_tiny.h"
@@ -41,30 +46,6 @@ std::string TestImage(int seed) {
   return std::string(buf.begin(), buf.end());
 }
 
-// Starts vlcache-server next to this binary; returns its pid and gRPC target.
-pid_t StartServer(const std::string& bin_dir, const std::string& model, std::string* target) {
-  int out[2];
-  if (pipe(out) != 0) return -1;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], 1);
-    close(out[0]);
-    const std::string exe = bin_dir + "/vlcache-server";
-    execl(exe.c_str(), exe.c_str(), "--model", model.c_str(), "--listen", "127.0.0.1:0",
-          "--metrics-listen", "", "--log-level", "warn", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out[1]);
-  std::string line;
-  char c;
-  while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
-  close(out[0]);
-  const auto at = line.find("grpc=");
-  if (at == std::string::npos) return -1;
-  *target = line.substr(at + 5, line.find(' ', at) - at - 5);
-  return pid;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,12 +56,23 @@ int main(int argc, char** argv) {
   app.add_option("--max-new-tokens", max_new)->capture_default_str();
   app.add_option("--repeats", repeats)->capture_default_str();
   app.add_option("--json", json_path);
+  tools::TinyOptions tiny;
+  tiny.text_hidden_size = 1024;
+  tiny.text_intermediate_size = 2816;
+  tiny.text_layers = 8;
+  app.add_option("--text-hidden", tiny.text_hidden_size, "without --model: LM hidden size")
+      ->capture_default_str();
+  app.add_option("--text-intermediate", tiny.text_intermediate_size,
+                 "without --model: LM MLP size")
+      ->capture_default_str();
+  app.add_option("--text-layers", tiny.text_layers, "without --model: LM layers")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   std::string tmp;
   if (model.empty()) {
     tmp = MakeTempDir("vlcache-bench-grpc-");
     model = tmp + "/model";
-    if (auto st = tools::MakeTinyCheckpoint(model, {}); !st.ok()) {
+    if (auto st = tools::MakeTinyCheckpoint(model, tiny); !st.ok()) {
       std::cerr << st << "\n";
       return 1;
     }
@@ -95,12 +87,12 @@ int main(int argc, char** argv) {
     std::cerr << pipeline.status() << "\n";
     return 1;
   }
-  std::string target;
-  const pid_t server = StartServer(bin_dir, model, &target);
-  if (server <= 0) {
+  bench::BenchServer server;
+  if (!server.Start(bin_dir, model)) {
     std::cerr << "could not start vlcache-server\n";
     return 1;
   }
+  const std::string target = server.target();
   auto stub = vlcache::v1::Inference::NewStub(
       grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
 
@@ -147,8 +139,7 @@ int main(int argc, char** argv) {
       decode_ratio.push_back(remote_per_token / local->decode_ms_per_token);
     }
   }
-  kill(server, SIGTERM);
-  waitpid(server, nullptr, 0);
+  server.Stop();
   if (!tmp.empty()) RemoveTree(tmp);
   std::printf("TTFT          in-process %8.2f ms   gRPC %8.2f ms   ratio %.3f\n",
               Median(local_ttft), Median(remote_ttft), Median(ttft_ratio));

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status.h"
 #include "spdlog/spdlog.h"
 
 namespace vlc::server {
@@ -100,13 +101,56 @@ absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const pb::GenerateReques
   return out;
 }
 
-InferenceService::InferenceService(const ServerConfig& config, const engine::Pipeline* pipeline,
-                                   EngineLoop* loop, Metrics* metrics,
+absl::StatusOr<std::shared_ptr<Job>> NewCreateSessionJob(const pb::CreateSessionRequest& request,
+                                                         const ServerConfig& config) {
+  // The same checks as Generate, on the media, the prefix and the cache parameters.
+  pb::GenerateRequest as_generate;
+  *as_generate.mutable_media() = request.media();
+  as_generate.set_prompt(request.prompt_prefix().empty() ? "-" : request.prompt_prefix());
+  *as_generate.mutable_cache() = request.cache();
+  VLC_ASSIGN_OR_RETURN(engine::GenerateRequest req, ToEngineRequest(as_generate, config));
+  auto job = std::make_shared<Job>();
+  job->kind = Job::Kind::kCreateSession;
+  job->request = std::move(req);
+  job->request.prompt = request.prompt_prefix();
+  // The session's prompt is the template up to the user's text: turns continue it.
+  job->request.chat_template = config.pipeline.chat_template.substr(
+      0, config.pipeline.chat_template.find("{prompt}") + 8);
+  return job;
+}
+
+absl::StatusOr<std::shared_ptr<Job>> NewSessionTurnJob(const pb::SessionGenerateRequest& request,
+                                                       const ServerConfig& config) {
+  pb::GenerateRequest as_generate;
+  as_generate.set_prompt(request.prompt());
+  *as_generate.mutable_sampling() = request.sampling();
+  VLC_ASSIGN_OR_RETURN(engine::GenerateRequest req, ToEngineRequest(as_generate, config));
+  auto job = std::make_shared<Job>();
+  job->kind = Job::Kind::kSessionGenerate;
+  job->session_id = request.session_id();
+  job->request = std::move(req);
+  return job;
+}
+
+InferenceService::InferenceService(const ServerConfig& config, Metrics* metrics,
                                    std::vector<std::string> tokens)
-    : config_(config), pipeline_(pipeline), loop_(loop), metrics_(metrics),
-      tokens_(std::move(tokens)) {}
+    : config_(config), metrics_(metrics), tokens_(std::move(tokens)) {}
+
+void InferenceService::Attach(const engine::Pipeline* pipeline, EngineLoop* loop) {
+  loop_.store(loop);
+  pipeline_.store(pipeline);  // last: Ready() tests this one
+}
+
+absl::Status InferenceService::Ready() const {
+  if (pipeline_.load() != nullptr) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "the model (", config_.model_dir,
+      ") is still loading; retry when grpc.health.v1.Health reports SERVING"));
+}
 
 absl::StatusOr<std::string> InferenceService::Authorize(grpc::ServerContext* context) const {
+  // Every RPC starts here, so this is also where a request that comes too early is answered.
+  VLC_RETURN_IF_ERROR(Ready());
   if (tokens_.empty()) return std::string();
   const auto& md = context->client_metadata();
   auto it = md.find("authorization");
@@ -131,7 +175,7 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
   if (wall_deadline != std::chrono::system_clock::time_point::max()) {
     job->deadline = Clock::now() + (wall_deadline - std::chrono::system_clock::now());
   }
-  if (absl::Status st = loop_->Submit(job); !st.ok()) return st;
+  if (absl::Status st = loop_.load()->Submit(job); !st.ok()) return st;
   StreamEvent e;
   bool deadline_hit = false;
   while (true) {
@@ -237,22 +281,11 @@ grpc::Status InferenceService::CreateSession(grpc::ServerContext* context,
   };
   auto owner = Authorize(context);
   if (!owner.ok()) return done(owner.status());
-  // The same checks as Generate, on the media, the prefix and the cache parameters.
-  pb::GenerateRequest as_generate;
-  *as_generate.mutable_media() = request->media();
-  as_generate.set_prompt(request->prompt_prefix().empty() ? "-" : request->prompt_prefix());
-  *as_generate.mutable_cache() = request->cache();
-  auto req = ToEngineRequest(as_generate, config_);
-  if (!req.ok()) return done(req.status());
-  auto job = std::make_shared<Job>();
-  job->kind = Job::Kind::kCreateSession;
-  job->request_id = NewRequestId();
-  job->owner = *owner;
-  job->request = std::move(*req);
-  job->request.prompt = request->prompt_prefix();
-  job->request.chat_template = config_.pipeline.chat_template.substr(
-      0, config_.pipeline.chat_template.find("{prompt}") + 8);
-  auto e = RunJob(context, job, nullptr);
+  auto job = NewCreateSessionJob(*request, config_);
+  if (!job.ok()) return done(job.status());
+  (*job)->request_id = NewRequestId();
+  (*job)->owner = *owner;
+  auto e = RunJob(context, *job, nullptr);
   if (!e.ok()) return done(e.status());
   FillSession(e->session, response);
   return done(absl::OkStatus());
@@ -268,18 +301,11 @@ grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
   };
   auto owner = Authorize(context);
   if (!owner.ok()) return fail(owner.status());
-  pb::GenerateRequest as_generate;
-  as_generate.set_prompt(request->prompt());
-  *as_generate.mutable_sampling() = request->sampling();
-  auto req = ToEngineRequest(as_generate, config_);
-  if (!req.ok()) return fail(req.status());
-  auto job = std::make_shared<Job>();
-  job->kind = Job::Kind::kSessionGenerate;
-  job->request_id = NewRequestId();
-  job->owner = *owner;
-  job->session_id = request->session_id();
-  job->request = std::move(*req);
-  return StreamTurn("SessionGenerate", context, job, writer);
+  auto job = NewSessionTurnJob(*request, config_);
+  if (!job.ok()) return fail(job.status());
+  (*job)->request_id = NewRequestId();
+  (*job)->owner = *owner;
+  return StreamTurn("SessionGenerate", context, *job, writer);
 }
 
 absl::StatusOr<StreamEvent> InferenceService::SessionCall(grpc::ServerContext* context,
@@ -322,8 +348,9 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
     Record("GetModelInfo", ToGrpc(owner.status()));
     return ToGrpc(owner.status());
   }
-  const auto& c = pipeline_->model().config();
-  const auto& o = pipeline_->options();
+  const engine::Pipeline* pipeline = pipeline_.load();
+  const auto& c = pipeline->model().config();
+  const auto& o = pipeline->options();
   out->set_model_dir(config_.model_dir);
   out->set_text_model_type(c.text.model_type);
   out->set_vocab_size(c.text.vocab_size);
@@ -338,7 +365,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
   for (const auto& n : kvcache::PolicyNames()) out->add_kv_policies(n);
   out->set_default_kv_policy(o.cache_policy.name);
   out->set_default_kv_budget(o.cache_policy.budget);
-  out->set_kv_cache_bytes(pipeline_->pool().capacity_bytes());
+  out->set_kv_cache_bytes(pipeline->pool().capacity_bytes());
   out->set_kv_page_tokens(o.kv_page_tokens);
   Record("GetModelInfo", grpc::Status::OK);
   return grpc::Status::OK;

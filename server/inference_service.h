@@ -3,6 +3,7 @@
 // bearer-token auth, and one log line per request. Nothing below server/ knows gRPC.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,10 +23,23 @@ grpc::Status ToGrpc(const absl::Status& s);
 absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const vlcache::v1::GenerateRequest& req,
                                                         const ServerConfig& config);
 
+// The engine-thread jobs for session requests, with the same checks and defaults (the caller sets
+// owner and request id). The service submits them to its EngineLoop; so can a caller that runs the
+// engine in its own process.
+absl::StatusOr<std::shared_ptr<Job>> NewCreateSessionJob(
+    const vlcache::v1::CreateSessionRequest& req, const ServerConfig& config);
+absl::StatusOr<std::shared_ptr<Job>> NewSessionTurnJob(
+    const vlcache::v1::SessionGenerateRequest& req, const ServerConfig& config);
+
 class InferenceService final : public vlcache::v1::Inference::Service {
  public:
-  InferenceService(const ServerConfig& config, const engine::Pipeline* pipeline, EngineLoop* loop,
-                   Metrics* metrics, std::vector<std::string> tokens);
+  // The service answers UNAVAILABLE until Attach: the server listens (and reports NOT_SERVING on
+  // grpc.health.v1) while the model is still loading, so orchestrators can tell "starting" from
+  // "down".
+  InferenceService(const ServerConfig& config, Metrics* metrics, std::vector<std::string> tokens);
+  // The loaded pipeline and its running engine loop; from now on requests are served.
+  void Attach(const engine::Pipeline* pipeline, EngineLoop* loop);
+  bool ready() const { return pipeline_.load() != nullptr; }
 
   grpc::Status Generate(grpc::ServerContext* context, const vlcache::v1::GenerateRequest* request,
                         grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer) override;
@@ -58,10 +72,12 @@ class InferenceService final : public vlcache::v1::Inference::Service {
                           std::shared_ptr<Job> job,
                           grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
   void Record(const std::string& method, const grpc::Status& status);
+  // OK once attached, else UNAVAILABLE saying the model is still loading.
+  absl::Status Ready() const;
 
   const ServerConfig& config_;
-  const engine::Pipeline* pipeline_;
-  EngineLoop* loop_;
+  std::atomic<const engine::Pipeline*> pipeline_{nullptr};
+  std::atomic<EngineLoop*> loop_{nullptr};
   Metrics* metrics_;
   std::vector<std::string> tokens_;
 };

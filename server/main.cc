@@ -1,5 +1,7 @@
 // vlcache-server: the gRPC inference service. Configuration: flags, VLC_* environment variables,
-// an optional YAML file (--help lists every option). Once serving it prints one line,
+// an optional YAML file (--help lists every option). Once its ports are open it prints
+//   loading grpc=HOST:PORT metrics=HOST:PORT
+// and once the model is loaded and requests are served
 //   listening grpc=HOST:PORT metrics=HOST:PORT
 // so that scripts and tests that asked for port 0 learn the ports; SIGTERM or SIGINT stop it.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -8,10 +10,13 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "server/config.h"
 #include "server/engine_loop.h"
@@ -41,6 +46,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);  // a failed model load (see below)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   std::string help;
@@ -86,19 +92,7 @@ int main(int argc, char** argv) {
     metrics = std::move(*m);
   }
 
-  spdlog::info("event=loading model={}", config.model_dir);
-  auto pipeline = engine::Pipeline::Load(config.model_dir, config.pipeline);
-  if (!pipeline.ok()) {
-    std::cerr << "error: " << pipeline.status().message() << "\n";
-    return 2;
-  }
-  server::EngineLoop loop(pipeline->get(),
-                          {config.max_queue, config.max_running, config.max_sessions,
-                           config.session_ttl_seconds},
-                          metrics.get());
-  loop.Start();
-  server::InferenceService service(config, pipeline->get(), &loop, metrics.get(), tokens);
-
+  server::InferenceService service(config, metrics.get(), tokens);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -125,17 +119,59 @@ int main(int argc, char** argv) {
     std::cerr << "error: cannot listen on " << config.listen << "\n";
     return 2;
   }
-  grpc_server->GetHealthCheckService()->SetServingStatus(true);
-  std::cout << "listening grpc=" << Host(config.listen) << ":" << port;
-  if (metrics) std::cout << " metrics=" << Host(config.metrics_listen) << ":" << metrics->port();
-  std::cout << std::endl;
-  spdlog::info("event=serving grpc_port={} model={}", port, config.model_dir);
+  // The port is open while the model loads: health says NOT_SERVING and the API UNAVAILABLE, so a
+  // readiness probe can tell a starting server from a dead one.
+  grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  std::string addresses = "grpc=" + Host(config.listen) + ":" + std::to_string(port);
+  if (metrics) {
+    addresses += " metrics=" + Host(config.metrics_listen) + ":" + std::to_string(metrics->port());
+  }
+  std::cout << "loading " << addresses << std::endl;
+  spdlog::info("event=loading grpc_port={} model={}", port, config.model_dir);
+
+  // The model loads on its own thread so that SIGTERM during a long load still stops the server
+  // at once; a failed load ends the process through the same sigwait (SIGUSR1).
+  std::unique_ptr<engine::Pipeline> pipeline;
+  std::unique_ptr<server::EngineLoop> loop;
+  std::atomic<bool> load_failed{false};
+  std::thread loader([&] {
+    auto p = engine::Pipeline::Load(config.model_dir, config.pipeline);
+    if (!p.ok()) {
+      std::cerr << "error: " << p.status().message() << "\n";
+      load_failed = true;
+      ::kill(::getpid(), SIGUSR1);
+      return;
+    }
+    pipeline = std::move(*p);
+    loop = std::make_unique<server::EngineLoop>(
+        pipeline.get(),
+        server::EngineLoopOptions{config.max_queue, config.max_running, config.max_sessions,
+                                    config.session_ttl_seconds},
+        metrics.get());
+    loop->Start();
+    service.Attach(pipeline.get(), loop.get());
+    grpc_server->GetHealthCheckService()->SetServingStatus(true);
+    std::cout << "listening " << addresses << std::endl;
+    spdlog::info("event=serving grpc_port={} model={}", port, config.model_dir);
+  });
 
   int sig = 0;
   sigwait(&signals, &sig);
+  if (load_failed) {
+    loader.join();
+    grpc_server->Shutdown(std::chrono::system_clock::now());
+    return 2;
+  }
   spdlog::info("event=stopping signal={}", sig);
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
-  loop.Stop();  // answers every waiting and running request
+  if (!service.ready()) {
+    // Stopped while loading: nothing was acknowledged, so nothing is owed; do not wait for the
+    // loader (a large checkpoint can take minutes).
+    grpc_server->Shutdown(std::chrono::system_clock::now());
+    std::_Exit(0);
+  }
+  loader.join();
+  loop->Stop();  // answers every waiting and running request
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;
 }

@@ -146,7 +146,8 @@ bool IsValidPiece(const std::vector<std::string>& chars) {
 // the vocabulary is full or no pair occurs twice. Pieces are scored in the order SentencePiece's
 // BPE trainer uses, characters first, then merges from first to last, so encoding replays the
 // merges in the order they were learned.
-std::vector<Piece> TrainBpePieces(const std::vector<std::string>& lines) {
+std::vector<Piece> TrainBpePieces(const std::vector<std::string>& lines,
+                                  int vocab_size = kTokenizerVocabSize) {
   std::map<std::string, int64_t> word_counts;
   std::map<std::string, int64_t> char_counts;
   for (const std::string& line : lines) {
@@ -191,7 +192,7 @@ std::vector<Piece> TrainBpePieces(const std::vector<std::string>& lines) {
   std::vector<Word> words;
   for (const auto& [text, count] : word_counts) words.push_back({SplitChars(text), count});
 
-  while (static_cast<int>(pieces.size()) < kTokenizerVocabSize) {
+  while (static_cast<int>(pieces.size()) < vocab_size) {
     std::map<std::pair<std::string, std::string>, int64_t> pair_counts;
     for (const Word& w : words) {
       for (size_t i = 0; i + 1 < w.symbols.size(); ++i) {
@@ -327,6 +328,13 @@ absl::Status ValidateOptions(const TinyOptions& opts) {
         absl::StrCat("vision_feature_select_strategy must be default or full, got \"",
                      opts.vision_feature_select_strategy, "\""));
   }
+  if (opts.text_hidden_size < 8 || opts.text_hidden_size % 8 != 0 ||
+      opts.text_intermediate_size < 1 || opts.text_layers < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "text sizes must be positive with hidden a multiple of 8 (4 heads, even head_dim); got "
+        "hidden ", opts.text_hidden_size, ", intermediate ", opts.text_intermediate_size,
+        ", layers ", opts.text_layers));
+  }
   if (opts.num_shards < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_shards must be at least 1, got ", opts.num_shards));
@@ -409,12 +417,12 @@ engine::LlavaConfig TinyConfig(const TinyOptions& opts, int tokenizer_vocab_size
   // The image token is the id right after the SentencePiece vocabulary; the embedding table is
   // padded to a multiple of 8, as LLaVA checkpoints pad theirs.
   t.vocab_size = (tokenizer_vocab_size + 1 + 7) / 8 * 8;
-  t.hidden_size = 64;
-  t.intermediate_size = 128;
-  t.num_hidden_layers = 2;
+  t.hidden_size = opts.text_hidden_size;
+  t.intermediate_size = opts.text_intermediate_size;
+  t.num_hidden_layers = opts.text_layers;
   t.num_attention_heads = 4;
   t.num_key_value_heads = 2;
-  t.head_dim = 16;
+  t.head_dim = opts.text_hidden_size / 4;
   t.max_position_embeddings = 4096;
   t.rope_theta = opts.text_model_type == "mistral" ? 1000000.0 : 10000.0;
   t.rms_norm_eps = 1e-5;
@@ -430,6 +438,17 @@ engine::LlavaConfig TinyConfig(const TinyOptions& opts, int tokenizer_vocab_size
   cfg.projector_hidden_act = "gelu";
   cfg.multimodal_projector_bias = true;
   return cfg;
+}
+
+absl::StatusOr<int> WriteBpeTokenizer(const std::vector<std::string>& corpus, int vocab_size,
+                                      const std::string& path) {
+  if (vocab_size < 260) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vocab_size ", vocab_size, " leaves no room beyond the 3 specials and 256 byte pieces"));
+  }
+  const std::vector<Piece> pieces = TrainBpePieces(corpus, vocab_size);
+  VLC_RETURN_IF_ERROR(WriteFile(path, SerializeModel(pieces)));
+  return static_cast<int>(pieces.size());
 }
 
 absl::Status MakeTinyCheckpoint(const std::string& out_dir, const TinyOptions& opts) {

@@ -6,8 +6,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/config.h"
 
 namespace vlc::tools {
@@ -20,12 +22,23 @@ struct TinyOptions {
   int num_shards = 1;                      // > 1 writes model-0000i-of-0000n.safetensors + index
   std::string vision_feature_select_strategy = "default";
   float init_std = 0.02f;                  // weights ~ N(0, init_std); norms start at 1
+  // Language model size (benchmarks that need more work per token than the tiny default);
+  // 4 query and 2 KV heads, head_dim = text_hidden_size / 4.
+  int text_hidden_size = 64;
+  int text_intermediate_size = 128;
+  int text_layers = 2;
 };
 
 // The config the tiny checkpoint is written with (small enough that a forward pass takes
 // milliseconds: 2 vision and 2 text layers, GQA with 4 query and 2 KV heads). The text vocabulary
 // is the tokenizer's size plus the image token, as in LLaVA.
 engine::LlavaConfig TinyConfig(const TinyOptions& opts, int tokenizer_vocab_size);
+
+// Trains a byte-fallback BPE tokenizer on `corpus` (Llama's settings: split digits, unk/bos/eos =
+// 0/1/2) and writes it to `path` as a SentencePiece tokenizer.model. Returns the number of pieces:
+// `vocab_size`, or fewer when the corpus runs out of pairs to merge.
+absl::StatusOr<int> WriteBpeTokenizer(const std::vector<std::string>& corpus, int vocab_size,
+                                      const std::string& path);
 
 absl::Status MakeTinyCheckpoint(const std::string& out_dir, const TinyOptions& opts);
 

@@ -28,6 +28,13 @@ int main(int argc, char** argv) {
                  "vision_feature_select_strategy")
       ->check(CLI::IsMember({"default", "full"}))
       ->capture_default_str();
+  app.add_option("--text-hidden", opts.text_hidden_size,
+                 "language model hidden size (4 heads, 2 KV heads)")
+      ->capture_default_str();
+  app.add_option("--text-intermediate", opts.text_intermediate_size, "language model MLP size")
+      ->capture_default_str();
+  app.add_option("--text-layers", opts.text_layers, "language model layers")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -161,6 +161,15 @@ class ServerProcess {
   // "listening grpc=... metrics=..." line.
   ::testing::AssertionResult Start(const std::string& model_dir,
                                    const std::vector<std::string>& extra_args = {}) {
+    auto started = StartLoading(model_dir, extra_args);
+    if (!started) return started;
+    return WaitListening();
+  }
+
+  // Starts the server and returns once its ports are open ("loading grpc=... metrics=..."),
+  // before the model is loaded; target() is then known.
+  ::testing::AssertionResult StartLoading(const std::string& model_dir,
+                                          const std::vector<std::string>& extra_args = {}) {
     const std::string bin = std::string(VLC_BIN_DIR) + "/vlcache-server";
     std::vector<std::string> args = {bin,           "--model",     model_dir,
                                      "--listen",    "127.0.0.1:0", "--metrics-listen",
@@ -186,49 +195,11 @@ class ServerProcess {
     ::close(fds[1]);
     pid_ = pid;
     stdout_fd_ = fds[0];
-
-    std::string line;
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (line.empty() || line.back() != '\n') {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          give_up - std::chrono::steady_clock::now());
-      if (left.count() <= 0) {
-        return ::testing::AssertionFailure() << "no listening line within 60 s; got: " << line;
-      }
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      char c;
-      if (::read(stdout_fd_, &c, 1) != 1) {
-        int status = 0;
-        ::waitpid(pid_, &status, 0);
-        pid_ = -1;
-        return ::testing::AssertionFailure()
-               << "vlcache-server closed stdout before listening (wait status " << status
-               << "); got: " << line;
-      }
-      line += c;
-    }
-    line.pop_back();  // the '\n'
-    // "listening grpc=127.0.0.1:PORT metrics=127.0.0.1:MPORT"
-    const std::string grpc_key = "listening grpc=", metrics_key = " metrics=";
-    const size_t m = line.find(metrics_key);
-    if (line.rfind(grpc_key, 0) != 0 || m == std::string::npos) {
-      return ::testing::AssertionFailure() << "unexpected first line: " << line;
-    }
-    const std::string grpc_addr = line.substr(grpc_key.size(), m - grpc_key.size());
-    const std::string metrics_addr = line.substr(m + metrics_key.size());
-    for (const std::string& addr : {grpc_addr, metrics_addr}) {
-      const size_t colon = addr.rfind(':');
-      if (colon == std::string::npos || std::atoi(addr.c_str() + colon + 1) <= 0) {
-        return ::testing::AssertionFailure() << "no bound port in: " << line;
-      }
-    }
-    target_ = grpc_addr;
-    metrics_target_ = metrics_addr;
-    channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
-    stub_ = pb::Inference::NewStub(channel_);
-    return ::testing::AssertionSuccess();
+    return ExpectLine("loading");
   }
+
+  // After StartLoading: waits (60 s at most) for the "listening ..." line.
+  ::testing::AssertionResult WaitListening() { return ExpectLine("listening"); }
 
   // SIGTERM: the server drains and must exit 0; a hang past the grace period is a failure.
   void Stop() {
@@ -257,7 +228,61 @@ class ServerProcess {
     stdout_fd_ = -1;
   }
 
+
+ private:
+  // Reads the next stdout line, which must be "<word> grpc=HOST:PORT metrics=HOST:PORT", and
+  // connects to its addresses.
+  ::testing::AssertionResult ExpectLine(const std::string& word) {
+    std::string line;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (line.empty() || line.back() != '\n') {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          give_up - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        return ::testing::AssertionFailure()
+               << "no '" << word << "' line within 60 s; got: " << line;
+      }
+      pollfd p{stdout_fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char c;
+      if (::read(stdout_fd_, &c, 1) != 1) {
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        return ::testing::AssertionFailure()
+               << "vlcache-server closed stdout before its '" << word << "' line (wait status "
+               << status << "); got: " << line;
+      }
+      line += c;
+    }
+    line.pop_back();  // the '\n'
+    const std::string grpc_key = word + " grpc=", metrics_key = " metrics=";
+    const size_t m = line.find(metrics_key);
+    if (line.rfind(grpc_key, 0) != 0 || m == std::string::npos) {
+      return ::testing::AssertionFailure() << "expected a '" << word << "' line, got: " << line;
+    }
+    const std::string grpc_addr = line.substr(grpc_key.size(), m - grpc_key.size());
+    const std::string metrics_addr = line.substr(m + metrics_key.size());
+    for (const std::string& addr : {grpc_addr, metrics_addr}) {
+      const size_t colon = addr.rfind(':');
+      if (colon == std::string::npos || std::atoi(addr.c_str() + colon + 1) <= 0) {
+        return ::testing::AssertionFailure() << "no bound port in: " << line;
+      }
+    }
+    if (target_ != grpc_addr) {
+      target_ = grpc_addr;
+      metrics_target_ = metrics_addr;
+      channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
+      stub_ = pb::Inference::NewStub(channel_);
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+ public:
   const std::string& target() const { return target_; }
+  // The exit code of a server that ended before its expected line; -1 otherwise.
+  int exit_code() const { return exit_code_; }
   // The metrics listener, "127.0.0.1:PORT".
   const std::string& metrics_target() const { return metrics_target_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
@@ -268,6 +293,7 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
+  int exit_code_ = -1;
   std::string target_;
   std::string metrics_target_;
   std::shared_ptr<grpc::Channel> channel_;

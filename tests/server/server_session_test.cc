@@ -15,6 +15,10 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "engine/pipeline.h"
+#include "server/config.h"
+#include "server/engine_loop.h"
+#include "server/inference_service.h"
 #include "tests/server/server_fixture.h"
 #include "vlcache/v1/inference.grpc.pb.h"
 
@@ -48,14 +52,20 @@ grpc::Status CreateSession(pb::Inference::Stub* stub, const pb::CreateSessionReq
 }
 
 // A turn, greedy with a fixed seed so that it is reproducible.
-StreamResult Turn(pb::Inference::Stub* stub, const std::string& id, const std::string& prompt,
-                  const std::string& token = "", int max_new_tokens = 8) {
+pb::SessionGenerateRequest TurnRequest(const std::string& id, const std::string& prompt,
+                                       int max_new_tokens = 8) {
   pb::SessionGenerateRequest r;
   r.set_session_id(id);
   r.set_prompt(prompt);
   r.mutable_sampling()->set_max_new_tokens(max_new_tokens);
   r.mutable_sampling()->set_temperature(0);
   r.mutable_sampling()->set_seed(17);
+  return r;
+}
+
+StreamResult Turn(pb::Inference::Stub* stub, const std::string& id, const std::string& prompt,
+                  const std::string& token = "", int max_new_tokens = 8) {
+  const pb::SessionGenerateRequest r = TurnRequest(id, prompt, max_new_tokens);
   grpc::ClientContext ctx;
   Prepare(&ctx, token);
   auto reader = stub->SessionGenerate(&ctx, r);
@@ -214,6 +224,73 @@ TEST_F(SessionServerTest, ThreeTurnsGrowTheCacheWithoutEvictionAndRepeatExactly)
     EXPECT_EQ(answers[0][turn].token_ids, answers[1][turn].token_ids) << "turn " << turn + 1;
     EXPECT_EQ(answers[0][turn].usage.prompt_tokens(), answers[1][turn].usage.prompt_tokens());
   }
+}
+
+// The engine the server runs, in this process: the same EngineLoop on a Pipeline loaded here, fed
+// the jobs the service would build from the same requests. Returns the final event of `job`.
+StreamEvent RunInProcess(EngineLoop* loop, std::shared_ptr<Job> job, std::string* text) {
+  EXPECT_TRUE(loop->Submit(job).ok());
+  StreamEvent e;
+  while (true) {
+    if (!job->channel->Pop(&e, std::chrono::milliseconds(100))) continue;
+    if (e.final) break;
+    *text += e.text;
+  }
+  *text += e.text;
+  return e;
+}
+
+TEST_F(SessionServerTest, ThreeTurnsMatchTheInProcessEngine) {
+  ASSERT_TRUE(Start());
+  const pb::CreateSessionRequest create = SessionRequest(5);
+  pb::SessionInfo remote_info;
+  const grpc::Status made = CreateSession(stub(), create, &remote_info);
+  ASSERT_TRUE(made.ok()) << Describe(made);
+  std::vector<StreamResult> remote;
+  for (const char* prompt : kTurns) {
+    remote.push_back(Turn(stub(), remote_info.session_id(), prompt));
+    ASSERT_TRUE(remote.back().status.ok()) << Describe(remote.back().status);
+  }
+
+  // The same configuration as the server started without flags.
+  const std::string model = *dir_ + "/model";
+  std::vector<std::string> args = {"vlcache-server", "--model", model};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  std::string help;
+  bool exit_now = false;
+  auto config = LoadConfig(static_cast<int>(argv.size()), argv.data(), &help, &exit_now);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto pipeline = engine::Pipeline::Load(model, config->pipeline);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  EngineLoop loop(pipeline->get(),
+                  {config->max_queue, config->max_running, config->max_sessions,
+                   config->session_ttl_seconds},
+                  /*metrics=*/nullptr);
+  loop.Start();
+  auto job = NewCreateSessionJob(create, *config);
+  ASSERT_TRUE(job.ok()) << job.status();
+  std::string ignored;
+  const StreamEvent local_info = RunInProcess(&loop, *job, &ignored);
+  ASSERT_TRUE(local_info.status.ok()) << local_info.status;
+  EXPECT_EQ(local_info.session.logical_length, remote_info.logical_length());
+  EXPECT_EQ(local_info.session.kv_bytes_kept, remote_info.kv_bytes_kept());
+  EXPECT_EQ(local_info.session.layer_budgets,
+            std::vector<int64_t>(remote_info.layer_budgets().begin(),
+                                 remote_info.layer_budgets().end()));
+  for (int turn = 0; turn < 3; ++turn) {
+    SCOPED_TRACE("turn " + std::to_string(turn + 1));
+    auto t = NewSessionTurnJob(TurnRequest(local_info.session.id, kTurns[turn]), *config);
+    ASSERT_TRUE(t.ok()) << t.status();
+    std::string text;
+    const StreamEvent local = RunInProcess(&loop, *t, &text);
+    ASSERT_TRUE(local.status.ok()) << local.status;
+    EXPECT_EQ(text, remote[turn].text);
+    EXPECT_EQ(local.usage.token_ids, remote[turn].token_ids);
+    EXPECT_EQ(local.usage.prompt_tokens, remote[turn].usage.prompt_tokens());
+    EXPECT_EQ(local.usage.kv_bytes, remote[turn].usage.kv_bytes_kept());
+  }
+  loop.Stop();
 }
 
 TEST_F(SessionServerTest, DeletedAndUnknownSessionsAreNotFound) {

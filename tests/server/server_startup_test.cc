@@ -1,0 +1,112 @@
+// Start-up of the real server process: its ports open before the model is loaded, health says
+// NOT_SERVING and the API UNAVAILABLE until the model is ready, then SERVING; a model that fails
+// to load ends the process with an error. The load is held back by a named pipe standing in for
+// config.json: the server blocks reading it until the test writes the file's contents.
+#include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <string>
+
+#include "common/fs.h"
+#include "tests/server/server_fixture.h"
+
+namespace vlc::server {
+namespace {
+
+// grpc.health.v1.Health/Check for service "" through the generic stub: the request serializes to
+// no bytes and the reply is HealthCheckResponse{status}, field 1 as a varint, so 0x08 then the
+// status (1 SERVING, 2 NOT_SERVING). Returns that status, or -1 when the call failed.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                    &response, [&done](grpc::Status s) { done.set_value(s); });
+  if (!done.get_future().get().ok()) return -1;
+  grpc::Slice reply;
+  if (!response.DumpToSingleSlice(&reply).ok() || reply.size() != 2 || reply.begin()[0] != 0x08) {
+    return -1;
+  }
+  return reply.begin()[1];
+}
+
+class ServerStartupTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ClearVlcEnvironment();
+    dir_ = MakeTempDir("vlcache-startup-");
+    ASSERT_FALSE(dir_.empty());
+    const absl::Status made = MakeTinyModel(dir_ + "/model");
+    ASSERT_TRUE(made.ok()) << made;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) RemoveTree(dir_);
+  }
+  std::string dir_;
+};
+
+TEST_F(ServerStartupTest, NotServingWhileTheModelLoadsThenServing) {
+  const std::string model = dir_ + "/model";
+  const std::string config = Slurp(model + "/config.json");
+  ASSERT_FALSE(config.empty());
+  ASSERT_EQ(::unlink((model + "/config.json").c_str()), 0);
+  ASSERT_EQ(::mkfifo((model + "/config.json").c_str(), 0600), 0);
+
+  ServerProcess server;
+  ASSERT_TRUE(server.StartLoading(model));
+  // The server now waits on the pipe: loading, not ready.
+  EXPECT_EQ(HealthStatus(server.channel()), 2) << "expected NOT_SERVING while loading";
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    pb::ModelInfo info;
+    const grpc::Status s = server.stub()->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &info);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(s.error_message().find("still loading"), std::string::npos) << s.error_message();
+  }
+
+  // Let the load go on: the pipe delivers config.json's contents.
+  const int fd = ::open((model + "/config.json").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, config.data(), config.size()), static_cast<ssize_t>(config.size()));
+  ::close(fd);
+  ASSERT_TRUE(server.WaitListening());
+  EXPECT_EQ(HealthStatus(server.channel()), 1) << "expected SERVING once loaded";
+  grpc::ClientContext ctx;
+  pb::ModelInfo info;
+  const grpc::Status s = server.stub()->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &info);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(info.num_layers(), 0);
+}
+
+TEST_F(ServerStartupTest, StopsWhileLoadingWithoutWaitingForTheModel) {
+  const std::string model = dir_ + "/model";
+  ASSERT_EQ(::unlink((model + "/config.json").c_str()), 0);
+  ASSERT_EQ(::mkfifo((model + "/config.json").c_str(), 0600), 0);
+  ServerProcess server;
+  ASSERT_TRUE(server.StartLoading(model));
+  EXPECT_EQ(HealthStatus(server.channel()), 2);
+  // The load never finishes (nobody writes the pipe); SIGTERM must still end the process
+  // cleanly, which Stop checks (exit 0 within the grace period).
+  server.Stop();
+}
+
+TEST_F(ServerStartupTest, AModelThatFailsToLoadEndsTheProcessWithAnError) {
+  WriteFile(dir_ + "/model/config.json", "{\"model_type\": \"llava\", \"text_config\": 7}");
+  ServerProcess server;
+  ASSERT_TRUE(server.StartLoading(dir_ + "/model"));
+  EXPECT_FALSE(server.WaitListening());
+  EXPECT_EQ(server.exit_code(), 2);
+}
+
+}  // namespace
+}  // namespace vlc::server
