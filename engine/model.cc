@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu_linear.h"
+#include "engine/layers.h"
 #include "kvcache/attention.h"
 #include "common/status.h"
 
@@ -17,27 +18,6 @@ namespace {
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor()) {
   if (x.dim() == 2) return DecodeLinear(x, w, b);
   return at::linear(x, w, b);
-}
-
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
-  return x * at::rsqrt(var + eps) * w;
-}
-
-at::Tensor Activation(const at::Tensor& x, const std::string& act) {
-  if (act == "quick_gelu") return x * at::sigmoid(x * 1.702);
-  if (act == "gelu") return at::gelu(x);
-  if (act == "gelu_pytorch_tanh") return at::gelu(x, "tanh");
-  if (act == "relu") return at::relu(x);
-  return at::silu(x);  // "silu": the config parser admits nothing else
-}
-
-// x [..., d] rotated by the angles of `cos`/`sin` ([..., d], broadcast): HF's rotate_half form.
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  auto x1 = x.slice(-1, 0, half);
-  auto x2 = x.slice(-1, half);
-  return x * cos + at::cat({-x2, x1}, -1) * sin;
 }
 
 }  // namespace

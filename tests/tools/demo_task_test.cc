@@ -1,0 +1,155 @@
+// The demo task's encoding: what the trainer feeds the model is what the serving engine builds for
+// the same question and pictures, answers decode back to their text, and the batch's targets and
+// mask select exactly the answer and EOS.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "common/fs.h"
+#include "engine/pipeline.h"
+#include "tools/make_tiny.h"
+#include "tools/train/demo_task.h"
+#include "tools/train/trainable_llava.h"
+#include "tools/vqa/vqa.h"
+
+namespace vlc::train {
+namespace {
+
+class DemoTaskTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(MakeTempDir("vlcache-demo-task-"));
+    auto pieces = tools::WriteBpeTokenizer(DemoTokenizerCorpus(), 512, *dir_ + "/tokenizer.model");
+    ASSERT_TRUE(pieces.ok()) << pieces.status();
+    config_ = new engine::LlavaConfig(DemoConfig(*pieces));
+    auto enc = TaskEncoder::Create(*dir_, *config_);
+    ASSERT_TRUE(enc.ok()) << enc.status();
+    encoder_ = enc->release();
+  }
+  static void TearDownTestSuite() {
+    delete encoder_;
+    delete config_;
+    if (dir_ && !dir_->empty()) RemoveTree(*dir_);
+    delete dir_;
+  }
+  static std::string* dir_;
+  static engine::LlavaConfig* config_;
+  static TaskEncoder* encoder_;
+};
+std::string* DemoTaskTest::dir_ = nullptr;
+engine::LlavaConfig* DemoTaskTest::config_ = nullptr;
+TaskEncoder* DemoTaskTest::encoder_ = nullptr;
+
+TEST_F(DemoTaskTest, AnswersDecodeToTheirTextAndEndWithEos) {
+  const auto& tok = encoder_->tokenizer();
+  for (int frames : {1, 3, 8}) {
+    for (int i = 0; i < 150; ++i) {
+      const vqa::Item item = vqa::MakeItem(vqa::Split::kTrain, i, frames, DemoVqaOptions());
+      auto e = encoder_->Encode(item);
+      ASSERT_TRUE(e.ok()) << e.status();
+      ASSERT_GE(e->answer_ids.size(), 2u);
+      EXPECT_EQ(e->answer_ids.back(), tok.eos_id());
+      const std::vector<int> answer(e->answer_ids.begin(), e->answer_ids.end() - 1);
+      EXPECT_EQ(tok.Decode(answer), item.answer);
+      int visual = 0;
+      for (int id : e->prompt_ids) visual += id == config_->image_token_index;
+      EXPECT_EQ(visual, frames * config_->visual_tokens_per_image());
+      EXPECT_EQ(static_cast<int>(e->frames.size()), frames);
+      // Every word of the task is in the vocabulary: no byte-fallback pieces.
+      for (int id : e->prompt_ids) EXPECT_TRUE(id < 3 || id >= 3 + 256) << id;
+    }
+  }
+}
+
+TEST_F(DemoTaskTest, PromptAndPixelsEqualWhatTheServingPipelineBuilds) {
+  // A checkpoint of the demo shape (random weights) in a directory the pipeline loads.
+  auto model = TrainableLlava::Create(*config_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::string ckpt = *dir_ + "/ckpt";
+  ASSERT_TRUE((*model)->Export(ckpt, *dir_ + "/tokenizer.model").ok());
+  auto pipeline = engine::Pipeline::Load(ckpt);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  auto enc = TaskEncoder::Create(ckpt, *config_);
+  ASSERT_TRUE(enc.ok()) << enc.status();
+  for (int frames : {1, 4}) {
+    const vqa::Item item = vqa::MakeItem(vqa::Split::kTest, 7, frames, DemoVqaOptions());
+    auto e = (*enc)->Encode(item);
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine::GenerateRequest req;
+    for (const auto& f : item.clip.frames) {
+      req.media.images.push_back(vqa::EncodePng(f, item.options));
+    }
+    req.prompt = vqa::Prompt(item);
+    auto prepared = (*pipeline)->Prepare(req);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    EXPECT_EQ(prepared->ids, e->prompt_ids);
+    // The visual rows the engine computes from the PNGs equal the trainer's from its pixels.
+    auto batch = (*enc)->MakeBatch({*e});
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    auto visual = (*pipeline)->model().EncodeImages(batch->inputs.pixel_values);
+    ASSERT_TRUE(visual.ok()) << visual.status();
+    EXPECT_TRUE(at::equal(*visual, prepared->visual));
+  }
+}
+
+TEST_F(DemoTaskTest, BatchTargetsAndMaskSelectTheAnswerAndEos) {
+  std::vector<EncodedItem> items;
+  for (int i = 0; i < 5; ++i) {
+    auto e = encoder_->Encode(vqa::MakeItem(vqa::Split::kTrain, 100 + i, 1 + i % 2,
+                                            DemoVqaOptions()));
+    ASSERT_TRUE(e.ok());
+    items.push_back(*e);
+  }
+  auto b = encoder_->MakeBatch(items);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->inputs.pixel_values.size(0), 1 + 2 + 1 + 2 + 1);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto& it = items[i];
+    const int64_t len = static_cast<int64_t>(it.prompt_ids.size() + it.answer_ids.size()) - 1;
+    EXPECT_EQ(b->inputs.lengths[i], len);
+    EXPECT_EQ(b->inputs.images_per_sequence[i], static_cast<int64_t>(it.frames.size()));
+    std::vector<int> masked_targets;
+    for (int64_t t = 0; t < b->targets.size(1); ++t) {
+      if (b->mask[i][t].item<bool>()) masked_targets.push_back(b->targets[i][t].item<int>());
+      if (t < len) {
+        // The input at t + 1 is the target at t inside the sequence (teacher forcing).
+        if (t + 1 < len && b->mask[i][t].item<bool>()) {
+          EXPECT_EQ(b->inputs.input_ids[i][t + 1].item<int>(), b->targets[i][t].item<int>());
+        }
+      }
+    }
+    EXPECT_EQ(masked_targets, it.answer_ids);
+    for (size_t k = 0; k < it.prompt_ids.size(); ++k) {
+      EXPECT_EQ(b->inputs.input_ids[i][k].item<int>(), it.prompt_ids[k]);
+    }
+  }
+}
+
+TEST_F(DemoTaskTest, ExactMatchNeedsEveryAnswerTokenRight) {
+  std::vector<EncodedItem> items;
+  for (int i = 0; i < 3; ++i) {
+    auto e = encoder_->Encode(vqa::MakeItem(vqa::Split::kTrain, i, 1, DemoVqaOptions()));
+    ASSERT_TRUE(e.ok());
+    items.push_back(*e);
+  }
+  auto b = encoder_->MakeBatch(items);
+  ASSERT_TRUE(b.ok());
+  const int64_t vocab = config_->text.vocab_size;
+  // Logits that put the most mass on each target, and something else where the mask is off.
+  auto logits = at::one_hot(b->targets, vocab).to(at::kFloat);
+  logits.select(2, 0).masked_fill_(~b->mask, 5.0f);
+  EXPECT_EQ(ExactMatches(logits, *b), std::vector<bool>({true, true, true}));
+  // One wrong token in the middle of item 1's answer (or on its EOS) fails item 1 only.
+  int64_t last = -1;
+  for (int64_t t = 0; t < b->mask.size(1); ++t) {
+    if (b->mask[1][t].item<bool>()) last = t;
+  }
+  ASSERT_GE(last, 0);
+  logits[1][last][b->targets[1][last].item<int64_t>()] = -1.0f;
+  EXPECT_EQ(ExactMatches(logits, *b), std::vector<bool>({true, false, true}));
+}
+
+}  // namespace
+}  // namespace vlc::train

@@ -1,0 +1,151 @@
+#include "tools/train/demo_task.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace vlc::train {
+
+engine::LlavaConfig DemoConfig(int tokenizer_vocab_size) {
+  engine::LlavaConfig cfg;
+  auto& v = cfg.vision;
+  v.hidden_size = 128;
+  v.intermediate_size = 512;
+  v.num_hidden_layers = 4;
+  v.num_attention_heads = 4;
+  v.num_channels = 3;
+  v.image_size = 96;
+  v.patch_size = 12;
+  v.layer_norm_eps = 1e-5;
+  v.hidden_act = "quick_gelu";
+
+  auto& t = cfg.text;
+  t.model_type = "llama";
+  // LLaVA's convention: the image token is the id after the SentencePiece vocabulary, and the
+  // embedding table is padded to a multiple of 8.
+  t.vocab_size = (tokenizer_vocab_size + 1 + 7) / 8 * 8;
+  t.hidden_size = 192;
+  t.intermediate_size = 512;
+  t.num_hidden_layers = 4;
+  t.num_attention_heads = 6;
+  t.num_key_value_heads = 2;
+  t.head_dim = 32;
+  t.max_position_embeddings = 4096;
+  t.rope_theta = 10000.0;
+  t.rms_norm_eps = 1e-5;
+  t.hidden_act = "silu";
+  t.sliding_window = 0;
+  t.tie_word_embeddings = false;
+  t.bos_token_id = 1;
+  t.eos_token_id = 2;
+
+  cfg.image_token_index = tokenizer_vocab_size;
+  // Every vision layer is used (LLaVA takes the second-to-last of a deep tower; this one is
+  // shallow enough that the last layer's features are the useful ones).
+  cfg.vision_feature_layer = -1;
+  cfg.vision_feature_select_strategy = "default";
+  cfg.projector_hidden_act = "gelu";
+  cfg.multimodal_projector_bias = true;
+  return cfg;
+}
+
+vqa::Options DemoVqaOptions() {
+  vqa::Options o;
+  o.image_size = 96;
+  o.grid = 4;
+  return o;
+}
+
+std::vector<std::string> DemoTokenizerCorpus() {
+  std::vector<std::string> lines;
+  for (const std::string& line : vqa::VocabularyCorpus()) {
+    // The template's text around the question, so that "USER:", "ASSISTANT:" and the newline
+    // become pieces of their own.
+    lines.push_back(absl::StrCat("USER: \n", line, " ASSISTANT: ", line));
+  }
+  return lines;
+}
+
+absl::StatusOr<std::unique_ptr<TaskEncoder>> TaskEncoder::Create(
+    const std::string& model_dir, const engine::LlavaConfig& config) {
+  std::unique_ptr<TaskEncoder> e(new TaskEncoder());
+  e->config_ = config;
+  VLC_ASSIGN_OR_RETURN(e->tokenizer_,
+                       engine::Tokenizer::Load(model_dir, config.image_token_index));
+  VLC_ASSIGN_OR_RETURN(e->preprocessor_,
+                       engine::PreprocessorConfig::FromFileOrDefault(
+                           model_dir + "/preprocessor_config.json", config.vision.image_size));
+  return e;
+}
+
+absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item) const {
+  if (item.options.image_size != config_.vision.image_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the item is drawn at ", item.options.image_size, " px but the model sees ",
+                     config_.vision.image_size, " px"));
+  }
+  EncodedItem out;
+  const int frames = static_cast<int>(item.clip.frames.size());
+  VLC_ASSIGN_OR_RETURN(out.prompt_ids,
+                       tokenizer_->EncodePrompt(vqa::Prompt(item),
+                                                frames * config_.visual_tokens_per_image()));
+  out.answer_ids = tokenizer_->Encode(item.answer, /*add_bos=*/false);
+  out.answer_ids.push_back(tokenizer_->eos_id());
+  for (const auto& f : item.clip.frames) {
+    engine::RgbImage img;
+    img.width = img.height = item.options.image_size;
+    img.data = vqa::RenderFrame(f, item.options);
+    out.frames.push_back(std::move(img));
+  }
+  return out;
+}
+
+absl::StatusOr<TaskEncoder::Batch> TaskEncoder::MakeBatch(
+    const std::vector<EncodedItem>& items) const {
+  if (items.empty()) return absl::InvalidArgumentError("an empty batch");
+  Batch b;
+  std::vector<std::vector<int>> inputs;
+  std::vector<engine::RgbImage> frames;
+  for (const auto& it : items) {
+    std::vector<int> seq = it.prompt_ids;
+    seq.insert(seq.end(), it.answer_ids.begin(), it.answer_ids.end() - 1);
+    inputs.push_back(std::move(seq));
+    b.inputs.images_per_sequence.push_back(static_cast<int64_t>(it.frames.size()));
+    frames.insert(frames.end(), it.frames.begin(), it.frames.end());
+  }
+  auto [ids, lengths] = PadSequences(inputs, /*pad_id=*/0);
+  b.inputs.input_ids = ids;
+  b.inputs.lengths = lengths;
+  const int64_t batch = static_cast<int64_t>(items.size()), width = ids.size(1);
+  b.targets = at::zeros({batch, width}, at::kLong);
+  b.mask = at::zeros({batch, width}, at::kBool);
+  auto targets = b.targets.accessor<int64_t, 2>();
+  auto mask = b.mask.accessor<bool, 2>();
+  for (int64_t i = 0; i < batch; ++i) {
+    const auto& it = items[i];
+    // Position p predicts token p + 1; the answer starts right after the prompt.
+    const int64_t first = static_cast<int64_t>(it.prompt_ids.size()) - 1;
+    for (size_t k = 0; k < it.answer_ids.size(); ++k) {
+      targets[i][first + static_cast<int64_t>(k)] = it.answer_ids[k];
+      mask[i][first + static_cast<int64_t>(k)] = true;
+    }
+  }
+  if (!frames.empty()) {
+    VLC_ASSIGN_OR_RETURN(b.inputs.pixel_values, engine::PreprocessImages(frames, preprocessor_));
+  }
+  return b;
+}
+
+std::vector<bool> ExactMatches(const at::Tensor& logits, const TaskEncoder::Batch& batch) {
+  const auto predicted = logits.detach().argmax(-1);
+  const auto right = (predicted == batch.targets) | ~batch.mask;
+  const auto all_right = right.all(/*dim=*/1);
+  std::vector<bool> out(static_cast<size_t>(all_right.size(0)));
+  for (int64_t i = 0; i < all_right.size(0); ++i) out[i] = all_right[i].item<bool>();
+  return out;
+}
+
+}  // namespace vlc::train

@@ -1,0 +1,72 @@
+// The demo model's task: how a synthetic VQA item (tools/vqa/vqa.h) becomes the model's input and
+// target, shared by the trainer and the evaluator so that both see exactly what the serving engine
+// sees. Prompts go through the engine's tokenizer and chat template, pixels through its CLIP
+// preprocessing; the answer is the tokenized answer text followed by EOS, which is what greedy
+// generation must produce for an exact match.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+#include "engine/media.h"
+#include "engine/tokenizer.h"
+#include "tools/train/trainable_llava.h"
+#include "tools/vqa/vqa.h"
+
+namespace vlc::train {
+
+// The demo model's shape: a 96-pixel CLIP-style ViT with 12-pixel patches (64 visual tokens per
+// frame), a 2-layer projector and a 4-layer Llama decoder with grouped-query attention (6 query,
+// 2 KV heads), small enough to train on two CPU cores.
+engine::LlavaConfig DemoConfig(int tokenizer_vocab_size);
+
+// The VQA layout the demo config sees (image_size = the vision tower's).
+vqa::Options DemoVqaOptions();
+
+// Every line the demo tokenizer is trained on: the VQA vocabulary inside the chat template.
+std::vector<std::string> DemoTokenizerCorpus();
+
+// An item ready for the model.
+struct EncodedItem {
+  std::vector<int> prompt_ids;  // BOS, template, visual placeholders, question
+  std::vector<int> answer_ids;  // the answer's tokens, then EOS
+  std::vector<engine::RgbImage> frames;
+};
+
+class TaskEncoder {
+ public:
+  // `model_dir` holds tokenizer.model (and preprocessor_config.json, else CLIP's defaults).
+  static absl::StatusOr<std::unique_ptr<TaskEncoder>> Create(const std::string& model_dir,
+                                                             const engine::LlavaConfig& config);
+
+  absl::StatusOr<EncodedItem> Encode(const vqa::Item& item) const;
+
+  // A training batch of `items` (right-padded): input ids are prompt + answer without the final
+  // EOS, targets are the ids shifted left by one, and the mask selects the positions whose target
+  // is an answer token or EOS.
+  struct Batch {
+    TrainBatch inputs;
+    at::Tensor targets;  // [B, T] int64
+    at::Tensor mask;     // [B, T] bool
+  };
+  absl::StatusOr<Batch> MakeBatch(const std::vector<EncodedItem>& items) const;
+
+  const engine::Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  TaskEncoder() = default;
+  engine::LlavaConfig config_;
+  engine::PreprocessorConfig preprocessor_;
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+};
+
+// Per answer, whether every target token is the argmax of its logits (teacher forcing). With the
+// full cache this is exactly whether greedy generation reproduces the answer and stops.
+std::vector<bool> ExactMatches(const at::Tensor& logits, const TaskEncoder::Batch& batch);
+
+}  // namespace vlc::train

@@ -1,0 +1,257 @@
+// vlcache-train: trains the demo LLaVA model on the synthetic VQA task from scratch, on the CPU.
+//
+//   build/bin/vlcache-train --out models/demo --work /tmp/demo-train --steps 6000
+//
+// Curriculum: single images first, then batches of single images and clips of 2..--max-frames
+// frames. AdamW with linear warm-up and cosine decay, gradient clipping at 1. Every --save-every
+// steps it writes a resumable training state to --work and exports the Hugging Face checkpoint to
+// --out; every --eval-every steps it reports exact-match accuracy on fixed validation items
+// (teacher-forced argmax over the answer and EOS, which equals greedy generation's exact match
+// with the full cache). --resume continues from --work/state.pt. Deterministic for a seed and a
+// thread count.
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "common/fs.h"
+#include "common/status.h"
+#include "tools/make_tiny.h"
+#include "tools/train/demo_task.h"
+#include "tools/train/trainable_llava.h"
+#include "tools/vqa/vqa.h"
+
+namespace {
+
+using namespace vlc;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string out, work;
+  int64_t steps = 6000;
+  int64_t single_steps = 1500;  // phase 1: single images only
+  int max_frames = 8;
+  double clip_fraction = 0.6;   // phase 2: share of batches that are clips
+  int batch_tokens = 1600;      // prompt + answer tokens per batch (sets the batch size)
+  double lr = 2e-3;
+  int64_t warmup = 200;
+  double min_lr_ratio = 0.05;
+  double weight_decay = 0.05;
+  uint64_t seed = 1;
+  // One LibTorch (OpenMP) thread: OpenBLAS runs each matrix product on every core by itself, and
+  // a second OpenMP team spin-waiting beside it made a training step 2.7x slower on 2 cores.
+  int threads = 1;
+  int64_t eval_every = 250;
+  int eval_n = 96;
+  int64_t save_every = 250;
+  bool resume = false;
+};
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+double LearningRate(const Options& o, int64_t step) {
+  if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
+  const double progress =
+      static_cast<double>(step - o.warmup) / static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
+  const double cosine = 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
+  return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
+}
+
+// Frames of the batch at `step`: a pure function of the step, so a resumed run sees the same data.
+int FramesFor(const Options& o, int64_t step) {
+  if (step < o.single_steps || o.max_frames < 2) return 1;
+  uint64_t h = (static_cast<uint64_t>(step) + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 31;
+  const double u = static_cast<double>(h % 1000000) / 1e6;
+  if (u >= o.clip_fraction) return 1;
+  return 2 + static_cast<int>(h / 1000000 % static_cast<uint64_t>(o.max_frames - 1));
+}
+
+int BatchSize(const Options& o, int frames) {
+  const int tokens = frames * 64 + 24;
+  return std::max(1, o.batch_tokens / tokens);
+}
+
+struct EvalResult {
+  std::map<int, double> accuracy;  // by frames
+};
+
+// Teacher-forced exact match on the first `n` validation items of each frame count.
+absl::StatusOr<EvalResult> Evaluate(const train::TrainableLlava& model,
+                                    const train::TaskEncoder& enc, const std::vector<int>& frames,
+                                    int n) {
+  torch::NoGradGuard no_grad;
+  EvalResult r;
+  for (int f : frames) {
+    int right = 0;
+    const int per_batch = std::max(1, 2048 / (f * 64 + 24));
+    for (int start = 0; start < n; start += per_batch) {
+      std::vector<train::EncodedItem> items;
+      for (int i = start; i < std::min(n, start + per_batch); ++i) {
+        VLC_ASSIGN_OR_RETURN(auto e, enc.Encode(vqa::MakeItem(vqa::Split::kValidation, i, f,
+                                                              train::DemoVqaOptions())));
+        items.push_back(std::move(e));
+      }
+      VLC_ASSIGN_OR_RETURN(auto batch, enc.MakeBatch(items));
+      VLC_ASSIGN_OR_RETURN(auto logits, model.Forward(batch.inputs));
+      for (bool ok : train::ExactMatches(logits, batch)) right += ok;
+    }
+    r.accuracy[f] = static_cast<double>(right) / n;
+  }
+  return r;
+}
+
+absl::Status Train(const Options& o) {
+  if (o.threads > 0) at::set_num_threads(o.threads);
+  for (const std::string& dir : {o.work, o.out}) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  }
+  const std::string tokenizer_path = o.work + "/tokenizer.model";
+  const std::string state_path = o.work + "/state.pt";
+  if (!o.resume || !Exists(tokenizer_path)) {
+    VLC_ASSIGN_OR_RETURN(int pieces,
+                         tools::WriteBpeTokenizer(train::DemoTokenizerCorpus(), 512,
+                                                  tokenizer_path));
+    std::cout << "tokenizer: " << pieces << " pieces -> " << tokenizer_path << std::endl;
+  }
+  // The vocabulary size comes from the tokenizer file itself (any id past it for the image).
+  VLC_ASSIGN_OR_RETURN(auto probe, engine::Tokenizer::Load(tokenizer_path, 1 << 30));
+  const engine::LlavaConfig config = train::DemoConfig(probe->vocab_size());
+  VLC_ASSIGN_OR_RETURN(auto model, train::TrainableLlava::Create(config));
+  model->Init(o.seed, 0.02f);
+  train::AdamWSettings adam;
+  adam.lr = o.lr;
+  adam.weight_decay = o.weight_decay;
+  auto optimizer = model->NewAdamW(adam);
+  int64_t step = 0;
+  if (o.resume && Exists(state_path)) {
+    VLC_ASSIGN_OR_RETURN(step, model->LoadState(state_path, optimizer.get()));
+    std::cout << "resumed at step " << step << " from " << state_path << std::endl;
+  }
+  // The encoder reads tokenizer.model from a model directory: the work directory serves.
+  VLC_ASSIGN_OR_RETURN(auto enc, train::TaskEncoder::Create(o.work, config));
+  std::cout << "parameters: " << model->NumTrainableParameters() << ", threads "
+            << at::get_num_threads() << std::endl;
+
+  std::ofstream log(o.work + "/log.jsonl", std::ios::app);
+  const std::vector<int> eval_frames = {1, o.max_frames};
+  auto t0 = Clock::now();
+  double loss_sum = 0;
+  int64_t loss_n = 0, samples = 0;
+  for (; step < o.steps;) {
+    const int frames = FramesFor(o, step);
+    const int bs = BatchSize(o, frames);
+    std::vector<train::EncodedItem> items;
+    for (int b = 0; b < bs; ++b) {
+      VLC_ASSIGN_OR_RETURN(auto e, enc->Encode(vqa::MakeItem(vqa::Split::kTrain, step * 64 + b,
+                                                             frames, train::DemoVqaOptions())));
+      items.push_back(std::move(e));
+    }
+    VLC_ASSIGN_OR_RETURN(auto batch, enc->MakeBatch(items));
+    const double lr = LearningRate(o, step);
+    for (auto& group : optimizer->param_groups()) {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    }
+    optimizer->zero_grad();
+    VLC_ASSIGN_OR_RETURN(auto logits, model->Forward(batch.inputs));
+    VLC_ASSIGN_OR_RETURN(auto loss, train::TrainableLlava::Loss(logits, batch.targets, batch.mask));
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
+    optimizer->step();
+    loss_sum += loss.item<double>();
+    ++loss_n;
+    samples += bs;
+    ++step;
+
+    if (step % 25 == 0) {
+      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      std::printf("step %6lld  loss %.4f  lr %.2e  frames %2d  %.1f samples/s\n",
+                  static_cast<long long>(step), loss_sum / loss_n, lr, frames, samples / secs);
+      std::fflush(stdout);
+      log << nlohmann::json({{"step", step}, {"loss", loss_sum / loss_n}, {"lr", lr},
+                             {"samples_per_s", samples / secs}})
+                 .dump()
+          << std::endl;
+      loss_sum = 0;
+      loss_n = 0;
+      samples = 0;
+      t0 = Clock::now();
+    }
+    if (step % o.eval_every == 0 || step == o.steps) {
+      VLC_ASSIGN_OR_RETURN(auto ev, Evaluate(*model, *enc, eval_frames, o.eval_n));
+      nlohmann::json j = {{"step", step}};
+      std::string line = absl::StrCat("eval step ", step, ":");
+      for (const auto& [f, acc] : ev.accuracy) {
+        j[absl::StrCat("val_exact_match_frames_", f)] = acc;
+        absl::StrAppend(&line, " frames=", f, " exact-match ", acc);
+      }
+      std::cout << line << std::endl;
+      log << j.dump() << std::endl;
+    }
+    if (step % o.save_every == 0 || step == o.steps) {
+      VLC_RETURN_IF_ERROR(model->SaveState(state_path, *optimizer, step));
+      VLC_RETURN_IF_ERROR(model->Export(o.out, tokenizer_path));
+      std::cout << "saved step " << step << " -> " << o.out << std::endl;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Trains the demo LLaVA model on the synthetic VQA task (CPU)"};
+  Options o;
+  app.add_option("--out", o.out, "Exported Hugging Face checkpoint directory")->required();
+  app.add_option("--work", o.work, "Training state, tokenizer and log (default: OUT.work)");
+  app.add_option("--steps", o.steps, "Optimizer steps in all")->capture_default_str();
+  app.add_option("--single-steps", o.single_steps, "Steps of single images before clips")
+      ->capture_default_str();
+  app.add_option("--max-frames", o.max_frames, "Longest clip trained on")
+      ->check(CLI::Range(1, vqa::kMaxFrames))
+      ->capture_default_str();
+  app.add_option("--clip-fraction", o.clip_fraction, "Share of clip batches after phase 1")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--batch-tokens", o.batch_tokens, "Tokens per batch (sets the batch size)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "Warm-up steps")->capture_default_str();
+  app.add_option("--weight-decay", o.weight_decay)->capture_default_str();
+  app.add_option("--seed", o.seed, "Initialisation seed")->capture_default_str();
+  app.add_option("--threads", o.threads, "LibTorch threads (0: LibTorch's default)")
+      ->capture_default_str();
+  app.add_option("--eval-every", o.eval_every)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--eval-n", o.eval_n, "Validation items per frame count")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--save-every", o.save_every)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_flag("--resume", o.resume, "Continue from WORK/state.pt when it exists");
+  CLI11_PARSE(app, argc, argv);
+  if (o.work.empty()) o.work = o.out + ".work";
+  const absl::Status st = Train(o);
+  if (!st.ok()) {
+    std::cerr << "vlcache-train: " << st.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
