@@ -11,6 +11,7 @@ PACKAGES=(
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-videoio-dev
   ffmpeg                                     # video codecs behind OpenCV's videoio
   libgtest-dev libbenchmark-dev
+  libboost-math-dev libeigen3-dev            # data quality: chi-squared p-values, least squares
   # the gRPC service
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libyaml-cpp-dev

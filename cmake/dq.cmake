@@ -1,0 +1,45 @@
+# ---- dq: Auto-Validate-by-History (ALGORITHMS.md section 2). Plain C++ over Abseil, nlohmann_json,
+# Boost.Math (header-only: the chi-squared and normal distributions) and Eigen (header-only), no
+# LibTorch: the module uses neither the engine nor the server (DESIGN.md "Layout").
+find_package(Boost 1.74 REQUIRED)
+# Least squares for the stationarity tests (augmented Dickey-Fuller).
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+
+# ==== vlc_dq sources: one line per file; each change adds its own files here.
+set(VLC_DQ_SOURCES
+  # foundations: runs as tables, CSV/JSON readers, the metric library, Kolmogorov distribution
+  dq/table.cc
+  dq/io.cc
+  dq/kolmogorov.cc
+  dq/metrics.cc
+  # stationarity (ADF test, MacKinnon tables, transform search) and FPR bounds / Q(M, k)
+  dq/stationarity.cc
+  dq/bounds.cc
+)
+# ==== end of vlc_dq sources
+
+add_library(vlc_dq STATIC ${VLC_DQ_SOURCES})
+target_include_directories(vlc_dq PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(vlc_dq PUBLIC absl::status absl::statusor absl::strings
+                      nlohmann_json::nlohmann_json
+                      PRIVATE Boost::headers Eigen3::Eigen)
+target_compile_options(vlc_dq PRIVATE -Wall -Wextra -Wno-unused-parameter)
+
+if(VLC_BUILD_TESTS)
+  # tests/CMakeLists.txt finds GTest too, but it is added after this file.
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+  # One executable per tests/dq/*_test.cc, named dq_<file> because other modules have files of
+  # the same names (tests/server/metrics_test.cc). The suites are named Dq*, so `ctest -R Dq`
+  # runs them all.
+  file(GLOB VLC_DQ_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/dq/*_test.cc)
+  foreach(src ${VLC_DQ_TESTS})
+    get_filename_component(stem ${src} NAME_WE)
+    set(name dq_${stem})
+    add_executable(${name} ${src})
+    target_link_libraries(${name} PRIVATE vlc_dq GTest::gtest GTest::gtest_main)
+    # The real data sets live beside the project (../shared/data/avh) and are read in place.
+    target_compile_definitions(${name} PRIVATE VLC_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+    gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
+  endforeach()
+endif()

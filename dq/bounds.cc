@@ -1,0 +1,147 @@
+#include "dq/bounds.h"
+
+#include <algorithm>
+#include <boost/math/distributions/normal.hpp>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace vlc::dq {
+namespace {
+
+absl::Status CheckK(double k) {
+  if (!std::isfinite(k) || k < 0.0) {
+    return absl::InvalidArgumentError(absl::StrCat("k must be a finite number >= 0, got ", k));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPairing(BoundKind kind, Side side) {
+  const bool one_sided = side != Side::kTwoSided;
+  if ((kind == BoundKind::kCantelli) != one_sided) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", BoundKindName(kind), " bound does not hold for a ", SideName(side),
+        " constraint: Cantelli bounds one side (upper or lower), Normal and Chebyshev both"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+const char* BoundKindName(BoundKind kind) {
+  switch (kind) {
+    case BoundKind::kCantelli:
+      return "cantelli";
+    case BoundKind::kNormal:
+      return "normal";
+    case BoundKind::kChebyshev:
+      return "chebyshev";
+  }
+  return "unknown";
+}
+
+const char* SideName(Side side) {
+  switch (side) {
+    case Side::kTwoSided:
+      return "two-sided";
+    case Side::kUpper:
+      return "upper";
+    case Side::kLower:
+      return "lower";
+  }
+  return "unknown";
+}
+
+std::vector<double> KGrid() {
+  // Computed from an integer index, not by accumulating 0.5, so every grid point is exact.
+  std::vector<double> grid;
+  for (int i = 0; i <= 18; ++i) grid.push_back(1.0 + 0.5 * i);
+  return grid;
+}
+
+absl::StatusOr<double> FprBound(BoundKind kind, double k) {
+  VLC_RETURN_IF_ERROR(CheckK(k));
+  switch (kind) {
+    case BoundKind::kCantelli:
+      return 1.0 / (1.0 + k * k);
+    case BoundKind::kNormal: {
+      // 1 - cdf(k) would cancel to 0 beyond k ~ 8.3; complement() evaluates the upper tail
+      // directly (via erfc), keeping full relative precision.
+      const boost::math::normal_distribution<double> standard(0.0, 1.0);
+      return 2.0 * boost::math::cdf(boost::math::complement(standard, k));
+    }
+    case BoundKind::kChebyshev:
+      // The inequality is vacuous (> 1) for k < 1; a probability bound never exceeds 1.
+      return k <= 1.0 ? 1.0 : 1.0 / (k * k);
+  }
+  return absl::InvalidArgumentError("unknown bound kind");
+}
+
+absl::StatusOr<Moments> ComputeMoments(absl::Span<const double> values) {
+  if (values.empty()) {
+    return absl::InvalidArgumentError("cannot compute the moments of an empty history");
+  }
+  double lo = values[0];
+  double hi = values[0];
+  double max_abs = 0.0;
+  double sum = 0.0;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const double v = values[i];
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("history value ", i, " is not finite (", v, ")"));
+    }
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+    max_abs = std::max(max_abs, std::fabs(v));
+    sum += v;
+  }
+  Moments m;
+  m.n = values.size();
+  m.mean = sum / static_cast<double>(m.n);
+  m.constant = (hi - lo) <= kConstantRelTolerance * max_abs;
+  if (m.constant) {
+    // The exact value beats a mean that lost its last bits in the sum.
+    if (lo == hi) m.mean = lo;
+    m.sd = 0.0;
+    return m;
+  }
+  // Two passes: the sum of squared deviations does not cancel the way E[x^2] - E[x]^2 does when
+  // the mean is large against the spread (row counts around 1e9 that move by a few rows).
+  double ss = 0.0;
+  for (double v : values) ss += (v - m.mean) * (v - m.mean);
+  m.sd = std::sqrt(ss / static_cast<double>(m.n));
+  return m;
+}
+
+absl::StatusOr<QConstraint> MakeQConstraint(absl::Span<const double> history, double k,
+                                            BoundKind kind, Side side) {
+  VLC_RETURN_IF_ERROR(CheckK(k));
+  VLC_RETURN_IF_ERROR(CheckPairing(kind, side));
+  VLC_ASSIGN_OR_RETURN(const Moments moments, ComputeMoments(history));
+
+  QConstraint q;
+  q.kind = kind;
+  q.side = side;
+  q.k = k;
+  q.mean = moments.mean;
+  q.sd = moments.sd;
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  if (moments.constant) {
+    q.invariant = true;
+    q.fpr = 0.0;
+    q.lo = q.mean - kQSlack;
+    q.hi = q.mean + kQSlack;
+    return q;
+  }
+  VLC_ASSIGN_OR_RETURN(q.fpr, FprBound(kind, k));
+  const double half_width = k * q.sd + kQSlack;
+  q.lo = side == Side::kUpper ? -kInf : q.mean - half_width;
+  q.hi = side == Side::kLower ? kInf : q.mean + half_width;
+  return q;
+}
+
+}  // namespace vlc::dq

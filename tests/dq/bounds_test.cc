@@ -1,0 +1,190 @@
+// FPR bounds and Q(M, k) constraints of AVH (ALGORITHMS.md section 2).
+// Normal tail values: scipy 1.17.1, 2 * scipy.stats.norm.sf(k) (the upper tail computed directly,
+// as boost's complement() does).
+#include "dq/bounds.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace vlc::dq {
+namespace {
+
+double Fpr(BoundKind kind, double k) {
+  absl::StatusOr<double> v = FprBound(kind, k);
+  EXPECT_TRUE(v.ok()) << v.status();
+  return v.ok() ? *v : std::nan("");
+}
+
+TEST(DqKGrid, RunsFromOneToTenInHalfSteps) {
+  const std::vector<double> grid = KGrid();
+  ASSERT_EQ(grid.size(), 19u);
+  EXPECT_EQ(grid.front(), 1.0);
+  EXPECT_EQ(grid[1], 1.5);
+  EXPECT_EQ(grid[4], 3.0);
+  EXPECT_EQ(grid.back(), 10.0);
+  for (std::size_t i = 1; i < grid.size(); ++i) EXPECT_EQ(grid[i] - grid[i - 1], 0.5);
+}
+
+TEST(DqFprBound, CantelliIsOneOverOnePlusKSquared) {
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kCantelli, 1.0), 0.5);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kCantelli, 2.0), 0.2);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kCantelli, 3.0), 0.1);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kCantelli, 10.0), 1.0 / 101.0);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kCantelli, 0.0), 1.0);
+}
+
+TEST(DqFprBound, NormalIsTheTwoSidedGaussianTail) {
+  const double rel = 1e-13;
+  const std::pair<double, double> cases[] = {
+      {1.0, 0.31731050786291415},   {1.5, 0.13361440253771614},   {2.0, 0.04550026389635839},
+      {3.0, 0.0026997960632601866}, {5.0, 5.733031437583866e-07},
+  };
+  for (const auto& [k, expected] : cases) {
+    EXPECT_NEAR(Fpr(BoundKind::kNormal, k), expected, rel * expected) << "k=" << k;
+  }
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kNormal, 0.0), 1.0);
+}
+
+TEST(DqFprBound, NormalKeepsRelativePrecisionFarInTheTail) {
+  // 1 - Phi(10) cancels to exactly 0 in double precision; the complement does not.
+  const double expected = 1.523970604832094e-23;
+  EXPECT_NEAR(Fpr(BoundKind::kNormal, 10.0), expected, 1e-12 * expected);
+  EXPECT_GT(Fpr(BoundKind::kNormal, 10.0), 0.0);
+}
+
+TEST(DqFprBound, ChebyshevIsOneOverKSquaredCappedAtOne) {
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kChebyshev, 2.0), 0.25);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kChebyshev, 10.0), 0.01);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kChebyshev, 1.0), 1.0);
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kChebyshev, 0.5), 1.0);  // 4 without the cap
+  EXPECT_DOUBLE_EQ(Fpr(BoundKind::kChebyshev, 0.0), 1.0);
+}
+
+TEST(DqFprBound, StrongerAssumptionsGiveSmallerBoundsOnTheGrid) {
+  // normal (CLT) < Cantelli (one side, any distribution) < Chebyshev (two sides, any
+  // distribution) at every grid point.
+  for (double k : KGrid()) {
+    EXPECT_LT(Fpr(BoundKind::kNormal, k), Fpr(BoundKind::kCantelli, k)) << k;
+    EXPECT_LT(Fpr(BoundKind::kCantelli, k), Fpr(BoundKind::kChebyshev, k)) << k;
+  }
+}
+
+TEST(DqFprBound, RejectsNegativeAndNonFiniteK) {
+  EXPECT_EQ(FprBound(BoundKind::kNormal, -1.0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FprBound(BoundKind::kCantelli, std::nan("")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      FprBound(BoundKind::kChebyshev, std::numeric_limits<double>::infinity()).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DqMoments, UsesThePopulationStandardDeviation) {
+  // mean 5, squared deviations 4+0+1+1+4 = 10, population variance 10/5 = 2 (sample: 2.5).
+  absl::StatusOr<Moments> m = ComputeMoments(std::vector<double>{3.0, 5.0, 4.0, 6.0, 7.0});
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->n, 5u);
+  EXPECT_DOUBLE_EQ(m->mean, 5.0);
+  EXPECT_DOUBLE_EQ(m->sd, std::sqrt(2.0));
+  EXPECT_FALSE(m->constant);
+}
+
+TEST(DqMoments, LargeMeanSmallSpreadKeepsItsSd) {
+  // E[x^2] - E[x]^2 would lose every digit here.
+  absl::StatusOr<Moments> m =
+      ComputeMoments(std::vector<double>{1e9 + 3.0, 1e9 + 5.0, 1e9 + 4.0, 1e9 + 6.0, 1e9 + 7.0});
+  ASSERT_TRUE(m.ok());
+  EXPECT_NEAR(m->sd, std::sqrt(2.0), 1e-6);
+}
+
+TEST(DqMoments, EqualValuesAreConstantWithTheirExactMean) {
+  absl::StatusOr<Moments> m = ComputeMoments(std::vector<double>(10, 0.1));
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(m->constant);
+  EXPECT_EQ(m->sd, 0.0);
+  EXPECT_EQ(m->mean, 0.1);  // the sum of ten 0.1s, divided by 10, is not 0.1
+  EXPECT_TRUE(ComputeMoments(std::vector<double>(3, 0.0))->constant);
+}
+
+TEST(DqMoments, RejectsEmptyAndNonFinite) {
+  EXPECT_EQ(ComputeMoments({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ComputeMoments(std::vector<double>{1.0, std::nan("")}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+const std::vector<double> kHistory = {3.0, 5.0, 4.0, 6.0, 7.0};  // mean 5, sd sqrt(2)
+
+TEST(DqQConstraint, TwoSidedIntervalIsMeanPlusMinusKSigmaAndSlack) {
+  absl::StatusOr<QConstraint> q =
+      MakeQConstraint(kHistory, 3.0, BoundKind::kNormal, Side::kTwoSided);
+  ASSERT_TRUE(q.ok()) << q.status();
+  const double half = 3.0 * std::sqrt(2.0) + 1e-5;
+  EXPECT_DOUBLE_EQ(q->lo, 5.0 - half);
+  EXPECT_DOUBLE_EQ(q->hi, 5.0 + half);
+  EXPECT_NEAR(q->fpr, 0.0026997960632601866, 1e-15);
+  EXPECT_FALSE(q->invariant);
+  EXPECT_TRUE(q->Accepts(5.0 + 3.0 * std::sqrt(2.0)));  // the slack covers the edge
+  EXPECT_FALSE(q->Accepts(5.0 + half + 1e-6));
+  EXPECT_FALSE(q->Accepts(5.0 - half - 1e-6));
+  EXPECT_FALSE(q->Accepts(std::nan("")));
+
+  q = MakeQConstraint(kHistory, 2.0, BoundKind::kChebyshev, Side::kTwoSided);
+  ASSERT_TRUE(q.ok());
+  EXPECT_DOUBLE_EQ(q->fpr, 0.25);
+}
+
+TEST(DqQConstraint, UpperSideBoundsDistancesOnlyFromAbove) {
+  absl::StatusOr<QConstraint> q =
+      MakeQConstraint(kHistory, 2.0, BoundKind::kCantelli, Side::kUpper);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->lo, -std::numeric_limits<double>::infinity());
+  EXPECT_DOUBLE_EQ(q->hi, 5.0 + 2.0 * std::sqrt(2.0) + 1e-5);
+  EXPECT_DOUBLE_EQ(q->fpr, 0.2);
+  EXPECT_TRUE(q->Accepts(-1e300));  // a distance far below its history is no drift
+  EXPECT_FALSE(q->Accepts(8.0));
+}
+
+TEST(DqQConstraint, LowerSideBoundsPValuesOnlyFromBelow) {
+  absl::StatusOr<QConstraint> q =
+      MakeQConstraint(kHistory, 2.0, BoundKind::kCantelli, Side::kLower);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_DOUBLE_EQ(q->lo, 5.0 - 2.0 * std::sqrt(2.0) - 1e-5);
+  EXPECT_EQ(q->hi, std::numeric_limits<double>::infinity());
+  EXPECT_TRUE(q->Accepts(1e300));
+  EXPECT_FALSE(q->Accepts(2.0));
+}
+
+TEST(DqQConstraint, ConstantHistoryIsAnInvariantWithZeroFpr) {
+  for (Side side : {Side::kUpper, Side::kLower}) {
+    absl::StatusOr<QConstraint> q =
+        MakeQConstraint(std::vector<double>(8, 1.0), 3.0, BoundKind::kCantelli, side);
+    ASSERT_TRUE(q.ok()) << q.status();
+    EXPECT_TRUE(q->invariant);
+    EXPECT_EQ(q->fpr, 0.0);
+    EXPECT_EQ(q->sd, 0.0);
+    // Both sides are checked whatever side was asked for: an invariant is an equality.
+    EXPECT_DOUBLE_EQ(q->lo, 1.0 - 1e-5);
+    EXPECT_DOUBLE_EQ(q->hi, 1.0 + 1e-5);
+    EXPECT_TRUE(q->Accepts(1.0 + 5e-6));
+    EXPECT_FALSE(q->Accepts(1.0 + 2e-5));
+    EXPECT_FALSE(q->Accepts(1.0 - 2e-5));
+  }
+}
+
+TEST(DqQConstraint, RejectsPairingsTheBoundDoesNotCover) {
+  EXPECT_EQ(MakeQConstraint(kHistory, 2.0, BoundKind::kCantelli, Side::kTwoSided).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeQConstraint(kHistory, 2.0, BoundKind::kNormal, Side::kUpper).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeQConstraint(kHistory, 2.0, BoundKind::kChebyshev, Side::kLower).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeQConstraint({}, 2.0, BoundKind::kNormal, Side::kTwoSided).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeQConstraint(kHistory, -1.0, BoundKind::kNormal, Side::kTwoSided).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace vlc::dq
