@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,52 @@ TEST_F(DemoTaskTest, AnswersDecodeToTheirTextAndEndWithEos) {
       EXPECT_EQ(static_cast<int>(e->frames.size()), frames);
       // Every word of the task is in the vocabulary: no byte-fallback pieces.
       for (int id : e->prompt_ids) EXPECT_TRUE(id < 3 || id >= 3 + 256) << id;
+    }
+  }
+}
+
+TEST_F(DemoTaskTest, CaptionsNameEveryObjectOfTheirFrameInReadingOrder) {
+  const auto& tok = encoder_->tokenizer();
+  for (int frames : {1, 4}) {
+    for (int i = 0; i < 100; ++i) {
+      const vqa::Item item = vqa::MakeItem(vqa::Split::kTrain, 500 + i, frames, DemoVqaOptions());
+      const int f = i % frames;
+      const auto [question, answer] = Caption(item, f);
+      EXPECT_EQ(question, frames == 1 ? std::string("describe the picture.")
+                                      : "describe frame " + std::to_string(f + 1) + ".");
+      // One phrase per object, separated by "; ", rows then columns ascending.
+      std::vector<std::string> phrases;
+      size_t start = 0;
+      while (true) {
+        const size_t end = answer.find("; ", start);
+        phrases.push_back(answer.substr(start, end == std::string::npos ? end : end - start));
+        if (end == std::string::npos) break;
+        start = end + 2;
+      }
+      const auto& objects = item.clip.frames[f].objects;
+      ASSERT_EQ(phrases.size(), objects.size()) << answer;
+      int last = -1;
+      for (const auto& phrase : phrases) {
+        int row = 0, col = 0;
+        ASSERT_EQ(std::sscanf(phrase.c_str(), "row %d column %d", &row, &col), 2) << phrase;
+        EXPECT_GT((row - 1) * 100 + col, last) << answer;
+        last = (row - 1) * 100 + col;
+        const vqa::Object* o = nullptr;
+        for (const auto& x : objects) {
+          if (x.row == row - 1 && x.col == col - 1) o = &x;
+        }
+        ASSERT_NE(o, nullptr) << phrase;
+        const std::string what = o->is_box ? std::string(vqa::ColorName(o->color)) + " box " +
+                                                 std::to_string(o->digit)
+                                           : std::string(vqa::ColorName(o->color)) + " " +
+                                                 vqa::ShapeName(o->shape);
+        EXPECT_EQ(phrase.substr(phrase.size() - what.size()), what) << phrase;
+      }
+      auto e = encoder_->EncodeCaption(item, f);
+      ASSERT_TRUE(e.ok()) << e.status();
+      EXPECT_EQ(tok.Decode(std::vector<int>(e->answer_ids.begin(), e->answer_ids.end() - 1)),
+                answer);
+      for (int id : e->answer_ids) EXPECT_TRUE(id < 3 || id >= 3 + 256) << id;
     }
   }
 }

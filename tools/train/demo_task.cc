@@ -59,12 +59,40 @@ vqa::Options DemoVqaOptions() {
   return o;
 }
 
+std::pair<std::string, std::string> Caption(const vqa::Item& item, int frame) {
+  const int frames = static_cast<int>(item.clip.frames.size());
+  std::string question = frames == 1 ? std::string("describe the picture.")
+                                     : absl::StrCat("describe frame ", frame + 1, ".");
+  std::vector<vqa::Object> objects = item.clip.frames[frame].objects;
+  std::sort(objects.begin(), objects.end(), [](const vqa::Object& a, const vqa::Object& b) {
+    return std::make_pair(a.row, a.col) < std::make_pair(b.row, b.col);
+  });
+  std::string answer;
+  for (const auto& o : objects) {
+    if (!answer.empty()) answer += "; ";
+    absl::StrAppend(&answer, "row ", o.row + 1, " column ", o.col + 1, " ",
+                    vqa::ColorName(o.color), " ");
+    if (o.is_box) {
+      absl::StrAppend(&answer, "box ", o.digit);
+    } else {
+      absl::StrAppend(&answer, vqa::ShapeName(o.shape));
+    }
+  }
+  return {question, answer};
+}
+
 std::vector<std::string> DemoTokenizerCorpus() {
   std::vector<std::string> lines;
   for (const std::string& line : vqa::VocabularyCorpus()) {
     // The template's text around the question, so that "USER:", "ASSISTANT:" and the newline
     // become pieces of their own.
     lines.push_back(absl::StrCat("USER: \n", line, " ASSISTANT: ", line));
+  }
+  // Captions of a few training scenes, single images and clips.
+  for (int i = 0; i < 64; ++i) {
+    const vqa::Item item = vqa::MakeItem(vqa::Split::kTrain, i, 1 + i % 4, DemoVqaOptions());
+    const auto [q, a] = Caption(item, 0);
+    lines.push_back(absl::StrCat("USER: \n", q, " ASSISTANT: ", a));
   }
   return lines;
 }
@@ -100,6 +128,18 @@ absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item) const {
     img.data = vqa::RenderFrame(f, item.options);
     out.frames.push_back(std::move(img));
   }
+  return out;
+}
+
+absl::StatusOr<EncodedItem> TaskEncoder::EncodeCaption(const vqa::Item& item, int frame) const {
+  VLC_ASSIGN_OR_RETURN(EncodedItem out, Encode(item));
+  const auto [question, answer] = Caption(item, frame);
+  const int frames = static_cast<int>(item.clip.frames.size());
+  VLC_ASSIGN_OR_RETURN(out.prompt_ids,
+                       tokenizer_->EncodePrompt(question,
+                                                frames * config_.visual_tokens_per_image()));
+  out.answer_ids = tokenizer_->Encode(answer, /*add_bos=*/false);
+  out.answer_ids.push_back(tokenizer_->eos_id());
   return out;
 }
 

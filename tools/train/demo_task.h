@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -28,8 +29,17 @@ engine::LlavaConfig DemoConfig(int tokenizer_vocab_size);
 // The VQA layout the demo config sees (image_size = the vision tower's).
 vqa::Options DemoVqaOptions();
 
-// Every line the demo tokenizer is trained on: the VQA vocabulary inside the chat template.
+// Every line the demo tokenizer is trained on: the VQA vocabulary and the captions inside the chat
+// template.
 std::vector<std::string> DemoTokenizerCorpus();
+
+// A training-only caption of frame `frame` of the item's clip, as a question and its answer:
+// "describe the picture." (a single image) or "describe frame 3." (a clip) answered with every
+// occupied cell in reading order, "row 1 column 2 red circle; row 3 column 1 blue box 7". Each of
+// its tokens depends on the picture, so captions give the vision tower and the decoder's attention
+// far more signal per item than a one-word answer does (LLaVA's first stage trains on captions
+// for the same reason). The test questions never ask for one.
+std::pair<std::string, std::string> Caption(const vqa::Item& item, int frame);
 
 // An item ready for the model.
 struct EncodedItem {
@@ -45,6 +55,8 @@ class TaskEncoder {
                                                              const engine::LlavaConfig& config);
 
   absl::StatusOr<EncodedItem> Encode(const vqa::Item& item) const;
+  // The item's pictures with a caption of frame `frame` (see Caption) in place of its question.
+  absl::StatusOr<EncodedItem> EncodeCaption(const vqa::Item& item, int frame) const;
 
   // A training batch of `items` (right-padded): input ids are prompt + answer without the final
   // EOS, targets are the ids shifted left by one, and the mask selects the positions whose target

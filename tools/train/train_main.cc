@@ -45,8 +45,12 @@ struct Options {
   int64_t single_steps = 1500;  // phase 1: single images only
   int max_frames = 8;
   double clip_fraction = 0.6;   // phase 2: share of batches that are clips
+  double caption_fraction = 0.3;  // share of items trained as captions (demo_task.h, Caption)
+  // Weight of the penalty on the share of each image's visual-token energy that all its tokens
+  // have in common (see Train).
+  double common_mode_penalty = 1.0;
   int batch_tokens = 1600;      // prompt + answer tokens per batch (sets the batch size)
-  double lr = 2e-3;
+  double lr = 1e-3;
   int64_t warmup = 200;
   double min_lr_ratio = 0.05;
   double weight_decay = 0.05;
@@ -161,9 +165,21 @@ absl::Status Train(const Options& o) {
     const int bs = BatchSize(o, frames);
     std::vector<train::EncodedItem> items;
     for (int b = 0; b < bs; ++b) {
-      VLC_ASSIGN_OR_RETURN(auto e, enc->Encode(vqa::MakeItem(vqa::Split::kTrain, step * 64 + b,
-                                                             frames, train::DemoVqaOptions())));
-      items.push_back(std::move(e));
+      const vqa::Item item =
+          vqa::MakeItem(vqa::Split::kTrain, step * 64 + b, frames, train::DemoVqaOptions());
+      // Whether it is a caption, and of which frame: a pure function of (step, b).
+      uint64_t h = (static_cast<uint64_t>(step) * 64 + b + 1) * 0x9E3779B97F4A7C15ull;
+      h ^= h >> 29;
+      h *= 0xBF58476D1CE4E5B9ull;
+      h ^= h >> 32;
+      const bool caption = static_cast<double>(h % 10000) / 1e4 < o.caption_fraction;
+      if (caption) {
+        VLC_ASSIGN_OR_RETURN(auto e, enc->EncodeCaption(item, static_cast<int>(h / 10000 % frames)));
+        items.push_back(std::move(e));
+      } else {
+        VLC_ASSIGN_OR_RETURN(auto e, enc->Encode(item));
+        items.push_back(std::move(e));
+      }
     }
     VLC_ASSIGN_OR_RETURN(auto batch, enc->MakeBatch(items));
     const double lr = LearningRate(o, step);
@@ -171,9 +187,24 @@ absl::Status Train(const Options& o) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     optimizer->zero_grad();
-    VLC_ASSIGN_OR_RETURN(auto logits, model->Forward(batch.inputs));
+    at::Tensor visual;
+    VLC_ASSIGN_OR_RETURN(auto logits, model->Forward(batch.inputs, &visual));
     VLC_ASSIGN_OR_RETURN(auto loss, train::TrainableLlava::Loss(logits, batch.targets, batch.mask));
-    loss.backward();
+    at::Tensor objective = loss;
+    if (o.common_mode_penalty > 0 && visual.defined()) {
+      // Trained from scratch, the vision tower drifts into feeding the decoder tokens that are
+      // one large vector shared by every patch plus tiny differences; after the decoder's
+      // RMSNorm the picture is then invisible and the model answers from priors alone (seen in
+      // the first runs: a shared norm of ~10^4 against differences of ~1). The penalty is the
+      // share of each image's token energy in its mean token, which is scale-free and leaves
+      // the tokens free to differ.
+      const int64_t per_image = config.visual_tokens_per_image();
+      auto v = visual.view({-1, per_image, visual.size(1)});
+      auto common = v.mean(1).pow(2).sum(-1);
+      auto total = v.pow(2).sum(-1).mean(1) + 1e-6;
+      objective = loss + o.common_mode_penalty * (common / total).mean();
+    }
+    objective.backward();
     torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
     optimizer->step();
     loss_sum += loss.item<double>();
@@ -230,6 +261,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--clip-fraction", o.clip_fraction, "Share of clip batches after phase 1")
       ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--caption-fraction", o.caption_fraction, "Share of items trained as captions")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--common-mode-penalty", o.common_mode_penalty,
+                 "Weight of the penalty on visual tokens' shared component (0: off)")
       ->capture_default_str();
   app.add_option("--batch-tokens", o.batch_tokens, "Tokens per batch (sets the batch size)")
       ->check(CLI::PositiveNumber)

@@ -467,7 +467,8 @@ absl::StatusOr<PreparedIds> PrepareIds(const TrainBatch& batch, const LlavaConfi
 
 }  // namespace
 
-absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch) const {
+absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch,
+                                                   at::Tensor* visual_out) const {
   const auto& t = config_.text;
   VLC_ASSIGN_OR_RETURN(PreparedIds ids, PrepareIds(batch, config_));
   const int64_t batch_size = ids.lookup.size(0), seq_len = ids.lookup.size(1);
@@ -476,6 +477,7 @@ absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch) cons
   if (images > 0) {
     VLC_ASSIGN_OR_RETURN(visual, EncodeImages(batch.pixel_values));
   }
+  if (visual_out != nullptr) *visual_out = visual;
   at::Tensor logits;
   VLC_RETURN_IF_ERROR(CatchAll("forward", [&] {
     const Params& p = *p_;

@@ -93,7 +93,10 @@ class TrainableLlava {
   // Logits [B, T, vocab] of the batch (differentiable). Rows at padding positions hold values
   // that mean nothing; mask them out of the loss. INVALID_ARGUMENT for ids outside the vocabulary,
   // image-token counts that do not match the images, shapes that disagree with the config.
-  absl::StatusOr<at::Tensor> Forward(const TrainBatch& batch) const;
+  // When `visual_out` is given it receives the projected visual tokens [images * tokens per image,
+  // hidden] (differentiable), for regularizers on what the decoder is fed.
+  absl::StatusOr<at::Tensor> Forward(const TrainBatch& batch,
+                                     at::Tensor* visual_out = nullptr) const;
 
   // Mean cross-entropy of logits [B, T, vocab] against targets [B, T] over the positions where
   // mask [B, T] (bool or 0/1) is set; targets elsewhere are ignored (any value). Position t's
