@@ -11,7 +11,9 @@ PACKAGES=(
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-videoio-dev
   ffmpeg                                     # video codecs behind OpenCV's videoio
   libgtest-dev libbenchmark-dev
+  openssl                                    # the TLS test makes its own certificate
   libboost-math-dev libeigen3-dev            # data quality: chi-squared p-values, least squares
+  libsqlite3-dev                             # data quality: the AVH history store (dq/store.h)
   # the gRPC service
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libyaml-cpp-dev

@@ -1,6 +1,6 @@
-// Start-up of the real server process: its ports open before the model is loaded, health says
-// NOT_SERVING and the API UNAVAILABLE until the model is ready, then SERVING; a model that fails
-// to load ends the process with an error. The load is held back by a named pipe standing in for
+// Start-up and transport of the real server process: its ports open before the model is loaded,
+// health says NOT_SERVING and the API UNAVAILABLE until the model is ready, then SERVING; a model
+// that fails to load ends the process with an error; with a certificate it serves over TLS only. The load is held back by a named pipe standing in for
 // config.json: the server blocks reading it until the test writes the file's contents.
 #include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <future>
 #include <string>
 
@@ -106,6 +107,36 @@ TEST_F(ServerStartupTest, AModelThatFailsToLoadEndsTheProcessWithAnError) {
   ASSERT_TRUE(server.StartLoading(dir_ + "/model"));
   EXPECT_FALSE(server.WaitListening());
   EXPECT_EQ(server.exit_code(), 2);
+}
+
+TEST_F(ServerStartupTest, ServesOverTlsWithTheGivenCertificate) {
+  // A self-signed certificate for 127.0.0.1, made with Debian's openssl as an operator would.
+  const std::string cert = dir_ + "/cert.pem", key = dir_ + "/key.pem";
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=vlcache "
+                          "-addext subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                          " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(dir_ + "/model", {"--tls-cert", cert, "--tls-key", key}));
+
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = Slurp(cert);
+  auto secure = grpc::CreateChannel(server.target(), grpc::SslCredentials(ssl));
+  auto stub = pb::Inference::NewStub(secure);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    pb::ModelInfo info;
+    const grpc::Status s = stub->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &info);
+    ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+    EXPECT_GT(info.num_layers(), 0);
+  }
+  // A plaintext client gets no service from the TLS port.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  pb::ModelInfo info;
+  const grpc::Status plain = server.stub()->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &info);
+  EXPECT_FALSE(plain.ok());
 }
 
 }  // namespace
