@@ -4,6 +4,8 @@
 find_package(Boost 1.74 REQUIRED)
 # Least squares for the stationarity tests (augmented Dickey-Fuller).
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+# The AVH history (runs, metric values, learned programs) lives in SQLite: dq/store.h.
+find_package(SQLite3 REQUIRED)
 
 # ==== vlc_dq sources: one line per file; each change adds its own files here.
 set(VLC_DQ_SOURCES
@@ -15,6 +17,11 @@ set(VLC_DQ_SOURCES
   # stationarity (ADF test, MacKinnon tables, transform search) and FPR bounds / Q(M, k)
   dq/stationarity.cc
   dq/bounds.cc
+  # the AVH history persisted in SQLite
+  dq/store.cc
+  # synthetic issues (recall estimate), learning AVH programs and validating runs with them
+  dq/issues.cc
+  dq/avh.cc
 )
 # ==== end of vlc_dq sources
 
@@ -22,7 +29,7 @@ add_library(vlc_dq STATIC ${VLC_DQ_SOURCES})
 target_include_directories(vlc_dq PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(vlc_dq PUBLIC absl::status absl::statusor absl::strings
                       nlohmann_json::nlohmann_json
-                      PRIVATE Boost::headers Eigen3::Eigen)
+                      PRIVATE Boost::headers Eigen3::Eigen SQLite::SQLite3)
 target_compile_options(vlc_dq PRIVATE -Wall -Wextra -Wno-unused-parameter)
 
 if(VLC_BUILD_TESTS)
