@@ -22,6 +22,9 @@ set(VLC_DQ_SOURCES
   # synthetic issues (recall estimate), learning AVH programs and validating runs with them
   dq/issues.cc
   dq/avh.cc
+  # the anchors AVH is compared with, and the evaluation harness of issue 6
+  dq/baselines.cc
+  dq/evaluate.cc
 )
 # ==== end of vlc_dq sources
 
@@ -31,6 +34,12 @@ target_link_libraries(vlc_dq PUBLIC absl::status absl::statusor absl::strings
                       nlohmann_json::nlohmann_json
                       PRIVATE Boost::headers Eigen3::Eigen SQLite::SQLite3)
 target_compile_options(vlc_dq PRIVATE -Wall -Wextra -Wno-unused-parameter)
+
+# The command line: learn / validate / eval (tools/dq_main.cc).
+find_package(CLI11 CONFIG REQUIRED)
+add_executable(vlcache-dq tools/dq_main.cc)
+target_link_libraries(vlcache-dq PRIVATE vlc_dq CLI11::CLI11)
+target_compile_options(vlcache-dq PRIVATE -Wall -Wextra -Wno-unused-parameter)
 
 if(VLC_BUILD_TESTS)
   # tests/CMakeLists.txt finds GTest too, but it is added after this file.
@@ -47,6 +56,11 @@ if(VLC_BUILD_TESTS)
     target_link_libraries(${name} PRIVATE vlc_dq GTest::gtest GTest::gtest_main)
     # The real data sets live beside the project (../shared/data/avh) and are read in place.
     target_compile_definitions(${name} PRIVATE VLC_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+    if(name STREQUAL dq_cli_test)
+      # The CLI test runs the real binary, as a user would.
+      target_compile_definitions(${name} PRIVATE VLC_BIN_DIR="${CMAKE_RUNTIME_OUTPUT_DIRECTORY}")
+      add_dependencies(${name} vlcache-dq)
+    endif()
     gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
   endforeach()
 endif()
