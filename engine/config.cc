@@ -195,6 +195,20 @@ absl::StatusOr<TextConfig> ParseText(const json* j) {
   VLC_RETURN_IF_ERROR(ReadInt(*j, "max_position_embeddings", "text_config.max_position_embeddings",
                               &t.max_position_embeddings));
   VLC_RETURN_IF_ERROR(ReadDouble(*j, "rope_theta", "text_config.rope_theta", &t.rope_theta));
+  // Transformers 5 writes rope_theta inside rope_parameters (with the scaling type), not at the
+  // top level; a missed theta would silently fall back to the model type's default.
+  const json* rope_parameters = nullptr;
+  VLC_RETURN_IF_ERROR(
+      ReadObject(*j, "rope_parameters", "text_config.rope_parameters", &rope_parameters));
+  if (rope_parameters != nullptr) {
+    std::string rope_type = "default";
+    VLC_RETURN_IF_ERROR(ReadString(*rope_parameters, "rope_type",
+                                   "text_config.rope_parameters.rope_type", &rope_type));
+    VLC_RETURN_IF_ERROR(
+        RequireOneOf("text_config.rope_parameters.rope_type", rope_type, {"default"}));
+    VLC_RETURN_IF_ERROR(ReadDouble(*rope_parameters, "rope_theta",
+                                   "text_config.rope_parameters.rope_theta", &t.rope_theta));
+  }
   VLC_RETURN_IF_ERROR(ReadDouble(*j, "rms_norm_eps", "text_config.rms_norm_eps", &t.rms_norm_eps));
   VLC_RETURN_IF_ERROR(ReadString(*j, "hidden_act", "text_config.hidden_act", &t.hidden_act));
   if (t.model_type == "mistral") {

@@ -110,14 +110,19 @@ absl::StatusOr<WeightMap> LoadSharded(const std::string& dir, const std::string&
 }  // namespace
 
 std::string CanonicalWeightName(const std::string& hf_key) {
-  // Old layout (transformers < 4.52) first, then the layout newer versions save.
+  // Old layout (transformers < 4.52) first, then the layout newer versions save. Transformers 5
+  // flattened CLIPVisionModel, so the checkpoints it saves have no `vision_model.` level; those
+  // prefixes come after the longer ones, which they would otherwise shadow.
   static const std::pair<const char*, const char*> kPrefixes[] = {
       {"vision_tower.vision_model.", "vision."}, {"model.vision_tower.vision_model.", "vision."},
+      {"vision_tower.", "vision."},              {"model.vision_tower.", "vision."},
       {"multi_modal_projector.", "projector."},  {"model.multi_modal_projector.", "projector."},
       {"language_model.model.", "lm."},          {"model.language_model.", "lm."},
   };
   for (const auto& [hf_prefix, prefix] : kPrefixes) {
-    if (absl::StartsWith(hf_key, hf_prefix) && hf_key.size() > std::strlen(hf_prefix)) {
+    if (absl::StartsWith(hf_key, hf_prefix)) {
+      // The first, longest match decides: a bare "vision_tower.vision_model." is no weight.
+      if (hf_key.size() == std::strlen(hf_prefix)) return "";
       return prefix + hf_key.substr(std::strlen(hf_prefix));
     }
   }

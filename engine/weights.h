@@ -2,6 +2,7 @@
 // `model.safetensors.index.json`, under canonical names that do not depend on which key layout
 // transformers wrote:
 //   vision.<...>        vision_tower.vision_model.<...>     | model.vision_tower.vision_model.<...>
+//                       (transformers 5 saves vision_tower.<...>, without vision_model.)
 //   projector.<...>     multi_modal_projector.<...>         | model.multi_modal_projector.<...>
 //   lm.<...>            language_model.model.<...>          | model.language_model.<...>
 //   lm_head.weight      language_model.lm_head.weight       | lm_head.weight

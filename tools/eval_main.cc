@@ -39,7 +39,8 @@ namespace {
 using namespace vlc;
 
 struct Options {
-  std::string model, split = "test", policies = "full,vlcache,snapkv,pyramidkv,h2o,streamingllm,random";
+  std::string model, split = "test";
+  std::string policies = "full,vlcache,snapkv,pyramidkv,h2o,streamingllm,random";
   std::string budgets = "0.01,0.05,0.1,0.2,0.4", json_path, plot_path;
   int n = 200;
   int64_t start = 0;

@@ -352,6 +352,20 @@ TEST(LlavaConfig, RejectsRopeScaling) {
   EXPECT_TRUE(LlavaConfig::FromJson(j).ok());
 }
 
+TEST(LlavaConfig, ReadsRopeThetaFromTransformers5RopeParameters) {
+  // Transformers 5 writes theta inside rope_parameters; the top-level default must not win.
+  json j = Llava15Config();
+  j["text_config"].erase("rope_theta");
+  j["text_config"]["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1000000.0}};
+  auto config = LlavaConfig::FromJson(j);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->text.rope_theta, 1000000.0);
+  ExpectInvalidField(
+      {{"text_config", {{"rope_parameters", {{"rope_type", "yarn"}, {"factor", 4.0}}}}}},
+      "text_config.rope_parameters.rope_type");
+  ExpectInvalidField({{"text_config", {{"rope_parameters", 7}}}}, "text_config.rope_parameters");
+}
+
 TEST(LlavaConfig, RejectsWrongJsonTypesNamingTheField) {
   ExpectInvalidField({{"text_config", {{"hidden_size", "4096"}}}}, "text_config.hidden_size");
   ExpectInvalidField({{"text_config", {{"rope_theta", "1e6"}}}}, "text_config.rope_theta");

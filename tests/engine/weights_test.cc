@@ -32,6 +32,12 @@ TEST(CanonicalWeightName, MapsBothHfLayouts) {
       {"model.language_model.embed_tokens.weight", "lm.embed_tokens.weight"},
       {"language_model.lm_head.weight", "lm_head.weight"},
       {"lm_head.weight", "lm_head.weight"},
+      // Transformers 5 saves the vision tower without its vision_model level.
+      {"vision_tower.embeddings.patch_embedding.weight",
+       "vision.embeddings.patch_embedding.weight"},
+      {"model.vision_tower.encoder.layers.2.self_attn.k_proj.bias",
+       "vision.encoder.layers.2.self_attn.k_proj.bias"},
+      {"model.vision_tower.pre_layrnorm.weight", "vision.pre_layrnorm.weight"},
   };
   for (const auto& [hf, canonical] : cases) EXPECT_EQ(CanonicalWeightName(hf), canonical) << hf;
 }
@@ -39,6 +45,7 @@ TEST(CanonicalWeightName, MapsBothHfLayouts) {
 TEST(CanonicalWeightName, IgnoresKeysTheEngineDoesNotUse) {
   for (const char* key :
        {"image_newline", "model.embed_tokens.weight", "vision_tower.vision_model.",
+        "vision_tower.",
         "vision_model.encoder.layers.0.mlp.fc1.bias", "lm_head.bias", "language_model.lm_head.bias",
         "model.lm_head.weight", ""}) {
     EXPECT_EQ(CanonicalWeightName(key), "") << key;

@@ -72,7 +72,8 @@ bool Exists(const std::string& path) {
 double LearningRate(const Options& o, int64_t step) {
   if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
   const double progress =
-      static_cast<double>(step - o.warmup) / static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
+      static_cast<double>(step - o.warmup) /
+      static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
   const double cosine = 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
   return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
 }
@@ -174,7 +175,8 @@ absl::Status Train(const Options& o) {
       h ^= h >> 32;
       const bool caption = static_cast<double>(h % 10000) / 1e4 < o.caption_fraction;
       if (caption) {
-        VLC_ASSIGN_OR_RETURN(auto e, enc->EncodeCaption(item, static_cast<int>(h / 10000 % frames)));
+        const int frame = static_cast<int>(h / 10000 % frames);
+        VLC_ASSIGN_OR_RETURN(auto e, enc->EncodeCaption(item, frame));
         items.push_back(std::move(e));
       } else {
         VLC_ASSIGN_OR_RETURN(auto e, enc->Encode(item));
