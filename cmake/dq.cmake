@@ -25,6 +25,8 @@ set(VLC_DQ_SOURCES
   # the anchors AVH is compared with, and the evaluation harness of issue 6
   dq/baselines.cc
   dq/evaluate.cc
+  # a pipeline's history in the store: append and re-learn, validate (CLI and gRPC service)
+  dq/pipeline_service.cc
 )
 # ==== end of vlc_dq sources
 

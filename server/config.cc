@@ -225,6 +225,16 @@ std::vector<OptionSpec> Options() {
   o.push_back(StringOption(
       "--chat-template", "TEXT", "Prompt template; {prompt} is replaced by the user's text",
       +[](ServerConfig& c) -> std::string& { return c.pipeline.chat_template; }, NotEmpty));
+  // Data quality
+  o.push_back(StringOption(
+      "--dq-db", "FILE",
+      "SQLite file of the data-quality history (created when missing); with it the DataQuality "
+      "service is served, without it (the default) it is not",
+      +[](ServerConfig& c) -> std::string& { return c.dq_db; }));
+  o.push_back(BytesOption(
+      "--dq-max-run-bytes",
+      "Largest CSV run a DataQuality request may carry (integer or 16M, ...)",
+      +[](ServerConfig& c) -> int64_t& { return c.dq_max_run_bytes; }));
   // Security
   o.push_back(StringOption(
       "--auth-token-file", "FILE",

@@ -29,6 +29,9 @@ struct ServerConfig {
                                             // --max-media-bytes, --max-pixels, --max-frames,
                                             // --video-frames, --chat-template
   int default_max_new_tokens = 128;         // --default-max-new-tokens
+  // Data quality (the DataQuality service, proto/vlcache/v1/data_quality.proto)
+  std::string dq_db;                        // --dq-db: SQLite history; "" = service not served
+  int64_t dq_max_run_bytes = 16 << 20;      // --dq-max-run-bytes: largest CSV run in a request
   // Security
   std::string auth_token_file;              // --auth-token-file: one bearer token per line
   std::string auth_token;                   // VLC_AUTH_TOKEN only (never a flag: ps shows flags)

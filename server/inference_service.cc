@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
+#include "server/auth.h"
 #include "spdlog/spdlog.h"
 
 namespace vlc::server {
@@ -151,17 +152,7 @@ absl::Status InferenceService::Ready() const {
 absl::StatusOr<std::string> InferenceService::Authorize(grpc::ServerContext* context) const {
   // Every RPC starts here, so this is also where a request that comes too early is answered.
   VLC_RETURN_IF_ERROR(Ready());
-  if (tokens_.empty()) return std::string();
-  const auto& md = context->client_metadata();
-  auto it = md.find("authorization");
-  if (it == md.end()) {
-    return absl::UnauthenticatedError("missing authorization metadata: send 'Bearer <token>'");
-  }
-  const std::string value(it->second.data(), it->second.size());
-  for (const auto& t : tokens_) {
-    if (value == "Bearer " + t) return t;
-  }
-  return absl::UnauthenticatedError("the bearer token is not valid");
+  return AuthorizeBearer(*context, tokens_);
 }
 
 void InferenceService::Record(const std::string& method, const grpc::Status& status) {

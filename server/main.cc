@@ -1,5 +1,6 @@
-// vlcache-server: the gRPC inference service. Configuration: flags, VLC_* environment variables,
-// an optional YAML file (--help lists every option). Once its ports are open it prints
+// vlcache-server: the gRPC inference service, and with --dq-db the DataQuality service.
+// Configuration: flags, VLC_* environment variables, an optional YAML file (--help lists every
+// option). Once its ports are open it prints
 //   loading grpc=HOST:PORT metrics=HOST:PORT
 // and once the model is loaded and requests are served
 //   listening grpc=HOST:PORT metrics=HOST:PORT
@@ -18,7 +19,9 @@
 #include <sstream>
 #include <thread>
 
+#include "dq/store.h"
 #include "server/config.h"
+#include "server/data_quality_service.h"
 #include "server/engine_loop.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
@@ -93,6 +96,18 @@ int main(int argc, char** argv) {
   }
 
   server::InferenceService service(config, metrics.get(), tokens);
+  // DataQuality needs no model: it answers as soon as the port is open (its health status,
+  // "vlcache.v1.DataQuality", is SERVING from then on, while the overall one waits for the model).
+  std::unique_ptr<server::DataQualityService> dq_service;
+  if (!config.dq_db.empty()) {
+    auto store = dq::Store::Open(config.dq_db);
+    if (!store.ok()) {
+      std::cerr << "error: --dq-db: " << store.status().message() << "\n";
+      return 2;
+    }
+    dq_service = std::make_unique<server::DataQualityService>(config, std::move(*store),
+                                                              metrics.get(), tokens);
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -111,9 +126,12 @@ int main(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(config.listen, creds, &port);
   builder.RegisterService(&service);
+  if (dq_service) builder.RegisterService(dq_service.get());
+  // Room for two media files, or (with DataQuality) a few runs of the largest size.
+  int64_t max_message = config.pipeline.limits.max_bytes * 2;
+  if (dq_service) max_message = std::max(max_message, config.dq_max_run_bytes * 4);
   builder.SetMaxReceiveMessageSize(
-      static_cast<int>(std::min<int64_t>(config.pipeline.limits.max_bytes * 2 + (1 << 20),
-                                         INT32_MAX)));
+      static_cast<int>(std::min<int64_t>(max_message + (1 << 20), INT32_MAX)));
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     std::cerr << "error: cannot listen on " << config.listen << "\n";
@@ -122,12 +140,16 @@ int main(int argc, char** argv) {
   // The port is open while the model loads: health says NOT_SERVING and the API UNAVAILABLE, so a
   // readiness probe can tell a starting server from a dead one.
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  if (dq_service) {
+    grpc_server->GetHealthCheckService()->SetServingStatus("vlcache.v1.DataQuality", true);
+  }
   std::string addresses = "grpc=" + Host(config.listen) + ":" + std::to_string(port);
   if (metrics) {
     addresses += " metrics=" + Host(config.metrics_listen) + ":" + std::to_string(metrics->port());
   }
   std::cout << "loading " << addresses << std::endl;
-  spdlog::info("event=loading grpc_port={} model={}", port, config.model_dir);
+  spdlog::info("event=loading grpc_port={} model={} dq_db=\"{}\"", port, config.model_dir,
+               config.dq_db);
 
   // The model loads on its own thread so that SIGTERM during a long load still stops the server
   // at once; a failed load ends the process through the same sigwait (SIGUSR1).

@@ -6,12 +6,8 @@
 // Exit codes: 0 success (validate: the run passed), 1 validate found issues, 2 an error (bad
 // option, unreadable file, no learned program): a scheduler can tell "bad data" from "broken job".
 //
-// What the database holds: every run's metric values (dq/store.h), and per column a state record
-// stored as that column's program: the learned AVH program plus the column's values in the last
-// --history runs. AVH learns from columns, not from metric series (the synthetic issues are made
-// from the latest run's values) and validation compares with the previous run's values, so the
-// window of raw values is what lets a later `learn` append runs and re-learn, and `validate` work,
-// without the original files.
+// What the database holds, and how runs are appended and validated: dq/pipeline_service.h (the
+// server's DataQuality service keeps its pipelines the same way).
 #include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
@@ -30,6 +26,7 @@
 #include "dq/avh.h"
 #include "dq/evaluate.h"
 #include "dq/io.h"
+#include "dq/pipeline_service.h"
 #include "dq/store.h"
 
 namespace vlc::dq {
@@ -38,7 +35,6 @@ namespace {
 constexpr int kExitPass = 0;
 constexpr int kExitIssues = 1;
 constexpr int kExitError = 2;
-constexpr const char* kStateFormat = "vlcache-dq-column-state/1";
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -71,192 +67,6 @@ bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// ---- A column's state: its window of raw values and the program learned from it.
-
-nlohmann::json ColumnToJson(const Column& c) {
-  nlohmann::json values = nlohmann::json::array();
-  if (c.is_numeric()) {
-    for (const auto& v : c.numeric()) values.push_back(v ? nlohmann::json(*v) : nlohmann::json());
-  } else {
-    for (const auto& v : c.strings()) values.push_back(v ? nlohmann::json(*v) : nlohmann::json());
-  }
-  return {{"type", ColumnTypeName(c.type())}, {"values", values}};
-}
-
-absl::StatusOr<Column> ColumnFromJson(const std::string& name, const nlohmann::json& j) {
-  if (!j.is_object() || !j.contains("type") || !j.contains("values") || !j["values"].is_array()) {
-    return absl::DataLossError(absl::StrCat("stored window of column '", name, "' is malformed"));
-  }
-  VLC_ASSIGN_OR_RETURN(ColumnType type, ParseColumnType(j["type"].get<std::string>()));
-  if (type == ColumnType::kNumeric) {
-    Column::NumericValues v;
-    for (const auto& x : j["values"]) {
-      v.push_back(x.is_number() ? std::optional<double>(x.get<double>()) : std::nullopt);
-    }
-    return Column::Numeric(name, std::move(v));
-  }
-  Column::StringValues v;
-  for (const auto& x : j["values"]) {
-    v.push_back(x.is_string() ? std::optional<std::string>(x.get<std::string>()) : std::nullopt);
-  }
-  return Column::Categorical(name, std::move(v));
-}
-
-struct ColumnState {
-  std::vector<std::string> run_keys;
-  std::vector<Column> window;  // oldest first
-  std::optional<ColumnProgram> program;
-  std::string note;  // why there is no program
-};
-
-nlohmann::json StateToJson(const ColumnState& s, size_t history, double delta) {
-  nlohmann::json window = nlohmann::json::array();
-  for (size_t i = 0; i < s.window.size(); ++i) {
-    window.push_back({{"run_key", s.run_keys[i]}, {"column", ColumnToJson(s.window[i])}});
-  }
-  return {{"format", kStateFormat},
-          {"history", history},
-          {"delta", delta},
-          {"window", window},
-          {"avh", s.program ? ToJson(*s.program) : nlohmann::json()},
-          {"note", s.note}};
-}
-
-struct PipelineState {
-  std::map<std::string, ColumnState> columns;
-  std::optional<size_t> history;
-  std::optional<double> delta;
-  int64_t learned_at_seq = 0;
-};
-
-absl::StatusOr<PipelineState> LoadState(Store& store, const std::string& pipeline) {
-  PipelineState state;
-  absl::StatusOr<std::vector<std::string>> names = store.Columns(pipeline);
-  if (absl::IsNotFound(names.status())) return state;  // a new pipeline
-  if (!names.ok()) return names.status();
-  for (const std::string& name : *names) {
-    absl::StatusOr<StoredProgram> stored = store.GetProgram(pipeline, name);
-    if (absl::IsNotFound(stored.status())) continue;
-    if (!stored.ok()) return stored.status();
-    const nlohmann::json& j = stored->program;
-    if (!j.is_object() || j.value("format", "") != kStateFormat) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the stored program of column '", name,
-                       "' was not written by vlcache-dq learn (format ", kStateFormat, ")"));
-    }
-    ColumnState cs;
-    for (const auto& w : j["window"]) {
-      VLC_ASSIGN_OR_RETURN(Column c, ColumnFromJson(name, w["column"]));
-      cs.run_keys.push_back(w.value("run_key", ""));
-      cs.window.push_back(std::move(c));
-    }
-    if (!j["avh"].is_null()) {
-      VLC_ASSIGN_OR_RETURN(ColumnProgram p, ColumnProgramFromJson(j["avh"]));
-      cs.program = std::move(p);
-    }
-    cs.note = j.value("note", "");
-    state.history = j.value("history", size_t{30});
-    state.delta = j.value("delta", 0.01);
-    state.learned_at_seq = std::max(state.learned_at_seq, stored->learned_at_seq);
-    state.columns[name] = std::move(cs);
-  }
-  return state;
-}
-
-struct LearnSettings {
-  std::optional<size_t> history;  // unset: the stored value, else 30
-  std::optional<double> delta;    // unset: the stored value, else 0.01
-};
-
-// Appends the runs to the pipeline's history (metrics in the store, values in each column's
-// window) and re-learns every column whose window is long enough. Returns a summary for people.
-absl::StatusOr<std::string> AppendAndLearn(Store& store, const std::string& pipeline,
-                                           const std::vector<std::pair<std::string, Table>>& runs,
-                                           const LearnSettings& settings) {
-  VLC_ASSIGN_OR_RETURN(PipelineState state, LoadState(store, pipeline));
-  const size_t history = settings.history.value_or(state.history.value_or(30));
-  const double delta = settings.delta.value_or(state.delta.value_or(0.01));
-  AvhOptions options;
-  options.delta = delta;
-  if (history < options.min_history_runs) {
-    return absl::InvalidArgumentError(absl::StrCat("--history ", history,
-                                                   " is too short: AVH needs at least ",
-                                                   options.min_history_runs, " runs"));
-  }
-  std::string summary;
-  int64_t last_seq = 0;
-  for (const auto& [key, table] : runs) {
-    RunMetrics metrics;
-    for (const Column& c : table.columns()) {
-      ColumnState& cs = state.columns[c.name()];
-      // A type change starts the column's history afresh: metrics of the old type say nothing
-      // about the new one.
-      if (!cs.window.empty() && cs.window.back().type() != c.type()) {
-        cs = ColumnState();
-        summary += absl::StrCat("column '", c.name(), "' changed type in run ", key,
-                                ": its history starts again\n");
-      }
-      const Column* prev = cs.window.empty() ? nullptr : &cs.window.back();
-      VLC_ASSIGN_OR_RETURN(metrics[c.name()], ComputeMetrics(c, prev));
-    }
-    for (auto& [name, cs] : state.columns) {
-      // A column missing from a run has a gap in its history; AVH needs consecutive runs.
-      if (!table.Find(name) && !cs.window.empty()) {
-        cs = ColumnState();
-        summary += absl::StrCat("column '", name, "' is missing from run ", key,
-                                ": its history starts again\n");
-      }
-    }
-    absl::StatusOr<int64_t> seq =
-        store.AddRun(pipeline, key, static_cast<int64_t>(table.num_rows()), metrics);
-    if (!seq.ok()) {
-      return absl::Status(seq.status().code(),
-                          absl::StrCat("recording run '", key, "': ", seq.status().message()));
-    }
-    last_seq = *seq;
-    for (const Column& c : table.columns()) {
-      ColumnState& cs = state.columns[c.name()];
-      cs.window.push_back(c);
-      cs.run_keys.push_back(key);
-      while (cs.window.size() > history) {
-        cs.window.erase(cs.window.begin());
-        cs.run_keys.erase(cs.run_keys.begin());
-      }
-    }
-    summary += absl::StrCat("recorded run ", key, " (", table.num_rows(), " rows) as run #", *seq,
-                            " of pipeline '", pipeline, "'\n");
-  }
-  const Table& latest = runs.back().second;
-  for (auto& [name, cs] : state.columns) {
-    cs.program.reset();
-    cs.note.clear();
-    if (cs.window.size() < options.min_history_runs) {
-      cs.note = absl::StrCat("needs ", options.min_history_runs, " runs of history, has ",
-                             cs.window.size());
-      summary += absl::StrCat("column ", name, ": no program yet (", cs.note, ")\n");
-    } else {
-      std::vector<Column> others;
-      for (const Column& c : latest.columns()) {
-        if (c.name() != name) others.push_back(c);
-      }
-      absl::StatusOr<ColumnProgram> p = LearnColumnProgram(cs.window, others, options);
-      if (!p.ok()) {
-        cs.note = std::string(p.status().message());
-        summary += absl::StrCat("column ", name, ": not learned: ", cs.note, "\n");
-      } else {
-        summary += absl::StrCat(
-            "column ", name, ": ", p->constraints.size(), " constraints learned from ",
-            cs.window.size(), " runs, expected FPR ", p->ExpectedFpr(), " <= delta ", delta,
-            ", covering ", p->issues_covered, " of ", p->issues_total, " synthetic issues\n");
-        cs.program = std::move(*p);
-      }
-    }
-    VLC_RETURN_IF_ERROR(
-        store.PutProgram(pipeline, name, last_seq, StateToJson(cs, history, delta)));
-  }
-  return summary;
-}
-
 // ---- Subcommands.
 
 int Fail(const std::string& cmd, const absl::Status& status) {
@@ -281,9 +91,9 @@ int Learn(const std::string& pipeline, const std::string& db, const std::vector<
   }
   absl::StatusOr<Store> store = Store::Open(db);
   if (!store.ok()) return Fail("learn", store.status());
-  absl::StatusOr<std::string> summary = AppendAndLearn(*store, pipeline, runs, settings);
-  if (!summary.ok()) return Fail("learn", summary.status());
-  std::cout << *summary;
+  absl::StatusOr<AppendResult> learned = AppendAndLearn(*store, pipeline, runs, settings);
+  if (!learned.ok()) return Fail("learn", learned.status());
+  std::cout << learned->summary;
   return kExitPass;
 }
 
@@ -326,42 +136,14 @@ int ValidateRun(const std::string& pipeline, const std::string& db, const std::s
   if (!table.ok()) return Fail("validate", table.status());
   absl::StatusOr<Store> store = Store::Open(db);
   if (!store.ok()) return Fail("validate", store.status());
-  absl::StatusOr<PipelineState> state = LoadState(*store, pipeline);
-  if (!state.ok()) return Fail("validate", state.status());
-
-  TableReport report;
-  std::vector<std::string> unchecked;
-  size_t checked = 0;
-  for (const auto& [name, cs] : state->columns) {
-    if (!cs.program) {
-      unchecked.push_back(absl::StrCat(name, ": no program (", cs.note, ")"));
-      continue;
-    }
-    ++checked;
-    const Column* col = table->Find(name);
-    if (!col) {
-      ColumnReport missing;
-      missing.column = name;
-      missing.passed = false;
-      missing.problem = absl::StrCat("column '", name, "' is missing from the run");
-      report.columns.push_back(std::move(missing));
-      report.passed = false;
-      continue;
-    }
-    absl::StatusOr<ColumnReport> r = ValidateColumn(*cs.program, cs.window, *col);
-    if (!r.ok()) return Fail("validate", r.status());
-    report.passed = report.passed && r->passed;
-    report.columns.push_back(std::move(*r));
-  }
-  for (const Column& c : table->columns()) {
-    if (!state->columns.count(c.name())) {
-      unchecked.push_back(absl::StrCat(c.name(), ": not in the pipeline's history"));
-    }
-  }
-  if (checked == 0) {
+  absl::StatusOr<RunValidation> checked = ValidateAgainstHistory(*store, pipeline, *table);
+  if (!checked.ok()) return Fail("validate", checked.status());
+  const TableReport& report = checked->report;
+  const std::vector<std::string>& unchecked = checked->not_checked;
+  if (checked->checked == 0) {
     return Fail("validate", absl::FailedPreconditionError(absl::StrCat(
                                 "pipeline '", pipeline, "' in ", db, " has no learned program yet",
-                                state->columns.empty() ? " (no runs recorded)" : "",
+                                checked->known_columns == 0 ? " (no runs recorded)" : "",
                                 ": `vlcache-dq learn` needs at least 8 runs of history")));
   }
 
@@ -389,10 +171,10 @@ int ValidateRun(const std::string& pipeline, const std::string& db, const std::s
               << "\n";
   }
   if (append) {
-    absl::StatusOr<std::string> summary =
+    absl::StatusOr<AppendResult> learned =
         AppendAndLearn(*store, pipeline, {{RunKey(file), std::move(*table)}}, {});
-    if (!summary.ok()) return Fail("validate --append", summary.status());
-    std::cerr << *summary;
+    if (!learned.ok()) return Fail("validate --append", learned.status());
+    std::cerr << learned->summary;
   }
   return report.passed ? kExitPass : kExitIssues;
 }

@@ -1,0 +1,346 @@
+// The DataQuality service (proto/vlcache/v1/data_quality.proto) on the real server process, run
+// with --dq-db: a generated pipeline of CSV runs is added, its programs learned, and new runs
+// validated, as a data team's job would; bad requests get their precise codes and the server
+// keeps serving. ctest runs each case as its own process, so each case builds its own history.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "common/fs.h"
+#include "tests/server/server_fixture.h"
+#include "vlcache/v1/data_quality.grpc.pb.h"
+
+namespace vlc::server {
+namespace {
+
+// A fixed 64-bit LCG (Knuth's MMIX constants): the runs are the same on every machine.
+class Lcg {
+ public:
+  explicit Lcg(uint64_t seed) : state_(seed * 2862933555777941757ULL + 3037000493ULL) {}
+  double Uniform() {  // in (0, 1)
+    state_ = state_ * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (static_cast<double>(state_ >> 11) + 0.5) / 9007199254740992.0;
+  }
+  double Normal(double mean, double sd) {  // Box-Muller
+    const double u1 = Uniform(), u2 = Uniform();
+    return mean + sd * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+// One run of a small sales pipeline: 200 rows, an amount ~ N(100, 10) (times `scale`) and a
+// region drawn from four codes with fixed weights.
+std::string RunCsv(uint64_t seed, double scale = 1.0) {
+  Lcg rng(seed);
+  std::ostringstream out;
+  out << "amount,region\n";
+  const char* regions[] = {"north", "south", "east", "west"};
+  for (int i = 0; i < 200; ++i) {
+    const double amount = rng.Normal(100.0, 10.0) * scale;
+    const double w = rng.Uniform();
+    out << amount << "," << regions[w < 0.4 ? 0 : w < 0.7 ? 1 : w < 0.9 ? 2 : 3] << "\n";
+  }
+  return out.str();
+}
+
+std::string DayKey(int day) {
+  char key[16];
+  std::snprintf(key, sizeof key, "2024-03-%02d", day);
+  return key;
+}
+
+class DataQualityServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ClearVlcEnvironment();
+    dir_ = new std::string(MakeTempDir("vlcache-dq-service-"));
+    ASSERT_FALSE(dir_->empty());
+    const absl::Status made = MakeTinyModel(*dir_ + "/model");
+    ASSERT_TRUE(made.ok()) << made;
+    server_ = new ServerProcess();
+    ASSERT_TRUE(server_->Start(*dir_ + "/model",
+                               {"--dq-db", *dir_ + "/dq.db", "--dq-max-run-bytes", "64K"}));
+    dq_ = pb::DataQuality::NewStub(server_->channel()).release();
+  }
+
+  static void TearDownTestSuite() {
+    delete dq_;
+    dq_ = nullptr;
+    delete server_;  // SIGTERM; a clean exit is required
+    server_ = nullptr;
+    if (dir_ != nullptr && !dir_->empty()) RemoveTree(*dir_);
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  void SetUp() override { ASSERT_NE(dq_, nullptr) << "the server did not start"; }
+
+  // Runs `first`..`last` (days of March, seeds 1000 + day) of `pipeline` in one AddRuns.
+  static grpc::Status AddDays(const std::string& pipeline, int first, int last,
+                              pb::AddRunsResponse* response) {
+    pb::AddRunsRequest req;
+    req.set_pipeline(pipeline);
+    for (int day = first; day <= last; ++day) {
+      pb::Run* run = req.add_runs();
+      run->set_key(DayKey(day));
+      run->set_csv(RunCsv(1000 + day));
+    }
+    grpc::ClientContext ctx;
+    return dq_->AddRuns(&ctx, req, response);
+  }
+
+  static grpc::Status Validate(const std::string& pipeline, const std::string& key,
+                               const std::string& csv, bool append,
+                               pb::ValidateResponse* response) {
+    pb::ValidateRequest req;
+    req.set_pipeline(pipeline);
+    req.mutable_run()->set_key(key);
+    req.mutable_run()->set_csv(csv);
+    req.set_append(append);
+    grpc::ClientContext ctx;
+    return dq_->Validate(&ctx, req, response);
+  }
+
+  static pb::ListPipelinesResponse List() {
+    grpc::ClientContext ctx;
+    pb::ListPipelinesResponse out;
+    const grpc::Status s = dq_->ListPipelines(&ctx, pb::ListPipelinesRequest(), &out);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return out;
+  }
+
+  static int64_t RunsOf(const std::string& pipeline) {
+    const pb::ListPipelinesResponse list = List();
+    for (const auto& p : list.pipelines()) {
+      if (p.name() == pipeline) return p.runs();
+    }
+    return 0;
+  }
+
+  static std::string* dir_;
+  static ServerProcess* server_;
+  static pb::DataQuality::Stub* dq_;
+};
+std::string* DataQualityServiceTest::dir_ = nullptr;
+ServerProcess* DataQualityServiceTest::server_ = nullptr;
+pb::DataQuality::Stub* DataQualityServiceTest::dq_ = nullptr;
+
+TEST_F(DataQualityServiceTest, AddRunsLearnsProgramsAndValidateTellsCleanRunsFromBrokenOnes) {
+  pb::AddRunsResponse added;
+  const grpc::Status s = AddDays("sales", 1, 12, &added);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(added.runs_size(), 12);
+  for (int i = 0; i < 12; ++i) {
+    EXPECT_EQ(added.runs(i).key(), DayKey(i + 1));
+    EXPECT_EQ(added.runs(i).seq(), i + 1);
+    EXPECT_EQ(added.runs(i).rows(), 200);
+  }
+  ASSERT_EQ(added.columns_size(), 2);
+  EXPECT_EQ(added.columns(0).column(), "amount");
+  EXPECT_EQ(added.columns(0).type(), "numeric");
+  EXPECT_EQ(added.columns(1).column(), "region");
+  EXPECT_EQ(added.columns(1).type(), "categorical");
+  for (const auto& c : added.columns()) {
+    EXPECT_TRUE(c.learned()) << c.column() << ": " << c.note();
+    EXPECT_EQ(c.history_runs(), 12) << c.column();
+    EXPECT_GT(c.constraints(), 0) << c.column();
+    EXPECT_LE(c.expected_fpr(), 0.01 + 1e-12) << c.column();
+  }
+
+  // The learned constraints, one column at a time or all of them.
+  {
+    grpc::ClientContext ctx;
+    pb::GetProgramRequest req;
+    req.set_pipeline("sales");
+    req.set_column("amount");
+    pb::GetProgramResponse program;
+    const grpc::Status got = dq_->GetProgram(&ctx, req, &program);
+    ASSERT_TRUE(got.ok()) << got.error_message();
+    EXPECT_EQ(program.learned_at_seq(), 12);
+    ASSERT_EQ(program.columns_size(), 1);
+    const pb::ColumnProgram& amount = program.columns(0);
+    EXPECT_EQ(amount.column(), "amount");
+    EXPECT_EQ(amount.constraints_size(), added.columns(0).constraints());
+    for (const auto& c : amount.constraints()) {
+      EXPECT_FALSE(c.metric().empty());
+      EXPECT_LE(c.lo(), c.hi()) << c.metric();
+    }
+  }
+  {
+    grpc::ClientContext ctx;
+    pb::GetProgramRequest req;
+    req.set_pipeline("sales");
+    pb::GetProgramResponse program;
+    ASSERT_TRUE(dq_->GetProgram(&ctx, req, &program).ok());
+    EXPECT_EQ(program.columns_size(), 2);
+  }
+
+  // A clean run of the same process passes.
+  pb::ValidateResponse clean;
+  const grpc::Status vs = Validate("sales", "2024-03-13", RunCsv(1013), false, &clean);
+  ASSERT_TRUE(vs.ok()) << vs.error_message();
+  EXPECT_TRUE(clean.passed());
+  ASSERT_EQ(clean.columns_size(), 2);
+  for (const auto& c : clean.columns()) EXPECT_TRUE(c.passed()) << c.column();
+  EXPECT_FALSE(clean.has_appended());
+
+  // The same day in other units (x1000) fails on amount, with the broken constraints spelled out.
+  pb::ValidateResponse broken;
+  ASSERT_TRUE(Validate("sales", "2024-03-20", RunCsv(1013, 1000.0), false, &broken).ok());
+  EXPECT_FALSE(broken.passed());
+  bool amount_failed = false, region_failed = false;
+  for (const auto& c : broken.columns()) {
+    if (c.column() == "amount") {
+      amount_failed = !c.passed();
+      ASSERT_GT(c.violations_size(), 0);
+      for (const auto& v : c.violations()) {
+        EXPECT_FALSE(v.metric().empty());
+        EXPECT_FALSE(v.message().empty()) << v.metric();
+        EXPECT_TRUE(std::isnan(v.value()) || v.value() < v.lo() || v.value() > v.hi())
+            << v.metric() << " = " << v.value() << " in [" << v.lo() << ", " << v.hi() << "]";
+      }
+    }
+    if (c.column() == "region") region_failed = !c.passed();
+  }
+  EXPECT_TRUE(amount_failed);
+  EXPECT_FALSE(region_failed);
+
+  // Validating did not add to the history; append does, and re-learns on 13 runs.
+  EXPECT_EQ(RunsOf("sales"), 12);
+  pb::ValidateResponse appended;
+  const grpc::Status as = Validate("sales", "2024-03-13", RunCsv(1013), true, &appended);
+  ASSERT_TRUE(as.ok()) << as.error_message();
+  EXPECT_TRUE(appended.passed());
+  EXPECT_EQ(appended.appended().key(), "2024-03-13");
+  EXPECT_EQ(appended.appended().seq(), 13);
+  const pb::ListPipelinesResponse list = List();
+  bool listed = false;
+  for (const auto& p : list.pipelines()) {
+    if (p.name() != "sales") continue;
+    listed = true;
+    EXPECT_EQ(p.runs(), 13);
+    EXPECT_EQ(p.last_run_key(), "2024-03-13");
+  }
+  EXPECT_TRUE(listed);
+}
+
+TEST_F(DataQualityServiceTest, BadRequestsGetPreciseCodesAndTheServerKeepsServing) {
+  pb::AddRunsResponse added;
+  ASSERT_TRUE(AddDays("orders", 1, 3, &added).ok());
+
+  // Unparsable CSV: INVALID_ARGUMENT naming the run and the line; nothing of the batch recorded.
+  {
+    pb::AddRunsRequest req;
+    req.set_pipeline("orders");
+    req.add_runs()->set_key("2024-03-04");
+    req.mutable_runs(0)->set_csv(RunCsv(1004));
+    req.add_runs()->set_key("2024-03-05");
+    req.mutable_runs(1)->set_csv("amount,region\n1.5,north\n2.5,south,extra\n");
+    grpc::ClientContext ctx;
+    pb::AddRunsResponse out;
+    const grpc::Status s = dq_->AddRuns(&ctx, req, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("runs[1]"), std::string::npos) << s.error_message();
+    EXPECT_NE(s.error_message().find(":3:"), std::string::npos) << s.error_message();
+    EXPECT_EQ(RunsOf("orders"), 3);
+  }
+  // A run over --dq-max-run-bytes (64K here): INVALID_ARGUMENT naming the limit.
+  {
+    pb::ValidateResponse out;
+    const std::string big = "amount\n" + std::string(70 << 10, '1') + "\n";
+    const grpc::Status s = Validate("orders", "big", big, false, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("--dq-max-run-bytes"), std::string::npos) << s.error_message();
+  }
+  // Unknown pipelines: NOT_FOUND, for Validate and GetProgram alike.
+  {
+    pb::ValidateResponse out;
+    const grpc::Status s = Validate("no-such-pipeline", "k", RunCsv(1), false, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
+    EXPECT_NE(s.error_message().find("no-such-pipeline"), std::string::npos);
+    grpc::ClientContext ctx;
+    pb::GetProgramRequest req;
+    req.set_pipeline("no-such-pipeline");
+    pb::GetProgramResponse program;
+    EXPECT_EQ(dq_->GetProgram(&ctx, req, &program).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // A run key the pipeline has: ALREADY_EXISTS, and the new runs of that batch are not recorded.
+  {
+    pb::AddRunsResponse out;
+    const grpc::Status s = AddDays("orders", 3, 4, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
+    EXPECT_NE(s.error_message().find("2024-03-03"), std::string::npos) << s.error_message();
+    EXPECT_EQ(RunsOf("orders"), 3);
+    pb::ValidateResponse v;
+    EXPECT_EQ(Validate("orders", "2024-03-02", RunCsv(1002), true, &v).error_code(),
+              grpc::StatusCode::ALREADY_EXISTS);
+  }
+  // Three runs are too few to learn from: FAILED_PRECONDITION saying so.
+  {
+    pb::ValidateResponse out;
+    const grpc::Status s = Validate("orders", "", RunCsv(1004), false, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+    EXPECT_NE(s.error_message().find("no learned program"), std::string::npos) << s.error_message();
+  }
+  // No pipeline name: INVALID_ARGUMENT.
+  {
+    pb::AddRunsResponse out;
+    EXPECT_EQ(AddDays("", 1, 1, &out).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+
+  // The server still serves both services, and counted the calls by method and code.
+  grpc::ClientContext ctx;
+  pb::ModelInfo info;
+  const grpc::Status s = server_->stub()->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &info);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(info.num_layers(), 0);
+  EXPECT_EQ(RunsOf("orders"), 3);
+  const std::string metrics = server_->Metrics();
+  EXPECT_NE(metrics.find("method=\"AddRuns\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("code=\"ALREADY_EXISTS\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("method=\"ListPipelines\""), std::string::npos) << metrics;
+}
+
+// Without --dq-db the service is not served; with a token, its calls need it like Inference's.
+TEST_F(DataQualityServiceTest, IsOffWithoutDqDbAndNeedsTheBearerTokenWhenAuthIsOn) {
+  {
+    ServerProcess plain;
+    ASSERT_TRUE(plain.Start(*dir_ + "/model"));
+    auto stub = pb::DataQuality::NewStub(plain.channel());
+    grpc::ClientContext ctx;
+    pb::ListPipelinesResponse out;
+    EXPECT_EQ(stub->ListPipelines(&ctx, pb::ListPipelinesRequest(), &out).error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
+  }
+  ::setenv("VLC_AUTH_TOKEN", "s3cret", 1);
+  ServerProcess secured;
+  const auto started = secured.Start(*dir_ + "/model", {"--dq-db", *dir_ + "/secured.db"});
+  ::unsetenv("VLC_AUTH_TOKEN");
+  ASSERT_TRUE(started);
+  auto stub = pb::DataQuality::NewStub(secured.channel());
+  {
+    grpc::ClientContext ctx;
+    pb::ListPipelinesResponse out;
+    EXPECT_EQ(stub->ListPipelines(&ctx, pb::ListPipelinesRequest(), &out).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer s3cret");
+    pb::ListPipelinesResponse out;
+    const grpc::Status s = stub->ListPipelines(&ctx, pb::ListPipelinesRequest(), &out);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(out.pipelines_size(), 0);
+  }
+}
+
+}  // namespace
+}  // namespace vlc::server
