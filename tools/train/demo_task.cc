@@ -18,7 +18,7 @@ engine::LlavaConfig DemoConfig(int tokenizer_vocab_size) {
   v.num_attention_heads = 4;
   v.num_channels = 3;
   v.image_size = 96;
-  v.patch_size = 12;
+  v.patch_size = 24;
   v.layer_norm_eps = 1e-5;
   v.hidden_act = "quick_gelu";
 

@@ -21,9 +21,9 @@
 
 namespace vlc::train {
 
-// The demo model's shape: a 96-pixel CLIP-style ViT with 12-pixel patches (64 visual tokens per
-// frame), a 2-layer projector and a 4-layer Llama decoder with grouped-query attention (6 query,
-// 2 KV heads), small enough to train on two CPU cores.
+// The demo model's shape: a 96-pixel CLIP-style ViT with 24-pixel patches, one per grid cell of
+// the VQA pictures (16 visual tokens per frame), a 2-layer projector and a 4-layer Llama decoder
+// with grouped-query attention (6 query, 2 KV heads), small enough to train on two CPU cores.
 engine::LlavaConfig DemoConfig(int tokenizer_vocab_size);
 
 // The VQA layout the demo config sees (image_size = the vision tower's).

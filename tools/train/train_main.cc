@@ -88,8 +88,8 @@ int FramesFor(const Options& o, int64_t step) {
   return 2 + static_cast<int>(h / 1000000 % static_cast<uint64_t>(o.max_frames - 1));
 }
 
-int BatchSize(const Options& o, int frames) {
-  const int tokens = frames * 64 + 24;
+int BatchSize(const Options& o, int frames, int tokens_per_frame) {
+  const int tokens = frames * tokens_per_frame + 24;
   return std::max(1, o.batch_tokens / tokens);
 }
 
@@ -105,7 +105,8 @@ absl::StatusOr<EvalResult> Evaluate(const train::TrainableLlava& model,
   EvalResult r;
   for (int f : frames) {
     int right = 0;
-    const int per_batch = std::max(1, 2048 / (f * 64 + 24));
+    const int per_batch =
+        std::max(1, 2048 / (f * model.config().visual_tokens_per_image() + 24));
     for (int start = 0; start < n; start += per_batch) {
       std::vector<train::EncodedItem> items;
       for (int i = start; i < std::min(n, start + per_batch); ++i) {
@@ -163,7 +164,7 @@ absl::Status Train(const Options& o) {
   int64_t loss_n = 0, samples = 0;
   for (; step < o.steps;) {
     const int frames = FramesFor(o, step);
-    const int bs = BatchSize(o, frames);
+    const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
     for (int b = 0; b < bs; ++b) {
       const vqa::Item item =
