@@ -152,6 +152,26 @@ TEST_F(DemoTaskTest, BatchTargetsAndMaskSelectTheAnswerAndEos) {
   auto b = encoder_->MakeBatch(items);
   ASSERT_TRUE(b.ok()) << b.status();
   ASSERT_EQ(b->inputs.pixel_values.size(0), 1 + 2 + 1 + 2 + 1);
+  // One label triple per grid cell of every image, in image order: colour, kind, digit.
+  const int grid = DemoVqaOptions().grid;
+  ASSERT_EQ(b->cells.sizes().vec(), std::vector<int64_t>({7, grid * grid, 3}));
+  int64_t image = 0;
+  for (int i = 0; i < 5; ++i) {
+    const vqa::Item item = vqa::MakeItem(vqa::Split::kTrain, 100 + i, 1 + i % 2, DemoVqaOptions());
+    for (const auto& frame : item.clip.frames) {
+      int occupied = 0;
+      for (int64_t c = 0; c < grid * grid; ++c) occupied += b->cells[image][c][0].item<int>() != 0;
+      EXPECT_EQ(occupied, static_cast<int>(frame.objects.size()));
+      for (const auto& o : frame.objects) {
+        const auto label = b->cells[image][o.row * grid + o.col];
+        EXPECT_EQ(label[0].item<int>(), 1 + static_cast<int>(o.color));
+        EXPECT_EQ(label[1].item<int>(),
+                  o.is_box ? 1 + vqa::kNumShapes : 1 + static_cast<int>(o.shape));
+        EXPECT_EQ(label[2].item<int>(), o.is_box ? 1 + o.digit : 0);
+      }
+      ++image;
+    }
+  }
   for (size_t i = 0; i < items.size(); ++i) {
     const auto& it = items[i];
     const int64_t len = static_cast<int64_t>(it.prompt_ids.size() + it.answer_ids.size()) - 1;

@@ -122,7 +122,16 @@ absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item) const {
                                                 frames * config_.visual_tokens_per_image()));
   out.answer_ids = tokenizer_->Encode(item.answer, /*add_bos=*/false);
   out.answer_ids.push_back(tokenizer_->eos_id());
+  const int grid = item.options.grid;
   for (const auto& f : item.clip.frames) {
+    std::vector<std::array<int, 3>> cells(static_cast<size_t>(grid * grid), {0, 0, 0});
+    for (const auto& o : f.objects) {
+      auto& c = cells[static_cast<size_t>(o.row * grid + o.col)];
+      c[0] = 1 + static_cast<int>(o.color);
+      c[1] = o.is_box ? 1 + vqa::kNumShapes : 1 + static_cast<int>(o.shape);
+      c[2] = o.is_box ? 1 + o.digit : 0;
+    }
+    out.cells.push_back(std::move(cells));
     engine::RgbImage img;
     img.width = img.height = item.options.image_size;
     img.data = vqa::RenderFrame(f, item.options);
@@ -175,6 +184,14 @@ absl::StatusOr<TaskEncoder::Batch> TaskEncoder::MakeBatch(
   }
   if (!frames.empty()) {
     VLC_ASSIGN_OR_RETURN(b.inputs.pixel_values, engine::PreprocessImages(frames, preprocessor_));
+    std::vector<int64_t> labels;
+    for (const auto& it : items) {
+      for (const auto& frame : it.cells) {
+        for (const auto& c : frame) labels.insert(labels.end(), c.begin(), c.end());
+      }
+    }
+    const int64_t per_image = static_cast<int64_t>(items[0].cells[0].size());
+    b.cells = at::tensor(labels, at::kLong).view({-1, per_image, 3});
   }
   return b;
 }

@@ -5,6 +5,7 @@
 // generation must produce for an exact match.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <utility>
 #include <string>
@@ -46,7 +47,16 @@ struct EncodedItem {
   std::vector<int> prompt_ids;  // BOS, template, visual placeholders, question
   std::vector<int> answer_ids;  // the answer's tokens, then EOS
   std::vector<engine::RgbImage> frames;
+  // Per frame, per grid cell in reading order: what the cell holds, as class indices of
+  // CellLabels (training-only supervision of the visual tokens when one token is one cell).
+  std::vector<std::vector<std::array<int, 3>>> cells;
 };
+
+// Classes of a cell's label: colour (0 empty, 1 + vqa::Color), kind (0 empty, 1 + vqa::Shape,
+// 1 + kNumShapes for a box) and digit (0 none, 1 + digit).
+inline constexpr int kCellColorClasses = 1 + vqa::kNumColors;
+inline constexpr int kCellKindClasses = 2 + vqa::kNumShapes;
+inline constexpr int kCellDigitClasses = 11;
 
 class TaskEncoder {
  public:
@@ -65,6 +75,7 @@ class TaskEncoder {
     TrainBatch inputs;
     at::Tensor targets;  // [B, T] int64
     at::Tensor mask;     // [B, T] bool
+    at::Tensor cells;    // [images, grid * grid, 3] int64: the cell labels, image by image
   };
   absl::StatusOr<Batch> MakeBatch(const std::vector<EncodedItem>& items) const;
 
