@@ -28,10 +28,12 @@ test: deps
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # The benchmarks of docs/BENCHMARKS.md: engine throughput at hidden size 4096 against memory
-# bandwidth, and the compressed cache against the full one.
+# bandwidth, the compressed cache against the full one, and AVH's metrics and learning against one
+# pass over the bytes.
 bench: build
 	@$(BUILD)/bin/vlcache-bench-engine --hidden 4096 --intermediate 11008 --layers 2 --json $(BUILD)/bench-engine.json
 	@$(BUILD)/bin/vlcache-bench-kvcache --prompts 2048,8192,32768 --budget 0.1 --repeats 3 --steps 6 --json $(BUILD)/bench-kvcache.json
+	@$(BUILD)/bin/vlcache-bench-dq --json $(BUILD)/bench-dq.json
 
 serve: deps
 	@$(MAKE) --no-print-directory build

@@ -1,31 +1,18 @@
-// Helpers the benchmarks share: timing, medians, and random-weight models whose text layers have
-// the shape under test (the vision tower is the smallest valid one; decode never runs it).
+// Helpers the model benchmarks share: timing and medians (bench/timing.h), and random-weight
+// models whose text layers have the shape under test (the vision tower is the smallest valid one;
+// decode never runs it).
 #pragma once
 
-#include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <vector>
 
+#include "bench/timing.h"
 #include "engine/model.h"
 #include "tools/random_weights.h"
 
 namespace vlc::bench {
-
-using Clock = std::chrono::steady_clock;
-
-inline double Seconds(Clock::time_point a, Clock::time_point b = Clock::now()) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-inline double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 inline engine::LlavaConfig TextModelConfig(int hidden, int intermediate, int layers, int heads,
                                            int kv_heads, int vocab) {

@@ -301,6 +301,7 @@ absl::StatusOr<EvalResult> EvaluatePipeline(const std::vector<Table>& runs,
           const double s = score(m, c, issue.column);
           injected_scores[m].push_back(s);
           Count(true, s > 1.0, &result.methods[m].counts);
+          Count(true, s > 1.0, &result.methods[m].by_issue[issue.spec.name]);
         }
       }
     }
@@ -357,6 +358,11 @@ nlohmann::json ToJson(const EvalResult& r) {
                         {"balanced_precision", m.counts.BalancedPrecision()},
                         {"run_fpr", Div(m.flagged_clean_runs, m.clean_runs)},
                         {"counts", counts}};
+    nlohmann::json by_issue = nlohmann::json::object();
+    for (const auto& [name, c] : m.by_issue) {
+      by_issue[name] = {{"recall", c.Recall()}, {"detected", c.tp}, {"cases", c.tp + c.fn}};
+    }
+    j["recall_by_issue"] = std::move(by_issue);
     if (m.has_matched) {
       // JSON has no infinity: an unreachable threshold is written as null.
       nlohmann::json t = std::isfinite(m.matched_threshold) ? nlohmann::json(m.matched_threshold)

@@ -36,6 +36,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,9 @@ struct MethodResult {
   std::string name;       // "avh" or a BaselineName
   std::string threshold;  // the rule it was run with, in words
   EvalCounts counts;
+  // Injected cases by synthetic variant (IssueSpec::name: "unit_change x100 p=0.1", ...), so a
+  // recall short of the target can be traced to the issues the method lets through.
+  std::map<std::string, EvalCounts> by_issue;
   std::size_t clean_runs = 0, flagged_clean_runs = 0;  // run_fpr = flagged / clean runs
   std::size_t errors = 0;                              // validations that failed (counted flagged)
   // Baselines only: at the loosest threshold whose measured FPR <= AVH's.

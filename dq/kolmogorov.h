@@ -29,7 +29,7 @@ double KolmogorovCdf(double lambda);
 
 enum class KsMethod {
   kAuto,        // exact when max(n, m) <= kKsExactMaxSize, else asymptotic
-  kExact,       // exact at any size: O(n m) time, O(m) memory
+  kExact,       // exact at any size: O(n m) time at most, O(n + m) memory
   kAsymptotic,  // Stephens' effective-n approximation
 };
 

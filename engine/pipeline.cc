@@ -172,6 +172,9 @@ absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) con
     VLC_ASSIGN_OR_RETURN(at::Tensor pixels, PreprocessImages(images, preprocessor_));
     VLC_ASSIGN_OR_RETURN(out.visual, model_->EncodeImages(pixels));
     out.visual_tokens = static_cast<int>(out.visual.size(0));
+    out.media_width = images.front().width;
+    out.media_height = images.front().height;
+    out.media_frames = static_cast<int>(images.size());
   }
   out.media_ms = MsSince(t0);
   return out;
@@ -218,6 +221,9 @@ GenerateResponse SummarizeSequence(const PreparedPrompt& prompt, const SequenceR
   r.kv_bytes = res.kv_bytes;
   r.kv_bytes_full = res.kv_bytes_full;
   r.layer_budgets = res.layer_budgets;
+  r.media_width = prompt.media_width;
+  r.media_height = prompt.media_height;
+  r.media_frames = prompt.media_frames;
   return r;
 }
 

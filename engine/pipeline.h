@@ -67,6 +67,13 @@ struct GenerateResponse {
   int64_t kv_bytes = 0;       // the pages the sequence held at the end
   int64_t kv_bytes_full = 0;  // what the uncompressed cache would hold for the same tokens
   std::vector<int64_t> layer_budgets;  // prompt tokens each layer kept
+  // The media as decoded, before preprocessing (the server's data-quality telemetry watches
+  // them): the first image's or frame's size, and the pictures that went through the vision
+  // tower (images, or frames sampled from the video). 0 for a text-only request or a session
+  // turn, whose media belong to the session.
+  int media_width = 0;
+  int media_height = 0;
+  int media_frames = 0;
 };
 
 // A prompt ready for the generator: ids with image tokens, and the visual rows they stand for.
@@ -75,6 +82,9 @@ struct PreparedPrompt {
   at::Tensor visual;
   int visual_tokens = 0;
   double media_ms = 0;
+  int media_width = 0;  // the first image or frame as decoded (GenerateResponse::media_width)
+  int media_height = 0;
+  int media_frames = 0;  // images, or frames sampled from the video
 };
 
 using TextCallback = std::function<void(const std::string& delta)>;

@@ -120,6 +120,24 @@ OptionSpec DoubleOption(std::string flag, std::string help, Field<double> field,
           }};
 }
 
+// A duration (ParseDurationSeconds): 0 (or "off") or at least `min_seconds`.
+OptionSpec DurationOption(std::string flag, std::string help, Field<double> field,
+                          double min_seconds) {
+  return {std::move(flag), "DURATION", std::move(help),
+          [field](ServerConfig& c) { return FormatDurationSeconds(field(c)); },
+          [field, min_seconds](const std::string& text, ServerConfig* c) -> absl::Status {
+            auto v = ParseDurationSeconds(text);
+            if (!v.ok()) return v.status();
+            if (*v != 0 && *v < min_seconds) {
+              return absl::InvalidArgumentError(absl::StrCat("must be 0 (off) or at least ",
+                                                             FormatDurationSeconds(min_seconds),
+                                                             ", got \"", text, "\""));
+            }
+            field(*c) = *v;
+            return absl::OkStatus();
+          }};
+}
+
 using TextCheck = std::function<absl::Status(const std::string&)>;
 
 OptionSpec StringOption(std::string flag, std::string type, std::string help,
@@ -235,6 +253,17 @@ std::vector<OptionSpec> Options() {
       "--dq-max-run-bytes",
       "Largest CSV run a DataQuality request may carry (integer or 16M, ...)",
       +[](ServerConfig& c) -> int64_t& { return c.dq_max_run_bytes; }));
+  // Shorter windows than a second would spend the server on fsyncs and learning, and windows
+  // of a few requests teach AVH little.
+  o.push_back(DurationOption(
+      "--dq-watch-window",
+      "With --dq-db: every window (30s, 15m, 1h, ...) the server validates its own requests' "
+      "telemetry as a run of pipeline vlcache.requests and appends it; 0 or off disables",
+      +[](ServerConfig& c) -> double& { return c.dq_watch_window_seconds; }, 1));
+  o.push_back(IntOption(
+      "--dq-watch-max-rows",
+      "Requests kept per telemetry window; a busier window keeps a uniform sample of this size",
+      +[](ServerConfig& c) -> int& { return c.dq_watch_max_rows; }, 1));
   // Security
   o.push_back(StringOption(
       "--auth-token-file", "FILE",
@@ -352,6 +381,42 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
     return absl::InvalidArgumentError(absl::StrCat("byte size \"", text, "\" is too large"));
   }
   return static_cast<int64_t>(n << shift);
+}
+
+absl::StatusOr<double> ParseDurationSeconds(const std::string& text) {
+  const std::string t = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  if (t == "off") return 0.0;
+  auto bad = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected a duration such as 30s, 15m, 1h or 0 (off), got \"", text, "\""));
+  };
+  if (t.empty()) return bad();
+  double unit = 1;
+  std::string number = t;
+  static const std::map<char, double> kUnits = {{'s', 1}, {'m', 60}, {'h', 3600}};
+  if (auto it = kUnits.find(t.back()); it != kUnits.end()) {
+    unit = it->second;
+    number.pop_back();
+  }
+  double v = 0;
+  if (number.empty() || number.find_first_not_of("0123456789.") != std::string::npos ||
+      !absl::SimpleAtod(number, &v) || !std::isfinite(v * unit)) {
+    return bad();
+  }
+  return v * unit;
+}
+
+std::string FormatDurationSeconds(double seconds) {
+  if (seconds == 0) return "off";
+  std::ostringstream out;
+  if (std::fmod(seconds, 3600) == 0) {
+    out << seconds / 3600 << "h";
+  } else if (std::fmod(seconds, 60) == 0) {
+    out << seconds / 60 << "m";
+  } else {
+    out << seconds << "s";
+  }
+  return out.str();
 }
 
 absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::string* help_text,

@@ -32,6 +32,10 @@ struct ServerConfig {
   // Data quality (the DataQuality service, proto/vlcache/v1/data_quality.proto)
   std::string dq_db;                        // --dq-db: SQLite history; "" = service not served
   int64_t dq_max_run_bytes = 16 << 20;      // --dq-max-run-bytes: largest CSV run in a request
+  // The telemetry watch (server/telemetry_watch.h), on with --dq-db: every window the requests'
+  // telemetry is validated and appended as a run of pipeline "vlcache.requests".
+  double dq_watch_window_seconds = 3600;    // --dq-watch-window: 1h, 15m, 30s; 0 or off disables
+  int dq_watch_max_rows = 10000;            // --dq-watch-max-rows: rows kept per window (sampled)
   // Security
   std::string auth_token_file;              // --auth-token-file: one bearer token per line
   std::string auth_token;                   // VLC_AUTH_TOKEN only (never a flag: ps shows flags)
@@ -61,5 +65,12 @@ absl::StatusOr<HostPort> ParseHostPort(const std::string& address);
 // followed by "i" and/or "B": 512M, 2GiB, 64KB all count powers of 1024). INVALID_ARGUMENT on
 // anything else, negative values and overflow.
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
+
+// Parses a duration into seconds: a non-negative number with an optional unit s, m or h (plain
+// numbers are seconds: 90, 90s, 1.5m, 1h); "off" is 0. INVALID_ARGUMENT on anything else.
+absl::StatusOr<double> ParseDurationSeconds(const std::string& text);
+// The duration as ParseDurationSeconds reads it back, in the largest whole unit: "1h", "90s",
+// "off" for 0.
+std::string FormatDurationSeconds(double seconds);
 
 }  // namespace vlc::server

@@ -9,6 +9,7 @@
 #include "dq/io.h"
 #include "dq/pipeline_service.h"
 #include "server/auth.h"
+#include "server/dq_history.h"
 #include "server/inference_service.h"
 #include "spdlog/spdlog.h"
 
@@ -79,9 +80,9 @@ std::string CodeName(const absl::Status& s) { return absl::StatusCodeToString(s.
 
 }  // namespace
 
-DataQualityService::DataQualityService(const ServerConfig& config, dq::Store store,
+DataQualityService::DataQualityService(const ServerConfig& config, LockedStore* store,
                                        Metrics* metrics, std::vector<std::string> tokens)
-    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), store_(std::move(store)) {}
+    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), store_(store) {}
 
 absl::Status DataQualityService::Authorize(grpc::ServerContext* context) const {
   return AuthorizeBearer(*context, tokens_).status();
@@ -100,7 +101,7 @@ grpc::Status DataQualityService::Done(const char* method, const std::string& pip
 }
 
 absl::Status DataQualityService::CheckPipelineKnown(const std::string& pipeline) {
-  absl::StatusOr<std::vector<dq::RunInfo>> runs = store_.Runs(pipeline);
+  absl::StatusOr<std::vector<dq::RunInfo>> runs = store_->store.Runs(pipeline);
   if (absl::IsNotFound(runs.status())) {
     return absl::NotFoundError(absl::StrCat("no pipeline '", pipeline,
                                             "': AddRuns creates a pipeline with its first runs; "
@@ -127,9 +128,9 @@ absl::Status DataQualityService::DoAddRuns(const pb::AddRunsRequest& request,
                          ParseRun(request.runs(i), field, config_.dq_max_run_bytes));
     runs.emplace_back(request.runs(i).key(), std::move(table));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(store_->mu);
   VLC_ASSIGN_OR_RETURN(dq::AppendResult result,
-                       dq::AppendAndLearn(store_, request.pipeline(), runs, {}));
+                       dq::AppendAndLearn(store_->store, request.pipeline(), runs, {}));
   for (const dq::RecordedRun& r : result.runs) FillRecorded(r, response->add_runs());
   for (const dq::ColumnLearnResult& c : result.columns) {
     pb::ColumnSummary* out = response->add_columns();
@@ -168,11 +169,11 @@ absl::Status DataQualityService::DoValidate(const pb::ValidateRequest& request,
     return absl::InvalidArgumentError("run.key is empty: append needs the run's name");
   }
   VLC_ASSIGN_OR_RETURN(dq::Table table, ParseRun(request.run(), "run", config_.dq_max_run_bytes));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(store_->mu);
   VLC_RETURN_IF_ERROR(CheckPipelineKnown(request.pipeline()));
   if (request.append()) {
     // Refused before the check, not after it: a caller told ALREADY_EXISTS knows nothing happened.
-    VLC_ASSIGN_OR_RETURN(std::vector<dq::RunInfo> recorded, store_.Runs(request.pipeline()));
+    VLC_ASSIGN_OR_RETURN(std::vector<dq::RunInfo> recorded, store_->store.Runs(request.pipeline()));
     for (const dq::RunInfo& r : recorded) {
       if (r.run_key == request.run().key()) {
         return absl::AlreadyExistsError(absl::StrCat("pipeline '", request.pipeline(),
@@ -182,13 +183,15 @@ absl::Status DataQualityService::DoValidate(const pb::ValidateRequest& request,
     }
   }
   VLC_ASSIGN_OR_RETURN(dq::RunValidation v,
-                       dq::ValidateAgainstHistory(store_, request.pipeline(), table));
+                       dq::ValidateAgainstHistory(store_->store, request.pipeline(), table));
   if (v.checked == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "pipeline '", request.pipeline(), "' has no learned program yet: a column needs ",
         dq::AvhOptions().min_history_runs, " runs of history (AddRuns); ",
         absl::StrJoin(v.not_checked, "; ")));
   }
+  // Counted and logged as the server's own telemetry windows are, under the caller's pipeline.
+  RecordVerdict(metrics_, request.pipeline(), request.run().key(), v.report);
   response->set_passed(v.report.passed);
   for (const dq::ColumnReport& c : v.report.columns) {
     pb::ColumnVerdict* out = response->add_columns();
@@ -210,7 +213,7 @@ absl::Status DataQualityService::DoValidate(const pb::ValidateRequest& request,
   for (const std::string& n : v.not_checked) response->add_not_checked(n);
   if (request.append()) {
     VLC_ASSIGN_OR_RETURN(dq::AppendResult appended,
-                         dq::AppendAndLearn(store_, request.pipeline(),
+                         dq::AppendAndLearn(store_->store, request.pipeline(),
                                             {{request.run().key(), std::move(table)}}, {}));
     FillRecorded(appended.runs.front(), response->mutable_appended());
   }
@@ -239,9 +242,10 @@ grpc::Status DataQualityService::Validate(grpc::ServerContext* context,
 absl::Status DataQualityService::DoGetProgram(const pb::GetProgramRequest& request,
                                               pb::GetProgramResponse* response) {
   VLC_RETURN_IF_ERROR(CheckPipelineName(request.pipeline()));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(store_->mu);
   VLC_RETURN_IF_ERROR(CheckPipelineKnown(request.pipeline()));
-  VLC_ASSIGN_OR_RETURN(dq::PipelineState state, dq::LoadPipelineState(store_, request.pipeline()));
+  VLC_ASSIGN_OR_RETURN(dq::PipelineState state,
+                       dq::LoadPipelineState(store_->store, request.pipeline()));
   response->set_pipeline(request.pipeline());
   response->set_learned_at_seq(state.learned_at_seq);
   if (!request.column().empty()) {
@@ -275,10 +279,10 @@ grpc::Status DataQualityService::GetProgram(grpc::ServerContext* context,
 // ---- ListPipelines
 
 absl::Status DataQualityService::DoListPipelines(pb::ListPipelinesResponse* response) {
-  std::lock_guard<std::mutex> lock(mu_);
-  VLC_ASSIGN_OR_RETURN(std::vector<std::string> names, store_.Pipelines());
+  std::lock_guard<std::mutex> lock(store_->mu);
+  VLC_ASSIGN_OR_RETURN(std::vector<std::string> names, store_->store.Pipelines());
   for (const std::string& name : names) {
-    VLC_ASSIGN_OR_RETURN(std::vector<dq::RunInfo> runs, store_.Runs(name));
+    VLC_ASSIGN_OR_RETURN(std::vector<dq::RunInfo> runs, store_->store.Runs(name));
     pb::PipelineInfo* out = response->add_pipelines();
     out->set_name(name);
     out->set_runs(static_cast<int64_t>(runs.size()));

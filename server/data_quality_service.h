@@ -10,20 +10,23 @@
 //
 // Threads: gRPC calls the handlers on many threads, but a Store is one SQLite connection, to be
 // used by one thread at a time. CSV parsing runs in parallel; every use of the store (reads,
-// appends, learning, validating) holds one mutex, so calls on the store run one after another.
-// Learning is the slow part (seconds for a wide table), which bounds this service's throughput;
-// it never blocks Inference, which does not touch the store.
+// appends, learning, validating) holds the LockedStore's mutex (server/dq_history.h), which the
+// telemetry watch (server/telemetry_watch.h) holds too, so calls on the store run one after
+// another. Learning is the slow part (seconds for a wide table), which bounds this service's
+// throughput; it never blocks Inference, which does not touch the store.
+//
+// A Validate that reaches a verdict is also counted in vlcache_dq_checks_total and
+// vlcache_dq_violations_total and its violations logged, under the caller's pipeline name.
 //
 // The service does not need the model: main.cc registers it with Inference and it answers as
 // soon as the ports are open, while the model still loads.
 #pragma once
 
-#include <mutex>
 #include <string>
 #include <vector>
 
-#include "dq/store.h"
 #include "server/config.h"
+#include "server/dq_history.h"
 #include "server/metrics.h"
 #include "vlcache/v1/data_quality.grpc.pb.h"
 
@@ -31,8 +34,9 @@ namespace vlc::server {
 
 class DataQualityService final : public vlcache::v1::DataQuality::Service {
  public:
-  // `store` is the opened --dq-db file; `tokens` the accepted bearer tokens (none: no auth).
-  DataQualityService(const ServerConfig& config, dq::Store store, Metrics* metrics,
+  // `store` is the opened --dq-db file (not owned; shared with the telemetry watch); `tokens` the
+  // accepted bearer tokens (none: no auth).
+  DataQualityService(const ServerConfig& config, LockedStore* store, Metrics* metrics,
                      std::vector<std::string> tokens);
 
   grpc::Status AddRuns(grpc::ServerContext* context, const vlcache::v1::AddRunsRequest* request,
@@ -51,7 +55,7 @@ class DataQualityService final : public vlcache::v1::DataQuality::Service {
   // Counts and logs the call (one line: method, pipeline, code, `fields`, the error message).
   grpc::Status Done(const char* method, const std::string& pipeline, const absl::Status& status,
                     const std::string& fields = "");
-  // OK for a pipeline the store has, else NOT_FOUND (caller holds mu_).
+  // OK for a pipeline the store has, else NOT_FOUND (caller holds store_->mu).
   absl::Status CheckPipelineKnown(const std::string& pipeline);
 
   absl::Status DoAddRuns(const vlcache::v1::AddRunsRequest& request,
@@ -65,8 +69,7 @@ class DataQualityService final : public vlcache::v1::DataQuality::Service {
   const ServerConfig& config_;
   Metrics* metrics_;
   std::vector<std::string> tokens_;
-  std::mutex mu_;    // guards store_
-  dq::Store store_;  // one SQLite connection: single-threaded
+  LockedStore* store_;
 };
 
 }  // namespace vlc::server

@@ -134,8 +134,8 @@ absl::StatusOr<std::shared_ptr<Job>> NewSessionTurnJob(const pb::SessionGenerate
 }
 
 InferenceService::InferenceService(const ServerConfig& config, Metrics* metrics,
-                                   std::vector<std::string> tokens)
-    : config_(config), metrics_(metrics), tokens_(std::move(tokens)) {}
+                                   std::vector<std::string> tokens, TelemetryWatch* watch)
+    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), watch_(watch) {}
 
 void InferenceService::Attach(const engine::Pipeline* pipeline, EngineLoop* loop) {
   loop_.store(loop);
@@ -214,6 +214,7 @@ grpc::Status InferenceService::StreamTurn(const char* method, grpc::ServerContex
   FillUsage(e->usage, e->queue_seconds, last.mutable_usage());
   writer->Write(last);
   const auto& u = e->usage;
+  if (watch_) watch_->Record(TelemetryRow(method, u));
   spdlog::info(
       "event=request method={} request_id={} session={} code=OK prompt_tokens={} "
       "visual_tokens={} generated_tokens={} kv_policy={} kv_bytes_kept={} kv_bytes_full={} "

@@ -11,6 +11,7 @@
 #include "server/config.h"
 #include "server/engine_loop.h"
 #include "server/metrics.h"
+#include "server/telemetry_watch.h"
 #include "vlcache/v1/inference.grpc.pb.h"
 
 namespace vlc::server {
@@ -36,7 +37,10 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   // The service answers UNAVAILABLE until Attach: the server listens (and reports NOT_SERVING on
   // grpc.health.v1) while the model is still loading, so orchestrators can tell "starting" from
   // "down".
-  InferenceService(const ServerConfig& config, Metrics* metrics, std::vector<std::string> tokens);
+  // `watch` (may be null: no --dq-db) receives a telemetry row for every successful Generate and
+  // SessionGenerate.
+  InferenceService(const ServerConfig& config, Metrics* metrics, std::vector<std::string> tokens,
+                   TelemetryWatch* watch = nullptr);
   // The loaded pipeline and its running engine loop; from now on requests are served.
   void Attach(const engine::Pipeline* pipeline, EngineLoop* loop);
   bool ready() const { return pipeline_.load() != nullptr; }
@@ -80,6 +84,7 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   std::atomic<EngineLoop*> loop_{nullptr};
   Metrics* metrics_;
   std::vector<std::string> tokens_;
+  TelemetryWatch* watch_;
 };
 
 }  // namespace vlc::server

@@ -12,6 +12,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -25,6 +27,7 @@
 #include "server/engine_loop.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
+#include "server/telemetry_watch.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -95,18 +98,34 @@ int main(int argc, char** argv) {
     metrics = std::move(*m);
   }
 
-  server::InferenceService service(config, metrics.get(), tokens);
-  // DataQuality needs no model: it answers as soon as the port is open (its health status,
-  // "vlcache.v1.DataQuality", is SERVING from then on, while the overall one waits for the model).
-  std::unique_ptr<server::DataQualityService> dq_service;
+  // With --dq-db, the DataQuality service and the telemetry watch share one store (one SQLite
+  // connection under one mutex). Both are declared before the gRPC server, so they outlive every
+  // handler that uses them.
+  std::unique_ptr<server::LockedStore> dq_store;
+  std::unique_ptr<server::TelemetryWatch> watch;
   if (!config.dq_db.empty()) {
     auto store = dq::Store::Open(config.dq_db);
     if (!store.ok()) {
       std::cerr << "error: --dq-db: " << store.status().message() << "\n";
       return 2;
     }
-    dq_service = std::make_unique<server::DataQualityService>(config, std::move(*store),
-                                                              metrics.get(), tokens);
+    dq_store = std::make_unique<server::LockedStore>(std::move(*store));
+    if (config.dq_watch_window_seconds > 0) {
+      server::TelemetryWatchOptions watch_options;
+      watch_options.window = std::chrono::milliseconds(
+          static_cast<int64_t>(std::llround(config.dq_watch_window_seconds * 1e3)));
+      watch_options.max_rows = static_cast<size_t>(config.dq_watch_max_rows);
+      watch =
+          std::make_unique<server::TelemetryWatch>(dq_store.get(), metrics.get(), watch_options);
+    }
+  }
+  server::InferenceService service(config, metrics.get(), tokens, watch.get());
+  // DataQuality needs no model: it answers as soon as the port is open (its health status,
+  // "vlcache.v1.DataQuality", is SERVING from then on, while the overall one waits for the model).
+  std::unique_ptr<server::DataQualityService> dq_service;
+  if (dq_store) {
+    dq_service =
+        std::make_unique<server::DataQualityService>(config, dq_store.get(), metrics.get(), tokens);
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -147,6 +166,7 @@ int main(int argc, char** argv) {
   if (metrics) {
     addresses += " metrics=" + Host(config.metrics_listen) + ":" + std::to_string(metrics->port());
   }
+  if (watch) watch->Start();  // windows before the model is loaded are empty, hence skipped
   std::cout << "loading " << addresses << std::endl;
   spdlog::info("event=loading grpc_port={} model={} dq_db=\"{}\"", port, config.model_dir,
                config.dq_db);
@@ -195,5 +215,6 @@ int main(int argc, char** argv) {
   loader.join();
   loop->Stop();  // answers every waiting and running request
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (watch) watch->Stop();  // after the handlers: the rows they recorded are counted as dropped
   return 0;
 }

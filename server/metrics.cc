@@ -142,6 +142,8 @@ struct Metrics::Impl {
   Family<Counter>* evictions = nullptr;
   Gauge* batch_size = nullptr;
   Gauge* queue_depth = nullptr;
+  Family<Counter>* dq_checks = nullptr;
+  Family<Counter>* dq_violations = nullptr;
 
   int listen_fd = -1;
   int port = 0;
@@ -278,6 +280,19 @@ struct Metrics::Impl {
                        .Help("Requests waiting for admission")
                        .Register(r)
                        .Add({});
+    // Pipelines and columns are the users' names, so these series appear with their first check.
+    dq_checks = &prometheus::BuildCounter()
+                     .Name("vlcache_dq_checks_total")
+                     .Help(
+                         "Data-quality runs validated against their pipeline's history, by "
+                         "pipeline and verdict (pass, fail)")
+                     .Register(r);
+    dq_violations = &prometheus::BuildCounter()
+                         .Name("vlcache_dq_violations_total")
+                         .Help(
+                             "Data-quality constraints violated, by pipeline, column and AVH "
+                             "metric (schema: the column could not be checked)")
+                         .Register(r);
   }
 };
 
@@ -346,5 +361,16 @@ void Metrics::CountEviction(const std::string& reason) {
 
 void Metrics::SetBatchSize(int64_t n) { impl_->batch_size->Set(static_cast<double>(n)); }
 void Metrics::SetQueueDepth(int64_t n) { impl_->queue_depth->Set(static_cast<double>(n)); }
+
+void Metrics::CountDqCheck(const std::string& pipeline, bool passed) {
+  impl_->dq_checks->Add({{"pipeline", pipeline}, {"verdict", passed ? "pass" : "fail"}})
+      .Increment();
+}
+
+void Metrics::CountDqViolation(const std::string& pipeline, const std::string& column,
+                               const std::string& metric) {
+  impl_->dq_violations->Add({{"pipeline", pipeline}, {"column", column}, {"metric", metric}})
+      .Increment();
+}
 
 }  // namespace vlc::server

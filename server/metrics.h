@@ -45,6 +45,12 @@ class Metrics {
   // vlcache_batch_size (sequences in the last decode step), vlcache_queue_depth
   void SetBatchSize(int64_t n);
   void SetQueueDepth(int64_t n);
+  // vlcache_dq_checks_total{pipeline, verdict="pass"|"fail"}: runs validated against their
+  // pipeline's history (users' pipelines and the server's own "vlcache.requests");
+  // vlcache_dq_violations_total{pipeline, column, metric}: constraints they broke.
+  void CountDqCheck(const std::string& pipeline, bool passed);
+  void CountDqViolation(const std::string& pipeline, const std::string& column,
+                        const std::string& metric);
 
  private:
   struct Impl;

@@ -161,6 +161,26 @@ TEST(DqKsTwoSample, SeparatedSamplesHaveTheExactTinyPValue) {
   ExpectRelNear(r.p_value, 1.9823306042836678e-29, 1e-12);
 }
 
+TEST(DqKsTwoSample, TinyPValuesKeepTheirPrecisionWhereNegligiblePathsAreDropped) {
+  // The exact walk drops points whose probability is below 1e-300; what reaches D = 1 is still
+  // exact far below 1e-200: p = 2 / C(800, 400) = 1.06358967695185672559813096786e-239 (Python's
+  // integer comb). And a band as wide as the square (D = 1, as for a broken run) is walked as the
+  // live span near the diagonal, not the whole band, with the same answer as counting: 0 here,
+  // 2 / C(20000, 10000) being ~1e-6020.
+  std::vector<double> a, b;
+  for (int i = 1; i <= 400; ++i) {
+    a.push_back(i);
+    b.push_back(1000 + i);
+  }
+  const KsResult r = KsTwoSample(a, b);
+  EXPECT_EQ(r.statistic, 1.0);
+  ExpectRelNear(r.p_value, 1.06358967695185672559813096786e-239, 1e-12);
+  EXPECT_EQ(KsExactPValue(10000, 10000, int64_t{10000} * 10000), 0.0);
+  // D >= 49/50 for n = m = 50: the paths touching i - j = +-49, 2 C(100, 1) of them by the
+  // reflection principle (no path touches both), so p = 200 / C(100, 50).
+  ExpectRelNear(KsExactPValue(50, 50, 50 * 50 - 50), 1.982330604283667813475350e-27, 1e-12);
+}
+
 TEST(DqKsTwoSample, AsymptoticIsStephensApproximation) {
   // The same statistic through Q_KS with the effective-n correction, as scipy's kstwobign.sf.
   EXPECT_TRUE(std::isnan(KsAsymptoticPValue(0, 3, 0.5)));

@@ -91,6 +91,10 @@ TEST_F(PipelineTest, AnswersAnImageAndCountsItsTokens) {
   EXPECT_EQ(r->text, pipeline_->tokenizer().Decode(r->token_ids));
   EXPECT_GT(r->ttft_ms, 0);
   EXPECT_GT(r->kv_bytes, 0);
+  // The image as decoded, not as the vision tower saw it (cropped square).
+  EXPECT_EQ(r->media_width, 40);
+  EXPECT_EQ(r->media_height, 30);
+  EXPECT_EQ(r->media_frames, 1);
 }
 
 TEST_F(PipelineTest, VideoFramesBecomeVisualTokensInTimeOrder) {
@@ -102,6 +106,9 @@ TEST_F(PipelineTest, VideoFramesBecomeVisualTokensInTimeOrder) {
   auto out = pipeline_->Generate(r);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->visual_tokens, 4 * pipeline_->model().config().visual_tokens_per_image());
+  EXPECT_EQ(out->media_frames, 4);
+  EXPECT_EQ(out->media_width, 48);
+  EXPECT_EQ(out->media_height, 40);
 }
 
 TEST_F(PipelineTest, BatchEqualsSingles) {
@@ -197,6 +204,9 @@ TEST_F(PipelineTest, TextOnlyPromptHasNoVisualTokens) {
   auto out = pipeline_->Generate(r);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->visual_tokens, 0);
+  EXPECT_EQ(out->media_width, 0);
+  EXPECT_EQ(out->media_height, 0);
+  EXPECT_EQ(out->media_frames, 0);
 }
 
 // ---- The command-line tools, run as a user would.

@@ -309,6 +309,35 @@ TEST_F(DataQualityServiceTest, BadRequestsGetPreciseCodesAndTheServerKeepsServin
   EXPECT_NE(metrics.find("method=\"ListPipelines\""), std::string::npos) << metrics;
 }
 
+// A Validate verdict is counted under the caller's pipeline, as the server's own telemetry
+// windows are, so a dashboard sees users' pipelines too.
+TEST_F(DataQualityServiceTest, ValidateCountsItsVerdictAndViolationsInTheMetrics) {
+  pb::AddRunsResponse added;
+  ASSERT_TRUE(AddDays("counted", 1, 12, &added).ok());
+  pb::ValidateResponse clean, broken;
+  ASSERT_TRUE(Validate("counted", "2024-03-13", RunCsv(1013), false, &clean).ok());
+  ASSERT_TRUE(Validate("counted", "2024-03-14", RunCsv(1014, 1000.0), false, &broken).ok());
+  ASSERT_TRUE(clean.passed());
+  ASSERT_FALSE(broken.passed());
+  int violations = 0;
+  for (const auto& c : broken.columns()) violations += c.violations_size();
+  ASSERT_GT(violations, 0);
+
+  const std::string text = server_->Metrics();
+  EXPECT_EQ(
+      SumSamples(text, "vlcache_dq_checks_total", {"pipeline=\"counted\"", "verdict=\"pass\""}), 1)
+      << text;
+  EXPECT_EQ(
+      SumSamples(text, "vlcache_dq_checks_total", {"pipeline=\"counted\"", "verdict=\"fail\""}), 1)
+      << text;
+  EXPECT_EQ(SumSamples(text, "vlcache_dq_violations_total", {"pipeline=\"counted\""}), violations)
+      << text;
+  EXPECT_GT(SumSamples(text, "vlcache_dq_violations_total",
+                       {"pipeline=\"counted\"", "column=\"amount\""}),
+            0)
+      << text;
+}
+
 // Without --dq-db the service is not served; with a token, its calls need it like Inference's.
 TEST_F(DataQualityServiceTest, IsOffWithoutDqDbAndNeedsTheBearerTokenWhenAuthIsOn) {
   {

@@ -100,6 +100,12 @@ TEST(Metrics, ScrapeShowsEveryFamilyWithTheRecordedValues) {
   m.CountEviction("ttl");
   m.SetBatchSize(4);
   m.SetQueueDepth(2);
+  m.CountDqCheck("vlcache.requests", false);
+  m.CountDqCheck("vlcache.requests", true);
+  m.CountDqCheck("sales", true);
+  m.CountDqViolation("vlcache.requests", "prompt_tokens", "num_mean");
+  m.CountDqViolation("vlcache.requests", "prompt_tokens", "num_mean");
+  m.CountDqViolation("vlcache.requests", "kv_policy", "schema");
 
   const std::string text = HttpGet(m.port(), "/metrics");
   ASSERT_FALSE(text.empty());
@@ -133,9 +139,20 @@ TEST(Metrics, ScrapeShowsEveryFamilyWithTheRecordedValues) {
   EXPECT_EQ(Sample(text, "vlcache_batch_size"), 4);
   EXPECT_EQ(Sample(text, "vlcache_queue_depth"), 2);
 
+  EXPECT_EQ(Sample(text, "vlcache_dq_checks_total",
+                   {"pipeline=\"vlcache.requests\"", "verdict=\"fail\""}),
+            1);
+  EXPECT_EQ(Sample(text, "vlcache_dq_checks_total", {"pipeline=\"sales\"", "verdict=\"pass\""}), 1);
+  EXPECT_EQ(
+      Sample(text, "vlcache_dq_violations_total",
+             {"pipeline=\"vlcache.requests\"", "column=\"prompt_tokens\"", "metric=\"num_mean\""}),
+      2);
+  EXPECT_EQ(Sample(text, "vlcache_dq_violations_total", {"metric=\"schema\""}), 1);
+
   // Every family carries its help and type lines.
   for (const char* family : {"vlcache_requests_total", "vlcache_time_to_first_token_seconds",
-                             "vlcache_kv_cache_bytes", "vlcache_kv_layer_budget_ratio"}) {
+                             "vlcache_kv_cache_bytes", "vlcache_kv_layer_budget_ratio",
+                             "vlcache_dq_checks_total", "vlcache_dq_violations_total"}) {
     EXPECT_NE(text.find(std::string("# HELP ") + family + " "), std::string::npos) << family;
     EXPECT_NE(text.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
   }
@@ -209,6 +226,8 @@ TEST(Metrics, PromtoolFindsNoProblems) {
   (*metrics)->CountRequest("Generate", "OK");
   (*metrics)->CountEviction("ttl");
   (*metrics)->ObserveCompression(0.2, {0.2});
+  (*metrics)->CountDqCheck("vlcache.requests", false);
+  (*metrics)->CountDqViolation("vlcache.requests", "prompt_tokens", "num_mean");
   const std::string text = HttpGet((*metrics)->port(), "/metrics");
   ASSERT_FALSE(text.empty());
 

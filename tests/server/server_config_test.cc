@@ -89,6 +89,9 @@ TEST_F(ConfigTest, NoArgumentsGiveTheDocumentedDefaults) {
   EXPECT_TRUE(cfg->tls_cert_file.empty());
   EXPECT_EQ(cfg->log_format, "text");
   EXPECT_EQ(cfg->log_level, "info");
+  EXPECT_TRUE(cfg->dq_db.empty());
+  EXPECT_EQ(cfg->dq_watch_window_seconds, 3600);  // one hour
+  EXPECT_EQ(cfg->dq_watch_max_rows, 10000);
 }
 
 TEST_F(ConfigTest, FlagsSetEveryOption) {
@@ -146,6 +149,32 @@ TEST_F(ConfigTest, ByteSizesTakeBinarySuffixes) {
   EXPECT_FALSE(ParseByteSize("-1").ok());
   EXPECT_FALSE(ParseByteSize("M").ok());
   EXPECT_FALSE(ParseByteSize("99999999999T").ok());  // overflows int64
+}
+
+TEST_F(ConfigTest, DurationsTakeSecondsMinutesOrHoursAndOffIsZero) {
+  auto cfg = Load({"--dq-watch-window", "15m", "--dq-watch-max-rows", "50"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->dq_watch_window_seconds, 900);
+  EXPECT_EQ(cfg->dq_watch_max_rows, 50);
+  EXPECT_EQ(Load({"--dq-watch-window", "off"})->dq_watch_window_seconds, 0);
+  EXPECT_EQ(Load({"--dq-watch-window", "0"})->dq_watch_window_seconds, 0);
+  EXPECT_EQ(*ParseDurationSeconds("90"), 90);
+  EXPECT_EQ(*ParseDurationSeconds("30s"), 30);
+  EXPECT_EQ(*ParseDurationSeconds("1.5m"), 90);
+  EXPECT_EQ(*ParseDurationSeconds("2H"), 7200);
+  EXPECT_EQ(*ParseDurationSeconds(" 1h "), 3600);
+  for (const char* bad : {"", "h", "-1s", "1d", "1h30m", "abc", "1e3", "off5"}) {
+    EXPECT_EQ(ParseDurationSeconds(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(FormatDurationSeconds(3600), "1h");
+  EXPECT_EQ(FormatDurationSeconds(90), "90s");
+  EXPECT_EQ(FormatDurationSeconds(120), "2m");
+  EXPECT_EQ(FormatDurationSeconds(0), "off");
+  // Under a second (but not off) is refused, naming the flag.
+  auto short_window = Load({"--dq-watch-window", "0.5s"});
+  EXPECT_EQ(short_window.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(short_window.status().message(), "--dq-watch-window"));
+  EXPECT_TRUE(Mentions(short_window.status().message(), "at least 1s"));
 }
 
 TEST_F(ConfigTest, EnvironmentSetsOptionsAndAuthToken) {
@@ -290,6 +319,8 @@ TEST_F(ConfigTest, RejectsOutOfRangeAndMalformedValues) {
                                                      {"--listen", "::1:80"},
                                                      {"--metrics-listen", "host:port"},
                                                      {"--model", ""},
+                                                     {"--dq-watch-window", "soon"},
+                                                     {"--dq-watch-max-rows", "0"},
                                                      {"--max-queue", "99999999999"}};
   for (const auto& args : bad) {
     auto cfg = Load(args);
@@ -358,6 +389,10 @@ TEST_F(ConfigTest, HelpDocumentsEveryOptionAndAsksToExit) {
                            "--tls-key",
                            "--log-format",
                            "--log-level",
+                           "--dq-db",
+                           "--dq-max-run-bytes",
+                           "--dq-watch-window",
+                           "--dq-watch-max-rows",
                            "--config",
                            "VLC_AUTH_TOKEN"}) {
     EXPECT_TRUE(Mentions(help, flag));

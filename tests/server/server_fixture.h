@@ -133,8 +133,10 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   return response.substr(body + 4);
 }
 
-// The sum of the sample lines of metric `name` (any labels); NaN when there is none.
-inline double SumSamples(const std::string& text, const std::string& name) {
+// The sum of the sample lines of metric `name` whose labels include every one of `labels`
+// (e.g. "pipeline=\"sales\""; none: any labels); NaN when there is none.
+inline double SumSamples(const std::string& text, const std::string& name,
+                         const std::vector<std::string>& labels = {}) {
   std::istringstream in(text);
   std::string line;
   double sum = std::numeric_limits<double>::quiet_NaN();
@@ -142,6 +144,9 @@ inline double SumSamples(const std::string& text, const std::string& name) {
     if (line.rfind(name, 0) != 0) continue;
     const char next = line.size() > name.size() ? line[name.size()] : '\0';
     if (next != ' ' && next != '{') continue;  // a longer name that starts with this one
+    bool all = true;
+    for (const auto& l : labels) all = all && line.find(l) != std::string::npos;
+    if (!all) continue;
     const double v = std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
     sum = std::isnan(sum) ? v : sum + v;
   }
