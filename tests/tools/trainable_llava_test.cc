@@ -214,6 +214,24 @@ TEST(TrainableLlava, LossIsTheMeanCrossEntropyOverMaskedPositionsOnly) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TrainableLlava, PerItemLossAveragesEachRowFirst) {
+  at::manual_seed(4);
+  auto logits = at::randn({3, 5, 10});
+  auto targets = at::randint(0, 10, {3, 5}, at::kLong);
+  auto mask = at::zeros({3, 5}, at::kBool);
+  mask[0][0] = true;  // row 0: one position
+  for (int t = 1; t < 5; ++t) mask[1][t] = true;  // row 1: four; row 2: none
+  auto lp = at::log_softmax(logits, -1);
+  auto nll = [&](int b, int t) { return -lp[b][t][targets[b][t].item<int64_t>()].item<double>(); };
+  const double row1 = (nll(1, 1) + nll(1, 2) + nll(1, 3) + nll(1, 4)) / 4;
+  auto item = TrainableLlava::Loss(logits, targets, mask, TrainableLlava::Weighting::kPerItem);
+  ASSERT_TRUE(item.ok()) << item.status();
+  EXPECT_NEAR(item->item<double>(), 0.5 * (nll(0, 0) + row1), 1e-6);
+  auto token = TrainableLlava::Loss(logits, targets, mask, TrainableLlava::Weighting::kPerToken);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_NEAR(token->item<double>(), (nll(0, 0) + 4 * row1) / 5, 1e-6);
+}
+
 // Three fixed images, each answered by its own token after the same question token: only a model
 // that looks at the image gets below ln 3.
 struct Toy {

@@ -511,7 +511,7 @@ absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch,
 }
 
 absl::StatusOr<at::Tensor> TrainableLlava::Loss(const at::Tensor& logits, const at::Tensor& targets,
-                                                const at::Tensor& mask) {
+                                                const at::Tensor& mask, Weighting weighting) {
   if (!logits.defined() || logits.dim() != 3 || !targets.defined() || !mask.defined() ||
       targets.sizes() != logits.sizes().slice(0, 2) || mask.sizes() != targets.sizes()) {
     return absl::InvalidArgumentError(
@@ -539,8 +539,19 @@ absl::StatusOr<at::Tensor> TrainableLlava::Loss(const at::Tensor& logits, const 
     constexpr int64_t kIgnore = -100;
     auto flat_targets =
         at::where(selected, targets.to(at::kLong), at::full_like(targets, kIgnore, at::kLong));
-    loss = at::nll_loss(at::log_softmax(logits.reshape({-1, vocab}), -1),
-                        flat_targets.reshape({-1}), {}, at::Reduction::Mean, kIgnore);
+    if (weighting == Weighting::kPerToken) {
+      loss = at::nll_loss(at::log_softmax(logits.reshape({-1, vocab}), -1),
+                          flat_targets.reshape({-1}), {}, at::Reduction::Mean, kIgnore);
+      return;
+    }
+    // Per position (0 where unselected), then each row's mean over its selected positions.
+    auto per_position = at::nll_loss(at::log_softmax(logits.reshape({-1, vocab}), -1),
+                                     flat_targets.reshape({-1}), {}, at::Reduction::None, kIgnore)
+                            .view(targets.sizes());
+    auto counts = selected.sum(1).to(per_position.scalar_type());
+    auto rows = counts > 0;
+    auto row_means = per_position.sum(1).masked_select(rows) / counts.masked_select(rows);
+    loss = row_means.mean();
   }));
   VLC_RETURN_IF_ERROR(status);
   return loss;

@@ -102,8 +102,15 @@ class TrainableLlava {
   // mask [B, T] (bool or 0/1) is set; targets elsewhere are ignored (any value). Position t's
   // logits predict targets[b][t], so for next-token training targets are the ids shifted left by
   // one. INVALID_ARGUMENT when the mask selects nothing or shapes disagree.
+  //
+  // kPerToken averages over every selected position of the batch, so an item weighs as many
+  // tokens as its answer has; kPerItem averages each item's selected positions first, then the
+  // items (rows with nothing selected are left out), so a one-word answer weighs as much as a
+  // long caption.
+  enum class Weighting { kPerToken, kPerItem };
   static absl::StatusOr<at::Tensor> Loss(const at::Tensor& logits, const at::Tensor& targets,
-                                         const at::Tensor& mask);
+                                         const at::Tensor& mask,
+                                         Weighting weighting = Weighting::kPerToken);
 
   // Writes a Hugging Face LLaVA checkpoint into `dir` (created if needed): config.json,
   // model.safetensors (F32, transformers' language_model.model.* key layout),
