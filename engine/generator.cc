@@ -182,7 +182,32 @@ void Generator::Close(SeqId seq) {
   cache_->RemoveSequence(seq);
 }
 
+void Generator::MakeRoomForStep() {
+  // A decode step appends one token to every layer of every running sequence, and a layer at a
+  // page boundary needs a fresh page. When the pool cannot give all of them, the sequences
+  // admitted last are stopped with RESOURCE_EXHAUSTED (freeing their pages) until the rest fit:
+  // the requests furthest along finish, instead of the whole step failing for everyone.
+  int64_t need = PagesForNextStep();
+  while (!running_.empty() && need > cache_->FreePages()) {
+    const SeqId victim = running_.rbegin()->first;
+    Finish(victim, FinishReason::kError,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "the KV-cache pool ran out of pages while decoding (", need, " pages needed for ",
+               running_.size(), " running sequences, ", cache_->FreePages(),
+               " free); this request, the last admitted, was stopped so that the others can "
+               "finish: retry it, or give the cache more memory")));
+    need = PagesForNextStep();
+  }
+}
+
+int64_t Generator::PagesForNextStep() const {
+  int64_t total = 0;
+  for (const auto& [id, r] : running_) total += cache_->PagesNeeded(id, 1);
+  return total;
+}
+
 absl::Status Generator::Step() {
+  MakeRoomForStep();
   if (running_.empty()) return absl::OkStatus();
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<SeqId> ids;

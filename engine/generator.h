@@ -79,6 +79,10 @@ class Generator {
 
   bool HasRunning() const { return !running_.empty(); }
   size_t NumRunning() const { return running_.size(); }
+  // Pages the next Step() takes from the cache's pool (0 for a cache without a pool). A Step()
+  // that finds fewer free stops the most recently admitted sequences (RESOURCE_EXHAUSTED) until
+  // the rest fit; a caller with pages to give back (idle sessions) frees them first.
+  int64_t PagesForNextStep() const;
 
   // Results of sequences that finished since the last call; their cache entries are freed.
   std::vector<std::pair<SeqId, SequenceResult>> TakeFinished();
@@ -107,7 +111,11 @@ class Generator {
   KvCache* cache_;
   int eos_id_;
   SeqId next_id_ = 1;
-  std::map<SeqId, Running> running_;
+  std::map<SeqId, Running> running_;  // by id: ids grow with admission
+
+  // Stops the most recently admitted sequences until the pool has the pages the next decode
+  // step needs (see generator.cc).
+  void MakeRoomForStep();
   std::vector<std::pair<SeqId, SequenceResult>> finished_;
 };
 

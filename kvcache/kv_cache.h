@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -57,6 +58,12 @@ class KvCache {
   virtual int64_t Bytes(SeqId seq) const = 0;
   // Bytes one token takes in one layer (K and V of every KV head).
   virtual int64_t BytesPerTokenPerLayer() const = 0;
+
+  // Capacity accounting for caches that draw from a fixed pool (paged_cache.h): the pages an
+  // append of `tokens` tokens to every layer of `seq` would take, and the pages free now. A cache
+  // that grows on demand needs none and never runs out.
+  virtual int64_t PagesNeeded(SeqId seq, int64_t tokens) const { return 0; }
+  virtual int64_t FreePages() const { return std::numeric_limits<int64_t>::max(); }
 };
 
 // Reference cache: per sequence and layer, K and V in one tensor each, grown by doubling.

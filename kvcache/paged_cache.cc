@@ -232,6 +232,8 @@ const std::vector<int32_t>* PagedKvCache::BlockTable(SeqId seq, int layer) const
   return &(*layers)[layer].pages;
 }
 
+int64_t PagedKvCache::FreePages() const { return pool_->free_pages(); }
+
 int64_t PagedKvCache::PagesNeeded(SeqId seq, int64_t tokens) const {
   const auto* layers = Find(seq);
   int64_t total = 0;

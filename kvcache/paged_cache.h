@@ -42,7 +42,8 @@ class PagedKvCache final : public KvCache {
   const std::vector<int32_t>* BlockTable(SeqId seq, int layer) const;
   // Pages an append of `tokens` tokens to every layer of `seq` would need (0 for a new sequence
   // means nothing is held yet); admission control asks this before prefill.
-  int64_t PagesNeeded(SeqId seq, int64_t tokens) const;
+  int64_t PagesNeeded(SeqId seq, int64_t tokens) const override;
+  int64_t FreePages() const override;
   int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
   PagePool* pool() const { return pool_; }
 

@@ -462,6 +462,9 @@ void EngineLoop::Run() {
       }
     }
     if (generator_->HasRunning()) {
+      // Idle sessions give way to running requests: least recently used first, before the
+      // generator has to stop a running one for want of pages.
+      EvictFor(generator_->PagesForNextStep());
       absl::Status st = generator_->Step();
       if (!st.ok()) spdlog::warn("event=decode_step_failed error=\"{}\"", st.ToString());
     }

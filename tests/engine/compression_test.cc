@@ -171,5 +171,50 @@ TEST(CompressedGeneration, AnExhaustedPoolIsACleanErrorAndLeaksNothing) {
   EXPECT_EQ(cache.num_sequences(), 0);
 }
 
+// Decoding two sequences in a pool that cannot hold both at full length: the one admitted last is
+// stopped with a clear RESOURCE_EXHAUSTED when the pages run out, and the first one finishes all
+// its tokens, the same tokens it gives alone.
+TEST(CompressedGeneration, AFullPoolMidDecodeStopsTheLastAdmittedOnly) {
+  auto m = RandomModel(ThreeLayers());
+  const auto& t = m->config().text;
+  const int64_t page_bytes = 2 * t.num_key_value_heads * 4 * t.head_dim * 4;
+  const int max_new = 24;
+  auto a = Spec(*m, 1, max_new, "full", 1.0);
+  auto b = Spec(*m, 2, max_new, "full", 1.0);
+  const int64_t n = static_cast<int64_t>(a.prompt_ids.size());
+  ASSERT_EQ(static_cast<int64_t>(b.prompt_ids.size()), n);
+  const int64_t layers = t.num_hidden_layers;
+  auto pages = [](int64_t tokens) { return (tokens + 3) / 4; };
+  // Room for `a` at full length plus `b`'s prompt and one more page per layer: both start, but
+  // both cannot reach max_new.
+  const int64_t num_pages = layers * (pages(n + max_new) + pages(n) + 1);
+  ASSERT_LT(num_pages, 2 * layers * pages(n + max_new));
+
+  std::vector<int> alone;
+  {
+    auto big = Pool(m->config());
+    kvcache::PagedKvCache cache(t.num_hidden_layers, big.get());
+    Generator gen(m.get(), &cache, -1);
+    auto r = gen.Run({a});
+    ASSERT_TRUE(r.ok()) << r.status();
+    alone = (*r)[0].tokens;
+  }
+  auto pool = Pool(m->config(), num_pages * page_bytes);
+  ASSERT_EQ(pool->num_pages(), num_pages);
+  kvcache::PagedKvCache cache(t.num_hidden_layers, pool.get());
+  Generator gen(m.get(), &cache, -1);
+  auto r = gen.Run({a, b});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE((*r)[0].error.ok()) << (*r)[0].error;
+  EXPECT_EQ((*r)[0].finish, FinishReason::kLength);
+  EXPECT_EQ((*r)[0].tokens, alone);
+  EXPECT_EQ((*r)[1].finish, FinishReason::kError);
+  EXPECT_EQ((*r)[1].error.code(), absl::StatusCode::kResourceExhausted) << (*r)[1].error;
+  EXPECT_NE((*r)[1].error.message().find("ran out of pages"), std::string::npos);
+  EXPECT_LT((*r)[1].tokens.size(), static_cast<size_t>(max_new));
+  EXPECT_EQ(pool->free_pages(), pool->num_pages());
+  EXPECT_EQ(cache.num_sequences(), 0);
+}
+
 }  // namespace
 }  // namespace vlc::engine
