@@ -61,8 +61,15 @@ void Generator::Finish(SeqId id, FinishReason reason, absl::Status error) {
   res.kv_bytes_full = it->second.next_pos * model_->config().text.num_hidden_layers *
                       cache_->BytesPerTokenPerLayer();
   res.next_pos = it->second.next_pos;
-  // A session's sequence stays unless it failed; everything else leaves the cache at once.
-  if (!it->second.spec.keep_cache || reason == FinishReason::kError) cache_->RemoveSequence(id);
+  // A session's sequence stays unless it failed; everything else leaves the cache at once. A turn
+  // its caller stopped (cancelled, or past its deadline) did not fail: every token fed so far is
+  // valid, so the session keeps them, as a chat keeps the part of an answer that was stopped.
+  const bool caller_stopped =
+      reason == FinishReason::kError && (res.error.code() == absl::StatusCode::kCancelled ||
+                                         res.error.code() == absl::StatusCode::kDeadlineExceeded);
+  if (!it->second.spec.keep_cache || (reason == FinishReason::kError && !caller_stopped)) {
+    cache_->RemoveSequence(id);
+  }
   running_.erase(it);
   finished_.emplace_back(id, std::move(res));
 }

@@ -476,8 +476,11 @@ void EngineLoop::Run() {
       if (!a.session_id.empty()) {
         auto sit = sessions_.find(a.session_id);
         if (sit != sessions_.end()) {
-          if (res.finish == engine::FinishReason::kError) {
-            // The generator dropped the sequence's cache: the session cannot go on.
+          if (res.finish == engine::FinishReason::kError &&
+              !pipeline_->cache()->HasSequence(id)) {
+            // The generator dropped the sequence's cache: the session cannot go on. (A turn
+            // that was cancelled or ran past its deadline keeps it, and the session goes on
+            // with the tokens of that turn so far.)
             sessions_.erase(sit);
             gone_[a.session_id] = absl::StrCat("session ", a.session_id,
                                                " ended when its turn failed: ", res.error.message());

@@ -293,6 +293,50 @@ TEST_F(SessionServerTest, ThreeTurnsMatchTheInProcessEngine) {
   loop.Stop();
 }
 
+// A turn its caller cancels mid-stream is answered CANCELLED, and the session goes on: it keeps
+// the turn's prompt and the tokens generated before the cancel (as a chat keeps the part of an
+// answer that was stopped), and the next turn is served on it.
+TEST_F(SessionServerTest, ACancelledTurnKeepsTheSession) {
+  ASSERT_TRUE(Start());
+  pb::SessionInfo info;
+  const grpc::Status made = CreateSession(stub(), SessionRequest(5), &info);
+  ASSERT_TRUE(made.ok()) << Describe(made);
+  const StreamResult first = Turn(stub(), info.session_id(), kTurns[0]);
+  ASSERT_TRUE(first.status.ok()) << Describe(first.status);
+  pb::SessionInfo before;
+  ASSERT_TRUE(GetSession(stub(), info.session_id(), &before).ok());
+
+  // A long turn, cancelled as soon as its first tokens arrive.
+  grpc::ClientContext ctx;
+  Prepare(&ctx, "");
+  auto reader = stub()->SessionGenerate(&ctx, TurnRequest(info.session_id(), kTurns[1], 3000));
+  pb::GenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response)) << "no first message";
+  ctx.TryCancel();
+  int64_t received = response.token_ids_size();
+  while (reader->Read(&response)) received += response.token_ids_size();
+  const grpc::Status cancelled = reader->Finish();
+  EXPECT_EQ(cancelled.error_code(), grpc::StatusCode::CANCELLED) << Describe(cancelled);
+  EXPECT_GT(received, 0);
+  EXPECT_LT(received, 3000);
+
+  // The caller sees CANCELLED at once; the server notices between two decode steps, so wait (a
+  // bounded poll) until it has closed the turn.
+  pb::SessionInfo after;
+  grpc::Status got;
+  for (int i = 0; i < 200; ++i) {
+    got = GetSession(stub(), info.session_id(), &after);
+    if (!got.ok() || after.turns() > before.turns()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_TRUE(got.ok()) << "the session should survive a cancelled turn: " << Describe(got);
+  EXPECT_GT(after.logical_length(), before.logical_length());
+  EXPECT_EQ(after.turns(), before.turns() + 1);
+  const StreamResult next = Turn(stub(), info.session_id(), kTurns[2]);
+  ASSERT_TRUE(next.status.ok()) << Describe(next.status);
+  EXPECT_FALSE(next.token_ids.empty());
+}
+
 TEST_F(SessionServerTest, DeletedAndUnknownSessionsAreNotFound) {
   ASSERT_TRUE(Start());
   ExpectGone(stub(), "0123456789abcdef0123456789abcdef", "unknown");
