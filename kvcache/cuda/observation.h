@@ -8,8 +8,10 @@
 // keys split across blocks when there are few rows, then combined); pass 2 gives each block of key
 // columns the sum over the scoring rows of exp(logit - max) / denominator and counts the entries
 // with logit < max + ln(threshold). Cost per head: 2 * tau * m_visible * head_dim FMAs on the
-// CUDA cores in float32 (no tensor cores; tau rows padded to 16, 32 or 64 per tile), K read
-// ceil(tau / 64) + 1 times (from L2 mostly), no atomics on the column sums (deterministic).
+// CUDA cores in float32 (no tensor cores; tau rows padded to 16, 32 or 64 per tile); pass 1 reads
+// the visible K once per row tile, pass 2 the scoring rows of Q once per 64-key block (mostly L2
+// hits); no atomics on the column sums, so results are deterministic. Always causal, like the CPU
+// reference.
 #pragma once
 
 #include <cstddef>
@@ -25,7 +27,7 @@ namespace vlc::kvcache::cuda {
 struct ObservationArgs {
   int64_t heads = 0;
   int64_t kv_heads = 0;  // query head h reads KV head h / (heads / kv_heads)
-  int64_t m = 0;         // prompt length (keys and query rows)
+  int64_t m = 0;         // prompt length (keys and query rows), at most 2^30
   int64_t head_dim = 0;
   int64_t query_begin = 0;  // scoring rows [query_begin, m); 0 <= query_begin <= m
   int64_t window = 0;       // sliding window, 0 = none
@@ -53,7 +55,6 @@ int64_t ObservationCausalEntries(int64_t m, int64_t query_begin, int64_t window)
 // no allocation. Bad arguments (shapes, null pointers, a small workspace) return
 // cudaErrorInvalidValue before anything is launched.
 Error ObserveLayer(const ObservationArgs& args, const void* q, const void* k, float* col_sums,
-                   int64_t* sparse_counts, void* workspace, size_t workspace_bytes,
-                   Stream stream);
+                   int64_t* sparse_counts, void* workspace, size_t workspace_bytes, Stream stream);
 
 }  // namespace vlc::kvcache::cuda
