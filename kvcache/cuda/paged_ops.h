@@ -43,8 +43,8 @@ struct PagedAppendSeq {
 
 // Writes, for each sequence s and KV head h, its tokens i < seqs[s].tokens at token index
 // seqs[s].start + i of its pages. Token j of k (and v) for head h is the head_dim contiguous
-// elements at k + j * token_stride + h * head_stride, so both the CPU twin's [kv_heads, t, head_dim]
-// (token_stride = head_dim, head_stride = t * head_dim) and a projection's token-major
+// elements at k + j * token_stride + h * head_stride, so both the CPU twin's [kv_heads, t,
+// head_dim] (token_stride = head_dim, head_stride = t * head_dim) and a projection's token-major
 // [tokens, kv_heads, head_dim] (token_stride = kv_heads * head_dim, head_stride = head_dim) work.
 // `max_tokens` >= every seqs[s].tokens (it sizes the grid). Any head_dim >= 1.
 Error PagedAppend(void* storage, const PagedLayout& layout, const PagedAppendSeq* seqs, int batch,
@@ -93,8 +93,8 @@ struct PagedDecodePlan {
 // sequence of the batch and `window` the call's window (it shortens the attended span).
 // chunk_tokens > 0 forces that chunk size (tests, benchmarks); otherwise enough chunks to give
 // about a thousand blocks (8 per SM of an H100), never under 256 tokens a chunk.
-PagedDecodePlan PlanPagedDecode(const PagedLayout& layout, int batch, int heads,
-                                int64_t max_length, int64_t window, int64_t chunk_tokens = 0);
+PagedDecodePlan PlanPagedDecode(const PagedLayout& layout, int batch, int heads, int64_t max_length,
+                                int64_t window, int64_t chunk_tokens = 0);
 
 // The workspace PagedDecodeAttention needs for these arguments (0 when it needs none).
 size_t PagedDecodeWorkspaceBytes(const PagedLayout& layout, int batch, int heads,
@@ -109,9 +109,9 @@ size_t PagedDecodeWorkspaceBytes(const PagedLayout& layout, int batch, int heads
 //
 // Limits (cudaErrorInvalidValue otherwise): head_dim a multiple of 8 in [8, 256], storage 16-byte
 // aligned, 1 <= batch <= 65535 (0 is a no-op), heads a positive multiple of kv_heads.
-Error PagedDecodeAttention(const void* storage, const PagedLayout& layout,
-                           const PagedSeqView* seqs, int batch, int64_t max_length, const void* q,
-                           int heads, double scale, int64_t window, void* out, void* workspace,
-                           size_t workspace_bytes, Stream stream, int64_t chunk_tokens = 0);
+Error PagedDecodeAttention(const void* storage, const PagedLayout& layout, const PagedSeqView* seqs,
+                           int batch, int64_t max_length, const void* q, int heads, double scale,
+                           int64_t window, void* out, void* workspace, size_t workspace_bytes,
+                           Stream stream, int64_t chunk_tokens = 0);
 
 }  // namespace vlc::kvcache::cuda
