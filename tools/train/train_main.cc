@@ -43,6 +43,10 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   std::string out, work;
   int64_t steps = 6000;
+  // Stop (after saving) once this step is reached, without changing the schedule, which `steps`
+  // sets; 0 = run to `steps`. With --resume it splits one run into several commands, e.g. to
+  // change a setting at a given step and still have a command line that reproduces the run.
+  int64_t until = 0;
   int64_t single_steps = 1500;  // phase 1: single images only
   int max_frames = 8;
   double clip_fraction = 0.6;   // phase 2: share of batches that are clips
@@ -194,7 +198,8 @@ absl::Status Train(const Options& o) {
   auto t0 = Clock::now();
   double loss_sum = 0, cell_sum = 0;
   int64_t loss_n = 0, samples = 0;
-  for (; step < o.steps;) {
+  const int64_t last = o.until > 0 ? std::min(o.until, o.steps) : o.steps;
+  for (; step < last;) {
     const int frames = FramesFor(o, step);
     const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
@@ -279,7 +284,7 @@ absl::Status Train(const Options& o) {
       samples = 0;
       t0 = Clock::now();
     }
-    if (step % o.eval_every == 0 || step == o.steps) {
+    if (step % o.eval_every == 0 || step == last) {
       VLC_ASSIGN_OR_RETURN(auto ev, Evaluate(*model, *enc, eval_frames, o.eval_n));
       nlohmann::json j = {{"step", step}};
       std::string line = absl::StrCat("eval step ", step, ":");
@@ -290,7 +295,7 @@ absl::Status Train(const Options& o) {
       std::cout << line << std::endl;
       log << j.dump() << std::endl;
     }
-    if (step % o.save_every == 0 || step == o.steps) {
+    if (step % o.save_every == 0 || step == last) {
       VLC_RETURN_IF_ERROR(model->SaveState(state_path, *optimizer, step));
       torch::save(heads, heads_path);
       VLC_RETURN_IF_ERROR(model->Export(o.out, tokenizer_path));
@@ -308,6 +313,9 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "Exported Hugging Face checkpoint directory")->required();
   app.add_option("--work", o.work, "Training state, tokenizer and log (default: OUT.work)");
   app.add_option("--steps", o.steps, "Optimizer steps in all")->capture_default_str();
+  app.add_option("--until", o.until,
+                 "Stop after saving at this step (the schedule still follows --steps); 0 = --steps")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--single-steps", o.single_steps, "Steps of single images before clips")
       ->capture_default_str();
   app.add_option("--loss-weighting", o.loss_weighting,
