@@ -24,5 +24,16 @@ if(TARGET vlc_engine AND TARGET vlc_vqa AND TARGET vlc_train)
       target_precompile_headers(demo_task_test REUSE_FROM vlc_engine_core)
     endif()
     gtest_discover_tests(demo_task_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
+
+    # The shipped model (models/demo) answers held-out items; vlcache-eval writes its JSON.
+    add_executable(demo_model_test tests/tools/demo_model_test.cc)
+    target_link_libraries(demo_model_test PRIVATE vlc_vqa vlc_engine GTest::gtest GTest::gtest_main)
+    target_compile_definitions(demo_model_test PRIVATE VLC_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+                                                       VLC_BIN_DIR="${CMAKE_BINARY_DIR}/bin")
+    add_dependencies(demo_model_test vlcache-eval)
+    if(VLC_USE_PCH)
+      target_precompile_headers(demo_model_test REUSE_FROM vlc_engine_core)
+    endif()
+    gtest_discover_tests(demo_model_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
   endif()
 endif()

@@ -10,7 +10,9 @@
 // For every policy and budget it reports accuracy (also by question kind), the mean share of the
 // prompt's KV bytes kept (the pool's pages are one token each here, so bytes are exact), the
 // prefill overhead (time to first token over the full cache's, median per item) and the decode
-// time per token. `--sparsity` also prints each layer's attention sparsity over the post-vision
+// time per token; the JSON also lists the items each configuration answered right
+// (`correct_items`) and the share of items answered right but not ended there
+// (`answer_then_more`: "2 3 2" for "2"). `--sparsity` also prints each layer's attention sparsity over the post-vision
 // queries (ALGORITHMS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
 #include <ATen/ATen.h>
 
@@ -54,9 +56,13 @@ struct Row {
   std::string policy;
   double budget = 1;
   int correct = 0, total = 0;
+  // Answers that begin with the expected answer (then end or a space): right, but the model did
+  // not stop there. Separates losing the answer from losing the end of the answer.
+  int prefix_correct = 0;
   std::map<std::string, std::pair<int, int>> by_kind;  // kind -> (correct, total)
   std::vector<double> kv_ratio, ttft_ratio, decode_ms;
   std::vector<double> layer_share;  // mean share of the kept prompt tokens per layer (vlcache)
+  std::vector<int64_t> correct_items;  // item indices answered right
   double accuracy() const { return total ? static_cast<double>(correct) / total : 0; }
 };
 
@@ -243,6 +249,13 @@ absl::Status Run(const Options& o) {
       }
       const bool ok = Trim(res->text) == items[i].answer;
       row.correct += ok;
+      {
+        const std::string got = Trim(res->text);
+        const std::string& want = items[i].answer;
+        row.prefix_correct += got.compare(0, want.size(), want) == 0 &&
+                              (got.size() == want.size() || got[want.size()] == ' ');
+      }
+      if (ok) row.correct_items.push_back(items[i].index);
       ++row.total;
       auto& k = row.by_kind[vqa::KindName(items[i].question.kind)];
       k.first += ok;
@@ -278,11 +291,14 @@ absl::Status Run(const Options& o) {
     j["results"].push_back({{"policy", r.policy},
                             {"budget", r.budget},
                             {"accuracy", r.accuracy()},
+                            {"answer_then_more", static_cast<double>(r.prefix_correct - r.correct) /
+                                                     std::max(1, r.total)},
                             {"kv_ratio", Mean(r.kv_ratio)},
                             {"prefill_overhead_ratio", Median(r.ttft_ratio)},
                             {"decode_ms_per_token", Mean(r.decode_ms)},
                             {"accuracy_by_kind", kinds},
-                            {"layer_kept_share", r.layer_share}});
+                            {"layer_kept_share", r.layer_share},
+                            {"correct_items", r.correct_items}});
   }
   if (o.sparsity) {
     const size_t m = std::min<size_t>(requests.size(), 50);
