@@ -43,8 +43,42 @@ if(CMAKE_CUDA_COMPILER)
         add_executable(${name} ${src})
         target_link_libraries(${name} PRIVATE vlc_cuda_kernels vlc_kvcache GTest::gtest
                               GTest::gtest_main)
-        gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
+        # Labelled, so that a run can take them apart: `ctest -L cuda` / `ctest -LE cuda`.
+        gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600 LABELS cuda)
       endforeach()
     endif()
+
+    # The GPU engine backend: PagedKvCache hands a pool on a GPU to these kernels
+    # (kvcache/cuda_ops.cc, compiled with or without them). vlc_kvcache is defined before this
+    # file is included.
+    target_link_libraries(vlc_kvcache PUBLIC vlc_cuda_kernels)
+    target_compile_definitions(vlc_kvcache PUBLIC VLC_HAVE_CUDA_KERNELS=1)
+  endif()
+endif()
+
+# ---- Kernel benchmarks against the card's copy bandwidth (bench/cuda_bench.cu): no LibTorch.
+if(TARGET vlc_cuda_kernels AND VLC_BUILD_BENCH)
+  find_package(CLI11 CONFIG REQUIRED)
+  add_executable(vlcache-bench-cuda ${CMAKE_SOURCE_DIR}/bench/cuda_bench.cu)
+  target_link_libraries(vlcache-bench-cuda PRIVATE vlc_cuda_kernels CLI11::CLI11
+                        nlohmann_json::nlohmann_json)
+  set_target_properties(vlcache-bench-cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
+  # The GEMM reference (a layer's projections and MLP) needs cuBLAS; without it the benchmark
+  # reports the kernels alone.
+  if(TARGET CUDA::cublas)
+    target_link_libraries(vlcache-bench-cuda PRIVATE CUDA::cublas)
+    target_compile_definitions(vlcache-bench-cuda PRIVATE VLC_BENCH_CUBLAS=1)
+  else()
+    message(STATUS "cuBLAS not found: vlcache-bench-cuda is built without its GEMM reference")
+  endif()
+  if(VLC_BUILD_TESTS)
+    # Without a device it exits 2 naming the missing device; with one, `--quick` writes every
+    # field docs/BENCHMARKS.md reports.
+    add_test(NAME CudaBench.QuickRunWritesItsFieldsOrExits2WithoutADevice
+             COMMAND ${CMAKE_COMMAND} -DBENCH=$<TARGET_FILE:vlcache-bench-cuda>
+                     -DOUT=${CMAKE_BINARY_DIR}/cuda-bench-smoke.json
+                     -P ${CMAKE_SOURCE_DIR}/tests/kvcache/cuda/bench_smoke.cmake)
+    set_tests_properties(CudaBench.QuickRunWritesItsFieldsOrExits2WithoutADevice
+                         PROPERTIES TIMEOUT 300)
   endif()
 endif()

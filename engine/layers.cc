@@ -5,6 +5,12 @@
 namespace vlc::engine {
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  if (x.scalar_type() != at::kFloat) {
+    // Half precision: normalised in float32, then scaled in x's dtype, as transformers does.
+    auto xf = x.to(at::kFloat);
+    auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
+    return (xf * at::rsqrt(var + eps)).to(x.scalar_type()) * w;
+  }
   auto var = x.pow(2).mean(-1, /*keepdim=*/true);
   return x * at::rsqrt(var + eps) * w;
 }

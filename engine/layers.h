@@ -8,7 +8,8 @@
 
 namespace vlc::engine {
 
-// x * rsqrt(mean(x^2) + eps) * w over the last dimension (Llama's RMSNorm).
+// x * rsqrt(mean(x^2) + eps) * w over the last dimension (Llama's RMSNorm); float16/bfloat16
+// inputs are normalised in float32.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);
 
 // A Hugging Face activation by name: quick_gelu, gelu, gelu_pytorch_tanh, relu, silu.

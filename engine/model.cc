@@ -1,14 +1,17 @@
 #include "engine/model.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
 #include "engine/cpu_linear.h"
 #include "engine/layers.h"
 #include "kvcache/attention.h"
+#include "kvcache/cuda_ops.h"
 #include "common/status.h"
 
 namespace vlc::engine {
@@ -18,6 +21,41 @@ namespace {
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor()) {
   if (x.dim() == 2) return DecodeLinear(x, w, b);
   return at::linear(x, w, b);
+}
+
+// Softmax over the last dim; half-precision scores are normalised in float32 (as transformers
+// does) and come back in their dtype. Float32 takes the plain path.
+at::Tensor Softmax(const at::Tensor& s) {
+  if (s.scalar_type() == at::kFloat) return at::softmax(s, -1);
+  return at::softmax(s, -1, at::kFloat).to(s.scalar_type());
+}
+
+// Prefill attention of one layer. On a GPU, a fresh prompt (q and k the same rows) that no sliding
+// window cuts takes LibTorch's fused attention (flash or memory-efficient, LibTorch >= 2.1), with
+// the observation kernel beside it when a policy observes; everything else, and every prefill on
+// LibTorch 1.x, takes CausalAttention (plain ATen, any device).
+at::Tensor PrefillAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            double scale, int64_t window, bool fresh,
+                            const kvcache::ObservationSpec* observe,
+                            kvcache::LayerObservation* obs) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  const int64_t heads = q.size(0), n = q.size(1), d = q.size(2), kv_heads = k.size(0);
+  if (q.is_cuda() && fresh && k.size(1) == n && (window <= 0 || n <= window)) {
+    // GQA as plain heads: each KV head repeated for its group (a transient copy of K and V).
+    const int64_t group = heads / kv_heads;
+    auto widen = [&](const at::Tensor& x) {
+      return group == 1 ? x : x.unsqueeze(1).expand({kv_heads, group, n, d}).reshape({heads, n, d});
+    };
+    auto a = at::scaled_dot_product_attention(q.unsqueeze(0), widen(k).unsqueeze(0),
+                                              widen(v).unsqueeze(0), /*attn_mask=*/{},
+                                              /*dropout_p=*/0.0, /*is_causal=*/true, scale);
+    if (observe && observe->enabled && obs) {
+      kvcache::CudaObserveLayer(q, k, scale, window, *observe, obs);
+    }
+    return a.squeeze(0);
+  }
+#endif
+  return kvcache::CausalAttention(q, k, v, scale, window, observe, obs);
 }
 
 }  // namespace
@@ -34,14 +72,49 @@ struct LlavaModel::Impl {
   at::Tensor proj1_w, proj1_b, proj2_w, proj2_b;
   at::Tensor embed, norm, lm_head;
   std::vector<TextLayer> text_layers;
-  at::Tensor inv_freq;  // [head_dim / 2]
+  at::Tensor inv_freq;  // [head_dim / 2], float32 on the target device
   int vision_layers_needed = 0;
+  ComputeTarget target;
 
-  // cos, sin [t, head_dim] for integer positions [t].
+  // cos, sin [t, head_dim] in the target dtype for integer positions [t] (computed in float32).
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const {
     auto freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);
     auto emb = at::cat({freqs, freqs}, -1);
-    return {emb.cos(), emb.sin()};
+    return {emb.cos().to(target.dtype), emb.sin().to(target.dtype)};
+  }
+  // Integer positions and token ids on the target device.
+  at::TensorOptions Index() const {
+    return at::TensorOptions().dtype(at::kLong).device(target.device);
+  }
+  // Every weight to the target, once (a no-op for the CPU in float32). A tied LM head stays the
+  // embedding's tensor.
+  void MoveTo(const ComputeTarget& t) {
+    target = t;
+    auto move = [&](at::Tensor& x) {
+      if (x.defined()) x = x.to(t.device, t.dtype).contiguous();
+    };
+    const bool tied = lm_head.is_same(embed);
+    for (at::Tensor* x : {&patch_w, &class_emb, &pos_emb, &pre_ln_w, &pre_ln_b, &proj1_w,
+                          &proj1_b, &proj2_w, &proj2_b, &embed, &norm}) {
+      move(*x);
+    }
+    if (tied) {
+      lm_head = embed;
+    } else {
+      move(lm_head);
+    }
+    for (auto& l : vision_layers) {
+      for (at::Tensor* x : {&l.ln1_w, &l.ln1_b, &l.qkv_w, &l.qkv_b, &l.out_w, &l.out_b, &l.ln2_w,
+                            &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b}) {
+        move(*x);
+      }
+    }
+    for (auto& l : text_layers) {
+      for (at::Tensor* x : {&l.in_norm, &l.qkv_w, &l.o_w, &l.post_norm, &l.gate_up_w, &l.down_w}) {
+        move(*x);
+      }
+    }
+    inv_freq = inv_freq.to(t.device);
   }
 };
 
@@ -78,13 +151,15 @@ class WeightTaker {
 
 }  // namespace
 
-LlavaModel::LlavaModel(const LlavaConfig& config) : config_(config), impl_(new Impl) {}
+LlavaModel::LlavaModel(const LlavaConfig& config, const ComputeTarget& target)
+    : config_(config), target_(target), impl_(new Impl) {}
 LlavaModel::~LlavaModel() = default;
 
-absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const std::string& dir,
+                                                              const ComputeTarget& target) {
   VLC_ASSIGN_OR_RETURN(LlavaConfig config, LlavaConfig::FromFile(dir + "/config.json"));
   VLC_ASSIGN_OR_RETURN(WeightMap weights, LoadCheckpointWeights(dir, at::kFloat));
-  auto model = FromWeights(config, std::move(weights));
+  auto model = FromWeights(config, std::move(weights), target);
   if (!model.ok()) {
     return absl::Status(model.status().code(), absl::StrCat(dir, ": ", model.status().message()));
   }
@@ -92,8 +167,9 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const std::string& 
 }
 
 absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaConfig& c,
-                                                                     WeightMap weights) {
-  std::unique_ptr<LlavaModel> m(new LlavaModel(c));
+                                                                     WeightMap weights,
+                                                                     const ComputeTarget& target) {
+  std::unique_ptr<LlavaModel> m(new LlavaModel(c, target));
   Impl& p = *m->impl_;
   WeightTaker w(&weights);
   absl::Status st = CatchAll("loading weights", [&] {
@@ -171,6 +247,15 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
   });
   VLC_RETURN_IF_ERROR(w.status());
   VLC_RETURN_IF_ERROR(st);
+  weights.clear();  // what the model did not take: let it go before the copies are made
+  const absl::Status moved =
+      CatchAll("moving the weights to the device", [&] { p.MoveTo(target); });
+  if (!moved.ok()) {
+    // Mostly a GPU too small for the model: say so with the code a caller can act on.
+    const bool oom = absl::StrContains(moved.message(), "out of memory");
+    return absl::Status(oom ? absl::StatusCode::kResourceExhausted : moved.code(),
+                        absl::StrCat(moved.message(), " (", ComputeTargetName(target), ")"));
+  }
   return m;
 }
 
@@ -180,7 +265,7 @@ int64_t LlavaModel::DecodeWeightBytes() const {
     n += l.in_norm.numel() + l.qkv_w.numel() + l.o_w.numel() + l.post_norm.numel() +
          l.gate_up_w.numel() + l.down_w.numel();
   }
-  return n * static_cast<int64_t>(sizeof(float));
+  return n * static_cast<int64_t>(c10::elementSize(target_.dtype));
 }
 
 absl::StatusOr<at::Tensor> LlavaModel::EncodeImages(const at::Tensor& pixel_values) const {
@@ -196,7 +281,8 @@ absl::StatusOr<at::Tensor> LlavaModel::EncodeImages(const at::Tensor& pixel_valu
     const Impl& p = *impl_;
     const int64_t n = pixel_values.size(0), hv = v.hidden_size, heads = v.num_attention_heads;
     const int64_t hd = hv / heads;
-    auto x = at::conv2d(pixel_values.to(at::kFloat), p.patch_w, {}, v.patch_size);
+    auto x = at::conv2d(pixel_values.to(p.target.device, p.target.dtype), p.patch_w, {},
+                        v.patch_size);
     x = x.flatten(2).transpose(1, 2);  // [n, patches, hv]
     x = at::cat({p.class_emb.view({1, 1, hv}).expand({n, 1, hv}), x}, 1) + p.pos_emb.unsqueeze(0);
     x = at::layer_norm(x, {hv}, p.pre_ln_w, p.pre_ln_b, v.layer_norm_eps);
@@ -206,7 +292,7 @@ absl::StatusOr<at::Tensor> LlavaModel::EncodeImages(const at::Tensor& pixel_valu
       auto h = at::layer_norm(x, {hv}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
       auto qkv = at::linear(h, l.qkv_w, l.qkv_b).view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4});
       auto s = at::matmul(qkv[0], qkv[1].transpose(-1, -2)).mul_(scale);
-      auto a = at::matmul(at::softmax(s, -1), qkv[2]);  // [n, heads, t, hd]
+      auto a = at::matmul(Softmax(s), qkv[2]);  // [n, heads, t, hd]
       a = a.permute({0, 2, 1, 3}).reshape({n, t, hv});
       x = x + at::linear(a, l.out_w, l.out_b);
       h = at::layer_norm(x, {hv}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
@@ -248,11 +334,11 @@ absl::StatusOr<at::Tensor> LlavaModel::EmbedPrompt(const std::vector<int>& ids,
   }
   at::Tensor out;
   VLC_RETURN_IF_ERROR(CatchAll("embedding", [&] {
-    auto idx = at::tensor(safe, at::kLong);
+    auto idx = at::tensor(safe, at::kLong).to(impl_->target.device);
     out = at::embedding(impl_->embed, idx);
     if (image_tokens > 0) {
       auto mask = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong) == image_id;
-      out.index_put_({mask}, visual.to(at::kFloat));
+      out.index_put_({mask.to(impl_->target.device)}, visual.to(out.options()));
     }
   }));
   return out;
@@ -272,9 +358,10 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
   const Impl& p = *impl_;
   const bool observing = observe && observe->enabled && observations;
   if (observing) observations->assign(p.text_layers.size(), {});
-  at::Tensor x = embeds.to(at::kFloat), cos, sin;
+  at::Tensor x, cos, sin;
   VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-    std::tie(cos, sin) = p.RopeTables(at::arange(start_pos, start_pos + n, at::kLong));
+    x = embeds.to(p.target.device, p.target.dtype);
+    std::tie(cos, sin) = p.RopeTables(at::arange(start_pos, start_pos + n, p.Index()));
   }));
   for (size_t li = 0; li < p.text_layers.size(); ++li) {
     const auto& l = p.text_layers[li];
@@ -292,14 +379,15 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
     }
     VLC_RETURN_IF_ERROR(cache->Append(seq, li, k, v));
     if (!fresh) {
-      // Continuing a sequence: attend over everything the cache holds, ours at the end.
+      // Continuing a sequence: attend over everything the cache holds, ours at the end (in the
+      // model's dtype: a CPU cache holds float32 whatever the model computes in).
       VLC_ASSIGN_OR_RETURN(auto kv, cache->Read(seq, li));
-      k = kv.first;
-      v = kv.second;
+      k = kv.first.to(q.scalar_type());
+      v = kv.second.to(q.scalar_type());
     }
     VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-      auto a = kvcache::CausalAttention(q, k, v, scale, t.sliding_window, observe,
-                                        observing ? &(*observations)[li] : nullptr);
+      kvcache::LayerObservation* obs = observing ? &(*observations)[li] : nullptr;
+      auto a = PrefillAttention(q, k, v, scale, t.sliding_window, fresh, observe, obs);
       a = a.transpose(0, 1).reshape({n, h * hd});
       x = x + Linear(a, l.o_w);
       auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
@@ -310,7 +398,7 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
   at::Tensor logits;
   VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
     auto last = all_logits ? x : x.slice(0, n - 1);
-    logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head);
+    logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head).to(at::kCPU, at::kFloat);
   }));
   return logits;
 }
@@ -334,8 +422,9 @@ absl::StatusOr<at::Tensor> LlavaModel::DecodeStep(const std::vector<SeqId>& seqs
   const Impl& p = *impl_;
   at::Tensor x, cos, sin;
   VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
-    x = at::embedding(p.embed, at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())));
-    std::tie(cos, sin) = p.RopeTables(at::tensor(positions, at::kLong));
+    x = at::embedding(p.embed, at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()))
+                                   .to(p.target.device));
+    std::tie(cos, sin) = p.RopeTables(at::tensor(positions, at::kLong).to(p.target.device));
     cos = cos.unsqueeze(1);  // [b, 1, hd]: broadcast over heads
     sin = sin.unsqueeze(1);
   }));
@@ -348,9 +437,7 @@ absl::StatusOr<at::Tensor> LlavaModel::DecodeStep(const std::vector<SeqId>& seqs
       k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({b, hkv, hd}), cos, sin);
       v = qkv.slice(1, (h + hkv) * hd).view({b, hkv, hd});
     }));
-    for (int64_t i = 0; i < b; ++i) {
-      VLC_RETURN_IF_ERROR(cache->Append(seqs[i], li, k[i].unsqueeze(1), v[i].unsqueeze(1)));
-    }
+    VLC_RETURN_IF_ERROR(cache->AppendBatch(seqs, li, k, v));
     VLC_ASSIGN_OR_RETURN(auto a, cache->DecodeAttention(li, seqs, q, scale, t.sliding_window));
     VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
       x = x + Linear(a.reshape({b, h * hd}), l.o_w);
@@ -361,7 +448,7 @@ absl::StatusOr<at::Tensor> LlavaModel::DecodeStep(const std::vector<SeqId>& seqs
   }
   at::Tensor logits;
   VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
-    logits = Linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head);
+    logits = Linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head).to(at::kCPU, at::kFloat);
   }));
   return logits;
 }
@@ -373,9 +460,9 @@ absl::StatusOr<at::Tensor> LlavaModel::ForwardFull(const at::Tensor& embeds) con
 }
 
 std::unique_ptr<KvCache> LlavaModel::NewContiguousCache() const {
-  return std::make_unique<kvcache::ContiguousKvCache>(config_.text.num_hidden_layers,
-                                             config_.text.num_key_value_heads,
-                                             config_.text.head_dim);
+  return std::make_unique<kvcache::ContiguousKvCache>(
+      config_.text.num_hidden_layers, config_.text.num_key_value_heads, config_.text.head_dim,
+      target_.dtype, target_.device);
 }
 
 }  // namespace vlc::engine

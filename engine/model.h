@@ -1,6 +1,10 @@
 // The LLaVA model on LibTorch: CLIP vision tower -> projector -> Llama/Mistral decoder -> LM head.
-// FP32 on the CPU. Prefill and decode write keys and values through a KvCache; ForwardFull
-// recomputes everything without a cache and is the reference the cached paths are tested against.
+// FP32 on the CPU by default; a ComputeTarget (engine/device.h) converts the weights once at load
+// to another dtype and device (bfloat16 on a GPU), and activations follow them. Prefill and decode
+// write keys and values through a KvCache; ForwardFull recomputes everything without a cache and
+// is the reference the cached paths are tested against. Whatever the target, logits come back as
+// float32 on the CPU (sampling runs on the host); prefill observations stay on the target's
+// device, where the policy selects (kvcache/policy.h).
 #pragma once
 
 #include <memory>
@@ -11,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/config.h"
+#include "engine/device.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/plan.h"
 #include "engine/weights.h"
@@ -22,19 +27,24 @@ using kvcache::SeqId;
 
 class LlavaModel {
  public:
-  // Loads config.json and the weights of the checkpoint in `dir`.
-  static absl::StatusOr<std::unique_ptr<LlavaModel>> Load(const std::string& dir);
+  // Loads config.json and the weights of the checkpoint in `dir` (read as float32, then
+  // converted to the target once).
+  static absl::StatusOr<std::unique_ptr<LlavaModel>> Load(const std::string& dir,
+                                                          const ComputeTarget& target = {});
   // Builds a model from canonical weights (see weights.h); every tensor the config needs must be
   // present with the right shape, else INVALID_ARGUMENT naming it.
   static absl::StatusOr<std::unique_ptr<LlavaModel>> FromWeights(const LlavaConfig& config,
-                                                                 WeightMap weights);
+                                                                 WeightMap weights,
+                                                                 const ComputeTarget& target = {});
   ~LlavaModel();
 
   const LlavaConfig& config() const { return config_; }
+  const ComputeTarget& target() const { return target_; }
   // Parameter bytes the language model reads per decode step (all its matrices and the LM head).
   int64_t DecodeWeightBytes() const;
 
-  // pixel_values [n, 3, S, S] -> projected visual tokens [n * visual_tokens_per_image, hidden].
+  // pixel_values [n, 3, S, S] (any device and floating dtype) -> projected visual tokens
+  // [n * visual_tokens_per_image, hidden] on the target.
   absl::StatusOr<at::Tensor> EncodeImages(const at::Tensor& pixel_values) const;
 
   // Token embeddings [ids, hidden] with each image-token position replaced, in order, by the next
@@ -62,13 +72,14 @@ class LlavaModel {
   // Logits [t, vocab] of the whole sequence `embeds` (positions 0..t-1) without a cache.
   absl::StatusOr<at::Tensor> ForwardFull(const at::Tensor& embeds) const;
 
-  // A KV cache shaped for this model.
+  // A KV cache shaped for this model, on its device in its dtype.
   std::unique_ptr<KvCache> NewContiguousCache() const;
 
  private:
   struct Impl;
-  explicit LlavaModel(const LlavaConfig& config);
+  LlavaModel(const LlavaConfig& config, const ComputeTarget& target);
   LlavaConfig config_;
+  ComputeTarget target_;
   std::unique_ptr<Impl> impl_;
 };
 

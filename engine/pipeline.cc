@@ -85,8 +85,11 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError("num_threads must be >= 0 (0 = the cores available)");
   }
+  // Device and dtype first: a GPU that is not there is the clearest error, before any loading.
+  VLC_ASSIGN_OR_RETURN(const ComputeTarget target,
+                       ResolveComputeTarget(options.device, options.dtype));
   at::set_num_threads(options.num_threads > 0 ? options.num_threads : AvailableCores());
-  VLC_ASSIGN_OR_RETURN(p->model_, LlavaModel::Load(model_dir));
+  VLC_ASSIGN_OR_RETURN(p->model_, LlavaModel::Load(model_dir, target));
   const auto& cfg = p->model_->config();
   VLC_ASSIGN_OR_RETURN(p->tokenizer_, Tokenizer::Load(model_dir, cfg.image_token_index));
   VLC_ASSIGN_OR_RETURN(p->preprocessor_,
@@ -98,6 +101,8 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
   pool.page_tokens = options.kv_page_tokens;
   pool.kv_heads = cfg.text.num_key_value_heads;
   pool.head_dim = cfg.text.head_dim;
+  pool.device = target.device;
+  pool.dtype = target.device.is_cuda() ? target.dtype : at::kFloat;
   VLC_ASSIGN_OR_RETURN(p->pool_, kvcache::PagePool::Create(pool));
   p->cache_ = std::make_unique<kvcache::PagedKvCache>(cfg.text.num_hidden_layers, p->pool_.get());
   if (p->preprocessor_.crop_height != cfg.vision.image_size ||

@@ -25,6 +25,12 @@ namespace vlc::engine {
 
 struct PipelineOptions {
   int num_threads = 0;  // LibTorch intra-op threads; 0 = the cores available to this process
+  // Where the model and the KV cache live and the model's element type (engine/device.h):
+  // device cpu | cuda | auto (cuda when a GPU is usable), dtype auto (float32 on the CPU, bfloat16
+  // on a GPU) | float32 | bfloat16 | float16 (GPU only). On a GPU the page pool holds the model's
+  // dtype; on the CPU it holds float32 (the CPU kernels' type) whatever the model computes in.
+  std::string device = "cpu";
+  std::string dtype = "auto";
   MediaLimits limits;
   int max_prompt_tokens = 8192;  // text and visual tokens together
   int max_new_tokens_limit = 4096;
@@ -95,6 +101,8 @@ class Pipeline {
                                                         const PipelineOptions& options = {});
 
   const LlavaModel& model() const { return *model_; }
+  // The device and dtype the options resolved to.
+  const ComputeTarget& target() const { return model_->target(); }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const PipelineOptions& options() const { return options_; }
 

@@ -31,6 +31,7 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::T
   auto q4 = q.reshape({kv_heads, group, tq, d});
   auto out = at::empty({kv_heads, group, tq, d}, q.options());
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  const bool low_precision = q.scalar_type() != at::kFloat;
   for (int64_t i0 = 0; i0 < tq; i0 += chunk) {
     const int64_t i1 = std::min(tq, i0 + chunk), c = i1 - i0;
     const int64_t end = offset + i1;  // keys [start, end) can be seen by some query of the chunk
@@ -42,14 +43,18 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::T
     const int64_t n = end - start;
     const bool needs_mask = c > 1 || (window > 0 && n > window);
     if (needs_mask) {
-      auto qi = at::arange(offset + i0, offset + i1, at::kLong).unsqueeze(1);  // [c, 1]
-      auto kj = at::arange(start, end, at::kLong).unsqueeze(0);               // [1, n]
+      const auto index = at::TensorOptions().dtype(at::kLong).device(q.device());
+      auto qi = at::arange(offset + i0, offset + i1, index).unsqueeze(1);  // [c, 1]
+      auto kj = at::arange(start, end, index).unsqueeze(0);               // [1, n]
       auto hidden = kj > qi;
       if (window > 0) hidden = hidden.logical_or(kj <= qi - window);
       s.view({kv_heads, group, c, n}).masked_fill_(hidden.view({1, 1, c, n}), neg_inf);
     }
-    auto p = at::softmax(s, -1);
-    out.slice(2, i0, i1).copy_(at::bmm(p, vc).view({kv_heads, group, c, d}));
+    // Half-precision scores are normalised in float32 (as transformers does), then weigh V in
+    // V's dtype; float32 takes the plain path.
+    auto p = low_precision ? at::softmax(s, -1, at::kFloat) : at::softmax(s, -1);
+    auto pv = low_precision ? p.to(vc.scalar_type()) : p;
+    out.slice(2, i0, i1).copy_(at::bmm(pv, vc).view({kv_heads, group, c, d}));
     if (observe && i1 > obs_begin) {
       // The chunk's observed rows, from the scores already computed: no second pass over K.
       const int64_t r0 = std::max(i0, obs_begin) - i0;

@@ -1,6 +1,9 @@
-// Attention over one sequence's keys and values on the CPU, shared by prefill (all prompt rows)
-// and by the caches' decode attention, so both compute exactly the same thing. Prefill can also
-// produce a policy's observation from the same scores, without materialising the m x m matrix.
+// Attention over one sequence's keys and values, shared by prefill (all prompt rows) and by the
+// caches' decode attention, so both compute exactly the same thing. Prefill can also produce a
+// policy's observation from the same scores, without materialising the m x m matrix. Plain ATen
+// ops, so it runs on any device: the CPU's prefill, and the GPU's where no fused attention
+// applies (kvcache/cuda_ops.h has the GPU's observation). Float16/bfloat16 scores are normalised
+// in float32.
 #pragma once
 
 #include <cstdint>

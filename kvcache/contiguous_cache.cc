@@ -11,9 +11,27 @@
 
 namespace vlc::kvcache {
 
+absl::Status KvCache::AppendBatch(const std::vector<SeqId>& seqs, int layer, const at::Tensor& k,
+                                  const at::Tensor& v) {
+  if (k.dim() != 3 || k.size(0) != static_cast<int64_t>(seqs.size()) || v.sizes() != k.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a batched append needs k and v [", seqs.size(), ", kv_heads, head_dim], got ",
+        c10::str(k.sizes()), " and ", c10::str(v.sizes())));
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const auto b = static_cast<int64_t>(i);
+    VLC_RETURN_IF_ERROR(Append(seqs[i], layer, k[b].unsqueeze(1), v[b].unsqueeze(1)));
+  }
+  return absl::OkStatus();
+}
+
 ContiguousKvCache::ContiguousKvCache(int num_layers, int kv_heads, int head_dim,
-                                     at::ScalarType dtype)
-    : num_layers_(num_layers), kv_heads_(kv_heads), head_dim_(head_dim), dtype_(dtype) {}
+                                     at::ScalarType dtype, at::Device device)
+    : num_layers_(num_layers),
+      kv_heads_(kv_heads),
+      head_dim_(head_dim),
+      dtype_(dtype),
+      device_(device) {}
 
 absl::Status ContiguousKvCache::AddSequence(SeqId seq) {
   if (seqs_.count(seq)) return absl::AlreadyExistsError(absl::StrCat("sequence ", seq, " exists"));
@@ -45,7 +63,8 @@ absl::Status ContiguousKvCache::Append(SeqId seq, int layer, const at::Tensor& k
     if (need > cap) {
       // Doubling keeps appends amortised O(1) per token.
       const int64_t new_cap = std::max<int64_t>({need, 2 * cap, 16});
-      auto nk = at::empty({kv_heads_, new_cap, head_dim_}, at::TensorOptions().dtype(dtype_));
+      auto nk = at::empty({kv_heads_, new_cap, head_dim_},
+                          at::TensorOptions().dtype(dtype_).device(device_));
       auto nv = at::empty_like(nk);
       if (l.length > 0) {
         nk.slice(1, 0, l.length).copy_(l.k.slice(1, 0, l.length));
@@ -66,7 +85,8 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ContiguousKvCache::Read(SeqId 
   if (!layers) return absl::NotFoundError(absl::StrCat("no sequence ", seq));
   const Layer& l = (*layers)[layer];
   if (l.length == 0) {
-    auto e = at::empty({kv_heads_, 0, head_dim_}, at::TensorOptions().dtype(dtype_));
+    auto e =
+        at::empty({kv_heads_, 0, head_dim_}, at::TensorOptions().dtype(dtype_).device(device_));
     return std::make_pair(e, e);
   }
   return std::make_pair(l.k.slice(1, 0, l.length), l.v.slice(1, 0, l.length));
@@ -126,7 +146,9 @@ absl::Status ContiguousKvCache::Compact(SeqId seq, const KeepPlan& plan) {
       Layer& layer = it->second[l];
       if (!lp.positions.defined() || layer.length == 0) continue;
       // Gather along the token axis, per head: index [kv_heads, keep, head_dim].
-      auto idx = lp.positions.to(at::kLong).unsqueeze(-1).expand({kv_heads_, lp.keep, head_dim_});
+      auto idx = lp.positions.to(device_, at::kLong)
+                     .unsqueeze(-1)
+                     .expand({kv_heads_, lp.keep, head_dim_});
       layer.k = at::gather(layer.k.slice(1, 0, layer.length), 1, idx).contiguous();
       layer.v = at::gather(layer.v.slice(1, 0, layer.length), 1, idx).contiguous();
       layer.length = lp.keep;

@@ -37,6 +37,12 @@ class KvCache {
   // RESOURCE_EXHAUSTED when the cache has no room.
   virtual absl::Status Append(SeqId seq, int layer, const at::Tensor& k, const at::Tensor& v) = 0;
 
+  // A decode step's append: one token per sequence, k and v [batch, kv_heads, head_dim] (row b
+  // for seqs[b]). By default one Append per sequence, in order, stopping at the first error; a
+  // cache that can do better (one launch on a GPU) overrides it.
+  virtual absl::Status AppendBatch(const std::vector<SeqId>& seqs, int layer, const at::Tensor& k,
+                                   const at::Tensor& v);
+
   // Everything layer `layer` holds for `seq`, as contiguous [kv_heads, length, head_dim] tensors.
   virtual absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Read(SeqId seq, int layer) const = 0;
 
@@ -66,10 +72,12 @@ class KvCache {
   virtual int64_t FreePages() const { return std::numeric_limits<int64_t>::max(); }
 };
 
-// Reference cache: per sequence and layer, K and V in one tensor each, grown by doubling.
+// Reference cache: per sequence and layer, K and V in one tensor each, grown by doubling, on any
+// device (plain ATen ops).
 class ContiguousKvCache final : public KvCache {
  public:
-  ContiguousKvCache(int num_layers, int kv_heads, int head_dim, at::ScalarType dtype = at::kFloat);
+  ContiguousKvCache(int num_layers, int kv_heads, int head_dim, at::ScalarType dtype = at::kFloat,
+                    at::Device device = at::kCPU);
 
   absl::Status AddSequence(SeqId seq) override;
   void RemoveSequence(SeqId seq) override;
@@ -92,6 +100,7 @@ class ContiguousKvCache final : public KvCache {
   const std::vector<Layer>* Find(SeqId seq) const;
   int num_layers_, kv_heads_, head_dim_;
   at::ScalarType dtype_;
+  at::Device device_;
   std::unordered_map<SeqId, std::vector<Layer>> seqs_;
 };
 

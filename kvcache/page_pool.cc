@@ -10,6 +10,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kvcache/cuda_ops.h"
 
 namespace vlc::kvcache {
 
@@ -23,10 +25,22 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(const PagePoolOptions
         "KV page pool: page_tokens, kv_heads and head_dim must be >= 1, got page_tokens=",
         options.page_tokens, " kv_heads=", options.kv_heads, " head_dim=", options.head_dim));
   }
-  // The CPU kernels read and write raw float rows; other dtypes need kernels of their own.
-  if (options.dtype != at::kFloat) {
+  if (options.device.is_cuda()) {
+    VLC_RETURN_IF_ERROR(CheckCudaUsable("KV page pool on cuda"));
+    if (options.dtype != at::kFloat && options.dtype != at::kHalf &&
+        options.dtype != at::kBFloat16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV page pool on cuda: dtype ", c10::toString(options.dtype),
+                       " is not supported, only float32, float16 and bfloat16"));
+    }
+  } else if (!options.device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV page pool: device ", options.device.str(),
+                                                   " is not supported, only cpu and cuda"));
+  } else if (options.dtype != at::kFloat) {
+    // The CPU kernels read and write raw float rows; other dtypes need kernels of their own.
     return absl::InvalidArgumentError(absl::StrCat(
-        "KV page pool: dtype ", c10::toString(options.dtype), " is not supported, only float32"));
+        "KV page pool: dtype ", c10::toString(options.dtype),
+        " is not supported on the CPU, only float32"));
   }
   const int64_t element = static_cast<int64_t>(c10::elementSize(options.dtype));
   const int64_t bytes_per_page =
@@ -49,7 +63,7 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(const PagePoolOptions
   try {
     // Not zeroed: every page is written before any token of it is read.
     storage = at::empty({num_pages, 2, options.kv_heads, options.page_tokens, options.head_dim},
-                        at::TensorOptions().dtype(options.dtype));
+                        at::TensorOptions().dtype(options.dtype).device(options.device));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     msg.resize(std::min(msg.size(), msg.find('\n')));

@@ -2,6 +2,9 @@
 // all KV heads: storage [num_pages, 2, kv_heads, page_tokens, head_dim], page p's keys at
 // [p][0], its values at [p][1]. Pages carry no owner; the per-sequence block tables of
 // PagedKvCache do. Allocation is all-or-nothing and fails with RESOURCE_EXHAUSTED, never aborts.
+// The storage lives on the CPU (float32: the CPU kernels' type) or on a CUDA device (float32,
+// float16 or bfloat16: the CUDA kernels', kvcache/cuda_ops.h); only the storage moves, the free
+// list and the block tables stay on the host.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +23,7 @@ struct PagePoolOptions {
   int kv_heads = 0;
   int head_dim = 0;
   at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
 };
 
 class PagePool {

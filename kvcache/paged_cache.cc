@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "kvcache/cpu_ops.h"
+#include "kvcache/cuda_ops.h"
 
 namespace vlc::kvcache {
 namespace {
@@ -121,6 +122,10 @@ absl::Status PagedKvCache::Append(SeqId seq, int layer, const at::Tensor& k, con
   }
   at::Tensor& storage = pool_->storage();
   absl::Status status = CatchAll("kv cache append", [&] {
+    if (storage.is_cuda()) {
+      CudaPagedWrite(storage, {{&l.pages, l.length}}, k.unsqueeze(0), v.unsqueeze(0));
+      return;
+    }
     PagedWrite(storage, l.pages.data(), l.length, k.to(storage.options()), v.to(storage.options()));
   });
   if (!status.ok()) {
@@ -133,14 +138,75 @@ absl::Status PagedKvCache::Append(SeqId seq, int layer, const at::Tensor& k, con
   return absl::OkStatus();
 }
 
+absl::Status PagedKvCache::AppendBatch(const std::vector<SeqId>& seqs, int layer,
+                                       const at::Tensor& k, const at::Tensor& v) {
+  at::Tensor& storage = pool_->storage();
+  // The CPU appends one sequence at a time (memcpy-bound, nothing to gain from batching).
+  if (!storage.is_cuda()) return KvCache::AppendBatch(seqs, layer, k, v);
+  VLC_RETURN_IF_ERROR(CheckLayer(layer, num_layers_));
+  const PagePoolOptions& options = pool_->options();
+  const int64_t batch = static_cast<int64_t>(seqs.size());
+  if (!k.defined() || !v.defined() || k.dim() != 3 || k.size(0) != batch ||
+      k.size(1) != options.kv_heads || k.size(2) != options.head_dim || k.sizes() != v.sizes() ||
+      !at::isFloatingType(k.scalar_type()) || !at::isFloatingType(v.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a batched append needs floating-point k and v [", batch, ", ", options.kv_heads, ", ",
+        options.head_dim, "], got ", k.defined() ? c10::str(k.sizes()) : "undefined", " and ",
+        v.defined() ? c10::str(v.sizes()) : "undefined"));
+  }
+  std::vector<Layer*> layers;
+  std::unordered_map<SeqId, int> seen;
+  int64_t need = 0;
+  for (SeqId s : seqs) {
+    auto it = seqs_.find(s);
+    if (it == seqs_.end()) return NoSequence(s);
+    if (seen[s]++ > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s, " appears twice in one batched append"));
+    }
+    Layer& l = it->second[layer];
+    layers.push_back(&l);
+    need += CeilDiv(l.length + 1, page_tokens()) - static_cast<int64_t>(l.pages.size());
+  }
+  // All-or-nothing: every page the batch needs is taken before anything is written.
+  VLC_ASSIGN_OR_RETURN(std::vector<int32_t> fresh, pool_->Allocate(need));
+  std::vector<size_t> held(layers.size());
+  size_t next = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    Layer& l = *layers[i];
+    held[i] = l.pages.size();
+    const int64_t want = CeilDiv(l.length + 1, page_tokens()) - static_cast<int64_t>(held[i]);
+    for (int64_t j = 0; j < want; ++j) l.pages.push_back(fresh[next++]);
+  }
+  absl::Status status = CatchAll("kv cache append", [&] {
+    std::vector<CudaPagedSeq> views;
+    views.reserve(layers.size());
+    for (Layer* l : layers) views.push_back({&l->pages, l->length});
+    CudaPagedWrite(storage, views, k.unsqueeze(2), v.unsqueeze(2));
+  });
+  if (!status.ok()) {
+    for (size_t i = 0; i < layers.size(); ++i) layers[i]->pages.resize(held[i]);
+    pool_->Free(fresh);
+    return status;
+  }
+  for (Layer* l : layers) l->length += 1;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::pair<at::Tensor, at::Tensor>> PagedKvCache::Read(SeqId seq, int layer) const {
   const auto* layers = Find(seq);
   if (!layers) return NoSequence(seq);
   VLC_RETURN_IF_ERROR(CheckLayer(layer, num_layers_));
   const Layer& l = (*layers)[layer];
   at::Tensor k, v;
-  VLC_RETURN_IF_ERROR(CatchAll(
-      "kv cache read", [&] { PagedRead(pool_->storage(), l.pages.data(), l.length, k, v); }));
+  VLC_RETURN_IF_ERROR(CatchAll("kv cache read", [&] {
+    const at::Tensor& storage = pool_->storage();
+    if (storage.is_cuda()) {
+      CudaPagedRead(storage, l.pages, l.length, k, v);
+    } else {
+      PagedRead(storage, l.pages.data(), l.length, k, v);
+    }
+  }));
   return std::make_pair(std::move(k), std::move(v));
 }
 
@@ -158,6 +224,7 @@ absl::StatusOr<at::Tensor> PagedKvCache::DecodeAttention(int layer, const std::v
         options.head_dim, "] tensor, got ", q.defined() ? c10::str(q.sizes()) : "undefined"));
   }
   std::vector<PagedSeqView> views;
+  std::vector<CudaPagedSeq> cuda_views;
   views.reserve(seqs.size());
   for (SeqId s : seqs) {
     const auto* layers = Find(s);
@@ -168,10 +235,15 @@ absl::StatusOr<at::Tensor> PagedKvCache::DecodeAttention(int layer, const std::v
           absl::StrCat("sequence ", s, " has nothing cached in layer ", layer));
     }
     views.push_back({l.pages.data(), l.length});
+    cuda_views.push_back({&l.pages, l.length});
   }
   at::Tensor out;
   VLC_RETURN_IF_ERROR(CatchAll("paged decode attention", [&] {
     const at::Tensor& storage = pool_->storage();
+    if (storage.is_cuda()) {
+      CudaPagedDecodeAttention(storage, cuda_views, q, scale, window, out);
+      return;
+    }
     PagedDecodeAttention(storage, views, q.to(storage.options()), scale, window, out);
     out = out.to(q.options());
   }));
@@ -192,13 +264,25 @@ absl::Status PagedKvCache::Compact(SeqId seq, const KeepPlan& plan) {
     if (!lp.positions.defined()) continue;
     VLC_RETURN_IF_ERROR(CheckPositions(lp, l, pool_->options().kv_heads, layers[l].length));
   }
+  if (pool_->storage().is_cuda()) {
+    // All layers in one launch, then the same bookkeeping as below.
+    std::vector<CudaGatherLayer> gather;
+    for (int l = 0; l < num_layers_; ++l) {
+      const LayerPlan& lp = plan.layers[l];
+      if (lp.positions.defined()) gather.push_back({&layers[l].pages, &lp.positions, lp.keep});
+    }
+    VLC_RETURN_IF_ERROR(
+        CatchAll("kv cache compact", [&] { CudaPagedGatherInPlace(pool_->storage(), gather); }));
+  }
   for (int l = 0; l < num_layers_; ++l) {
     const LayerPlan& lp = plan.layers[l];
     if (!lp.positions.defined()) continue;
     Layer& layer = layers[l];
-    VLC_RETURN_IF_ERROR(CatchAll("kv cache compact", [&] {
-      PagedGatherInPlace(pool_->storage(), layer.pages.data(), lp.positions);
-    }));
+    if (!pool_->storage().is_cuda()) {
+      VLC_RETURN_IF_ERROR(CatchAll("kv cache compact", [&] {
+        PagedGatherInPlace(pool_->storage(), layer.pages.data(), lp.positions);
+      }));
+    }
     layer.length = lp.keep;
     const size_t kept_pages = static_cast<size_t>(CeilDiv(lp.keep, page_tokens()));
     pool_->Free(std::vector<int32_t>(layer.pages.begin() + kept_pages, layer.pages.end()));

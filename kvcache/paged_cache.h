@@ -2,6 +2,9 @@
 // and one length per sequence and layer, so layers can hold different numbers of tokens after a
 // policy compacts them. Appends allocate pages as they fill; compaction gathers the kept tokens
 // to the front of the layer's pages in place and returns the emptied pages to the pool.
+// Block tables live on the host; the operations run where the pool's storage lives: the CPU
+// kernels (cpu_ops.h) or, for a pool on a GPU, the CUDA kernels (cuda_ops.h), which are handed
+// the tables they need at each call.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +31,11 @@ class PagedKvCache final : public KvCache {
   bool HasSequence(SeqId seq) const override;
   // All-or-nothing: the pages the append needs are allocated before anything is written.
   absl::Status Append(SeqId seq, int layer, const at::Tensor& k, const at::Tensor& v) override;
+  // On a GPU pool one launch for the batch, all-or-nothing; on the CPU the default loop.
+  absl::Status AppendBatch(const std::vector<SeqId>& seqs, int layer, const at::Tensor& k,
+                           const at::Tensor& v) override;
   absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Read(SeqId seq, int layer) const override;
-  // Paged decode attention (kvcache/cpu_ops.h), over the batch in parallel.
+  // Paged decode attention (kvcache/cpu_ops.h, or the CUDA kernel), over the batch in parallel.
   absl::StatusOr<at::Tensor> DecodeAttention(int layer, const std::vector<SeqId>& seqs,
                                              const at::Tensor& q, double scale,
                                              int64_t window) const override;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kvcache/cuda_ops.h"
 #include "common/status.h"
 
 namespace vlc::kvcache {
@@ -413,7 +414,14 @@ at::Tensor TopKWithRecent(const at::Tensor& scores, int64_t keep, int64_t recent
   const int64_t kv_heads = scores.size(0), m = scores.size(1);
   TORCH_CHECK(0 <= recent && recent <= keep && keep <= m, "TopKWithRecent: need 0 <= recent (",
               recent, ") <= keep (", keep, ") <= m (", m, ")");
-  if (keep == m) return at::arange(m, at::kLong).unsqueeze(0).expand({kv_heads, m}).contiguous();
+  if (keep == m) {
+    return at::arange(m, at::TensorOptions().dtype(at::kLong).device(scores.device()))
+        .unsqueeze(0)
+        .expand({kv_heads, m})
+        .contiguous();
+  }
+  // Scores observed on a GPU are selected there (the same positions, kvcache/cuda/select.h).
+  if (scores.is_cuda()) return CudaTopKWithRecent(scores, keep, recent);
   const int64_t prefix = m - recent, picks = keep - recent;
   auto s = scores.to(at::kCPU, at::kFloat).contiguous();
   auto sa = s.accessor<float, 2>();

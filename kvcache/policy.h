@@ -77,7 +77,10 @@ at::Tensor GroupMean(const at::Tensor& head_scores, int kv_heads);
 at::Tensor AvgPool1d(const at::Tensor& scores, int kernel);
 
 // Positions kept per KV head: the last `recent` of [0, m) always, then the `keep - recent`
-// highest `scores` [kv_heads, m] among the others (ties: lower position first), ascending.
+// highest `scores` [kv_heads, m] among the others (ties: lower position first), ascending. The
+// result lives on the scores' device: a GPU's scores go through the CUDA kernel
+// (kvcache/cuda_ops.h); GroupMean and AvgPool1d are plain ATen, so observations made on a GPU
+// become a plan there.
 at::Tensor TopKWithRecent(const at::Tensor& scores, int64_t keep, int64_t recent);
 
 }  // namespace vlc::kvcache

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "engine/device.h"
 #include "kvcache/policy.h"
 
 namespace vlc::server {
@@ -190,6 +191,17 @@ std::vector<OptionSpec> Options() {
   o.push_back(IntOption(
       "--threads", "LibTorch intra-op threads; 0 uses the cores available",
       +[](ServerConfig& c) -> int& { return c.threads; }, 0));
+  o.push_back(StringOption(
+      "--device", "DEVICE",
+      "Where the model and the KV cache run: cpu, cuda, or auto (cuda when a GPU is usable)",
+      +[](ServerConfig& c) -> std::string& { return c.pipeline.device; },
+      OneOf(engine::DeviceNames())));
+  o.push_back(StringOption(
+      "--dtype", "DTYPE",
+      "The model's element type: auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, "
+      "float16 (cuda only)",
+      +[](ServerConfig& c) -> std::string& { return c.pipeline.dtype; },
+      OneOf(engine::DTypeNames())));
   // Limits and scheduling
   o.push_back(IntOption(
       "--max-queue", "Requests waiting for admission before RESOURCE_EXHAUSTED",

@@ -24,8 +24,9 @@ struct ServerConfig {
   int max_sessions = 256;                   // --max-sessions
   double session_ttl_seconds = 600;         // --session-ttl-seconds: idle sessions expire
   // The engine's options: limits, KV cache, default policy (see engine/pipeline.h).
-  engine::PipelineOptions pipeline;         // --kv-cache-bytes, --kv-page-tokens, --kv-policy,
-                                            // --kv-budget, --max-prompt-tokens, --max-new-tokens,
+  engine::PipelineOptions pipeline;         // --device, --dtype, --kv-cache-bytes,
+                                            // --kv-page-tokens, --kv-policy, --kv-budget,
+                                            // --max-prompt-tokens, --max-new-tokens,
                                             // --max-media-bytes, --max-pixels, --max-frames,
                                             // --video-frames, --chat-template
   int default_max_new_tokens = 128;         // --default-max-new-tokens

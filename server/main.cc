@@ -194,7 +194,8 @@ int main(int argc, char** argv) {
     service.Attach(pipeline.get(), loop.get());
     grpc_server->GetHealthCheckService()->SetServingStatus(true);
     std::cout << "listening " << addresses << std::endl;
-    spdlog::info("event=serving grpc_port={} model={}", port, config.model_dir);
+    spdlog::info("event=serving grpc_port={} model={} target=\"{}\"", port, config.model_dir,
+                 engine::ComputeTargetName(pipeline->target()));
   });
 
   int sig = 0;

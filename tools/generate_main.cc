@@ -40,6 +40,13 @@ int main(int argc, char** argv) {
   app.add_option("--stop", sp.stop, "Stop before this text; repeatable");
   app.add_option("--threads", opts.num_threads, "LibTorch threads; 0 = cores available")
       ->capture_default_str();
+  app.add_option("--device", opts.device,
+                 "Where the model and KV cache run: cpu, cuda, or auto (cuda when a GPU is usable)")
+      ->capture_default_str();
+  app.add_option("--dtype", opts.dtype,
+                 "Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, "
+                 "float16 (cuda only)")
+      ->capture_default_str();
   app.add_option("--max-frames", opts.limits.max_frames, "Most frames or images per request")
       ->capture_default_str();
   app.add_option("--max-prompt-tokens", opts.max_prompt_tokens,
@@ -118,6 +125,7 @@ int main(int argc, char** argv) {
         {"kv_bytes_full", res->kv_bytes_full},
         {"layer_budgets", res->layer_budgets},
         {"compress_ms", res->compress_ms},
+        {"device", ComputeTargetName((*pipeline)->target())},
     };
     std::cout << j.dump() << std::endl;
   } else {

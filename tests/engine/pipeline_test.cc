@@ -3,6 +3,7 @@
 #include "common/fs.h"
 #include "engine/pipeline.h"
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -16,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvcache/cuda_ops.h"
 #include "tools/make_tiny.h"
 
 namespace vlc::engine {
@@ -209,6 +211,35 @@ TEST_F(PipelineTest, TextOnlyPromptHasNoVisualTokens) {
   EXPECT_EQ(out->media_frames, 0);
 }
 
+TEST_F(PipelineTest, DeviceAndDtypeAreCheckedBeforeTheModelLoads) {
+  PipelineOptions o;
+  o.device = "cuda";
+  auto cuda = Pipeline::Load(*dir_ + "/model", o);
+  if (at::hasCUDA() && kvcache::CudaKernelsBuilt()) {
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    EXPECT_TRUE((*cuda)->target().device.is_cuda());
+    EXPECT_TRUE((*cuda)->pool().storage().is_cuda());
+  } else {
+    ASSERT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition) << cuda.status();
+    EXPECT_NE(cuda.status().message().find("--device cuda: "), std::string::npos)
+        << cuda.status();
+  }
+  o.device = "cpu";
+  o.dtype = "float16";
+  EXPECT_EQ(Pipeline::Load(*dir_ + "/model", o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // bfloat16 on the CPU: the model computes in bfloat16, its KV pool stays float32.
+  o.dtype = "bfloat16";
+  auto bf16 = Pipeline::Load(*dir_ + "/model", o);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ((*bf16)->target().dtype, at::kBFloat16);
+  EXPECT_EQ((*bf16)->pool().storage().scalar_type(), at::kFloat);
+  auto out = (*bf16)->Generate(ImageRequest(4, 3));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->generated_tokens, 3);
+  EXPECT_EQ(pipeline_->target().dtype, at::kFloat);  // the default
+}
+
 // ---- The command-line tools, run as a user would.
 
 struct ShellRun {
@@ -270,6 +301,14 @@ TEST_F(PipelineTest, GenerateCliAnswersForAnImageAndAVideo) {
                " --prompt hi");
   EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.out.find("/nonexistent.png"), std::string::npos) << bad.out;
+
+  EXPECT_EQ(j["device"], "cpu float32");
+  if (!at::hasCUDA()) {
+    ShellRun cuda = Sh(bin + "/vlcache-generate --model " + model + " --image " + img +
+                       " --prompt hi --device cuda");
+    EXPECT_EQ(cuda.code, 1);
+    EXPECT_NE(cuda.out.find("error: --device cuda: "), std::string::npos) << cuda.out;
+  }
 }
 
 }  // namespace

@@ -35,23 +35,28 @@ inline LlavaConfig SmallConfig(const std::string& text_type = "llama", int slidi
   return c;
 }
 
+// The same weights for the same seed whatever the target (drawn in float32, then converted).
 inline std::unique_ptr<LlavaModel> RandomModel(const LlavaConfig& c, uint64_t seed = 7,
-                                               float std = 0.2f) {
+                                               float std = 0.2f, const ComputeTarget& target = {}) {
   WeightMap w;
   for (auto& [name, t] : tools::RandomLlavaWeights(c, seed, std)) w[name] = t;
-  auto m = LlavaModel::FromWeights(c, std::move(w));
+  auto m = LlavaModel::FromWeights(c, std::move(w), target);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? std::move(m).value() : nullptr;
 }
 
 // A page pool shaped for `c`, with small pages so that short prompts cross page boundaries.
+// On a GPU target the pool holds the target's dtype there, as Pipeline::Load makes it.
 inline std::unique_ptr<kvcache::PagePool> Pool(const LlavaConfig& c,
-                                               int64_t bytes = int64_t{64} << 20) {
+                                               int64_t bytes = int64_t{64} << 20,
+                                               const ComputeTarget& target = {}) {
   kvcache::PagePoolOptions o;
   o.capacity_bytes = bytes;
   o.page_tokens = 4;
   o.kv_heads = c.text.num_key_value_heads;
   o.head_dim = c.text.head_dim;
+  o.device = target.device;
+  o.dtype = target.device.is_cuda() ? target.dtype : at::kFloat;
   return std::move(kvcache::PagePool::Create(o)).value();
 }
 

@@ -73,6 +73,8 @@ TEST_F(ConfigTest, NoArgumentsGiveTheDocumentedDefaults) {
   EXPECT_EQ(cfg->listen, "0.0.0.0:50051");
   EXPECT_EQ(cfg->metrics_listen, "0.0.0.0:9464");
   EXPECT_EQ(cfg->threads, 0);
+  EXPECT_EQ(cfg->pipeline.device, "cpu");
+  EXPECT_EQ(cfg->pipeline.dtype, "auto");
   EXPECT_EQ(cfg->max_queue, 64);
   EXPECT_EQ(cfg->max_running, 16);
   EXPECT_EQ(cfg->max_sessions, 256);
@@ -98,7 +100,8 @@ TEST_F(ConfigTest, FlagsSetEveryOption) {
   // Flags and values side by side read better than one per line.
   // clang-format off
   auto cfg = Load({"--model", "/m", "--listen", "127.0.0.1:0", "--metrics-listen", "[::1]:9000",
-                   "--threads", "3", "--max-queue", "5", "--max-running", "4",
+                   "--threads", "3", "--device", "cuda", "--dtype", "float16",
+                   "--max-queue", "5", "--max-running", "4",
                    "--max-sessions", "7", "--session-ttl-seconds", "1.5",
                    "--kv-cache-bytes", "1000", "--kv-page-tokens", "32", "--kv-policy",
                    "vlcache", "--kv-budget", "0.2", "--max-prompt-tokens", "100",
@@ -114,6 +117,9 @@ TEST_F(ConfigTest, FlagsSetEveryOption) {
   EXPECT_EQ(cfg->metrics_listen, "[::1]:9000");
   EXPECT_EQ(cfg->threads, 3);
   EXPECT_EQ(cfg->pipeline.num_threads, 3);  // the engine gets the same thread count
+  // Only names are checked here; whether a GPU is there is the engine's question at load.
+  EXPECT_EQ(cfg->pipeline.device, "cuda");
+  EXPECT_EQ(cfg->pipeline.dtype, "float16");
   EXPECT_EQ(cfg->max_queue, 5);
   EXPECT_EQ(cfg->max_running, 4);
   EXPECT_EQ(cfg->max_sessions, 7);
@@ -186,6 +192,25 @@ TEST_F(ConfigTest, EnvironmentSetsOptionsAndAuthToken) {
   EXPECT_EQ(cfg->pipeline.kv_cache_bytes, 4096);
   EXPECT_EQ(cfg->model_dir, "/env/model");
   EXPECT_EQ(cfg->auth_token, "s3cret");
+}
+
+TEST_F(ConfigTest, DeviceAndDtypeComeFromEnvironmentAndAreChecked) {
+  setenv("VLC_DEVICE", "auto", 1);
+  setenv("VLC_DTYPE", "bfloat16", 1);
+  auto cfg = Load({});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->pipeline.device, "auto");
+  EXPECT_EQ(cfg->pipeline.dtype, "bfloat16");
+
+  auto bad_device = Load({"--device", "gpu"});
+  ASSERT_EQ(bad_device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(bad_device.status().message(), "flag --device"));
+  EXPECT_TRUE(Mentions(bad_device.status().message(), "cpu, cuda, auto"));
+  setenv("VLC_DTYPE", "fp8", 1);
+  auto bad_dtype = Load({});
+  ASSERT_EQ(bad_dtype.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(bad_dtype.status().message(), "VLC_DTYPE"));
+  EXPECT_TRUE(Mentions(bad_dtype.status().message(), "bfloat16"));
 }
 
 TEST_F(ConfigTest, EmptyMetricsListenDisablesMetrics) {
@@ -368,6 +393,8 @@ TEST_F(ConfigTest, HelpDocumentsEveryOptionAndAsksToExit) {
                            "--listen",
                            "--metrics-listen",
                            "--threads",
+                           "--device",
+                           "--dtype",
                            "--max-queue",
                            "--max-running",
                            "--max-sessions",

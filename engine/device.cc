@@ -1,0 +1,73 @@
+#include "engine/device.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kvcache/cuda_ops.h"
+
+namespace vlc::engine {
+namespace {
+
+absl::Status Unknown(const char* option, const std::string& value,
+                     const std::vector<std::string>& allowed) {
+  return absl::InvalidArgumentError(absl::StrCat(option, " must be one of ",
+                                                 absl::StrJoin(allowed, ", "), ", got \"", value,
+                                                 "\""));
+}
+
+const char* DTypeName(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return "float32";
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& DeviceNames() {
+  static const std::vector<std::string> names = {"cpu", "cuda", "auto"};
+  return names;
+}
+
+const std::vector<std::string>& DTypeNames() {
+  static const std::vector<std::string> names = {"auto", "float32", "bfloat16", "float16"};
+  return names;
+}
+
+absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
+                                                   const std::string& dtype) {
+  ComputeTarget target;
+  if (device == "cuda") {
+    if (absl::Status s = kvcache::CheckCudaUsable("--device cuda"); !s.ok()) return s;
+    target.device = at::Device(at::kCUDA, 0);
+  } else if (device == "auto") {
+    if (kvcache::CheckCudaUsable("--device auto").ok()) target.device = at::Device(at::kCUDA, 0);
+  } else if (device != "cpu") {
+    return Unknown("--device", device, DeviceNames());
+  }
+  if (dtype == "auto") {
+    target.dtype = target.device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  } else if (dtype == "float32") {
+    target.dtype = at::kFloat;
+  } else if (dtype == "bfloat16") {
+    target.dtype = at::kBFloat16;
+  } else if (dtype == "float16") {
+    if (!target.device.is_cuda()) {
+      return absl::InvalidArgumentError(
+          "--dtype float16 needs --device cuda (LibTorch's CPU matrix products lack float16); "
+          "use bfloat16 or float32 on the CPU");
+    }
+    target.dtype = at::kHalf;
+  } else {
+    return Unknown("--dtype", dtype, DTypeNames());
+  }
+  return target;
+}
+
+std::string ComputeTargetName(const ComputeTarget& target) {
+  return absl::StrCat(target.device.str(), " ", DTypeName(target.dtype));
+}
+
+}  // namespace vlc::engine

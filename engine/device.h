@@ -1,0 +1,36 @@
+// Where the engine computes and in which element type: the --device and --dtype options, resolved
+// once at load against what this build and machine offer. The CPU in float32 is the default and
+// the reference; "cuda" puts the weights, the activations and the KV page pool on the GPU (GEMMs
+// through LibTorch, i.e. cuBLAS; the cache through the kernels of kvcache/cuda/).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+
+namespace vlc::engine {
+
+struct ComputeTarget {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+};
+
+// `device`: "cpu", "cuda" (the current GPU) or "auto" (cuda when LibTorch sees a GPU and this
+// build has the CUDA kernels, else cpu). `dtype`: "float32", "bfloat16", "float16" or "auto"
+// (float32 on the CPU, bfloat16 on a GPU). INVALID_ARGUMENT for an unknown name or float16 on
+// the CPU (LibTorch's CPU GEMMs lack it); FAILED_PRECONDITION, saying why, when cuda is asked for
+// and cannot run here (this build's LibTorch has no CUDA, no GPU visible, no CUDA kernels).
+absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
+                                                   const std::string& dtype);
+
+// The names the options accept, for help texts and config checks.
+const std::vector<std::string>& DeviceNames();  // cpu, cuda, auto
+const std::vector<std::string>& DTypeNames();   // auto, float32, bfloat16, float16
+
+// "cpu float32", "cuda:0 bfloat16": for logs and answers.
+std::string ComputeTargetName(const ComputeTarget& target);
+
+}  // namespace vlc::engine
