@@ -46,19 +46,8 @@ std::string SeededWindowCsv(int run) {
 
 class SelfWatchTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    ClearVlcEnvironment();
-    dir_ = new std::string(MakeTempDir("vlcache-self-watch-"));
-    ASSERT_FALSE(dir_->empty());
-    const absl::Status made = MakeTinyModel(*dir_ + "/model");
-    ASSERT_TRUE(made.ok()) << made;
-  }
-
-  static void TearDownTestSuite() {
-    if (dir_ != nullptr && !dir_->empty()) RemoveTree(*dir_);
-    delete dir_;
-    dir_ = nullptr;
-  }
+  static void SetUpTestSuite() { MakeSuiteModelDir("vlcache-self-watch-", &dir_); }
+  static void TearDownTestSuite() { RemoveSuiteDir(&dir_); }
 
   static StreamResult Generate(ServerProcess& server, const std::string& prompt) {
     pb::GenerateRequest req;

@@ -30,6 +30,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include "absl/status/status.h"
+#include "common/fs.h"
 #include "tools/make_tiny.h"
 #include "vlcache/v1/inference.grpc.pb.h"
 
@@ -57,6 +58,23 @@ inline absl::Status MakeTinyModel(const std::string& dir) {
   tools::TinyOptions opts;
   opts.seed = 5;
   return tools::MakeTinyCheckpoint(dir, opts);
+}
+
+// A suite's scratch: a fresh temporary directory (its name starting with `prefix`) holding one tiny
+// random model in `<dir>/model`, made in SetUpTestSuite and removed in TearDownTestSuite, so every
+// test of the suite starts its server on the same model.
+inline void MakeSuiteModelDir(const char* prefix, std::string** dir) {
+  ClearVlcEnvironment();
+  *dir = new std::string(MakeTempDir(prefix));
+  ASSERT_FALSE((*dir)->empty()) << "no temporary directory";
+  const absl::Status made = MakeTinyModel(**dir + "/model");
+  ASSERT_TRUE(made.ok()) << made;
+}
+
+inline void RemoveSuiteDir(std::string** dir) {
+  if (*dir != nullptr && !(*dir)->empty()) RemoveTree(**dir);
+  delete *dir;
+  *dir = nullptr;
 }
 
 inline std::string Png(int w, int h, int seed) {

@@ -118,19 +118,8 @@ void ExpectGone(pb::Inference::Stub* stub, const std::string& id, const std::str
 
 class SessionServerTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    ClearVlcEnvironment();
-    dir_ = new std::string(MakeTempDir("vlcache-session-it-"));
-    ASSERT_FALSE(dir_->empty());
-    const absl::Status made = MakeTinyModel(*dir_ + "/model");
-    ASSERT_TRUE(made.ok()) << made;
-  }
-
-  static void TearDownTestSuite() {
-    if (dir_ != nullptr && !dir_->empty()) RemoveTree(*dir_);
-    delete dir_;
-    dir_ = nullptr;
-  }
+  static void SetUpTestSuite() { MakeSuiteModelDir("vlcache-session-it-", &dir_); }
+  static void TearDownTestSuite() { RemoveSuiteDir(&dir_); }
 
   void SetUp() override { ASSERT_NE(dir_, nullptr); }
 
