@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -216,6 +217,46 @@ TEST_F(DemoTaskTest, ExactMatchNeedsEveryAnswerTokenRight) {
   ASSERT_GE(last, 0);
   logits[1][last][b->targets[1][last].item<int64_t>()] = -1.0f;
   EXPECT_EQ(ExactMatches(logits, *b), std::vector<bool>({true, false, true}));
+}
+
+TEST(FrameScheduleTest, SingleImagesFirstThenClipsOfTheConfiguredLengths) {
+  FrameSchedule s;
+  s.single_steps = 100;
+  s.clip_fraction = 0.6;
+  s.min_frames = 5;
+  s.max_frames = 8;
+  for (int64_t step = 0; step < 100; ++step) EXPECT_EQ(s.FramesAt(step), 1) << step;
+  std::map<int, int> seen;
+  const int n = 20000;
+  for (int64_t step = 100; step < 100 + n; ++step) {
+    const int f = s.FramesAt(step);
+    EXPECT_EQ(f, s.FramesAt(step)) << "not a function of the step";
+    ++seen[f];
+  }
+  ASSERT_EQ(seen.size(), 5u) << "1 and 5..8 only";
+  EXPECT_EQ(seen.begin()->first, 1);
+  EXPECT_EQ(seen.rbegin()->first, 8);
+  EXPECT_NEAR(static_cast<double>(seen[1]) / n, 0.4, 0.02);
+  for (int f = 5; f <= 8; ++f) EXPECT_NEAR(static_cast<double>(seen[f]) / n, 0.15, 0.015) << f;
+}
+
+TEST(FrameScheduleTest, DefaultRangeKeepsTheDataOfRunsStartedBeforeMinFrames) {
+  // Frames of four batches as the log of the demo model's training run printed them (single
+  // steps 6000, clip fraction 0.6, clips of 2 to 8 frames): resuming that run must see the same data.
+  FrameSchedule s;
+  s.single_steps = 6000;
+  EXPECT_EQ(s.FramesAt(12524), 7);
+  EXPECT_EQ(s.FramesAt(12549), 1);
+  EXPECT_EQ(s.FramesAt(12699), 8);
+  EXPECT_EQ(s.FramesAt(12724), 1);
+}
+
+TEST(FrameScheduleTest, OneFrameCeilingMeansSingleImagesOnly) {
+  FrameSchedule s;
+  s.single_steps = 0;
+  s.clip_fraction = 1.0;
+  s.max_frames = 1;
+  for (int64_t step = 0; step < 1000; ++step) ASSERT_EQ(s.FramesAt(step), 1);
 }
 
 }  // namespace

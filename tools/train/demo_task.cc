@@ -205,4 +205,14 @@ std::vector<bool> ExactMatches(const at::Tensor& logits, const TaskEncoder::Batc
   return out;
 }
 
+int FrameSchedule::FramesAt(int64_t step) const {
+  if (step < single_steps || max_frames < 2) return 1;
+  uint64_t h = (static_cast<uint64_t>(step) + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 31;
+  const double u = static_cast<double>(h % 1000000) / 1e6;
+  if (u >= clip_fraction) return 1;
+  const int lo = std::clamp(min_frames, 2, max_frames);
+  return lo + static_cast<int>(h / 1000000 % static_cast<uint64_t>(max_frames - lo + 1));
+}
+
 }  // namespace vlc::train

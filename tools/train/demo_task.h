@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <utility>
 #include <string>
@@ -86,6 +87,19 @@ class TaskEncoder {
   engine::LlavaConfig config_;
   engine::PreprocessorConfig preprocessor_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
+};
+
+// How many frames each training batch has: single images for the first `single_steps` steps,
+// then a `clip_fraction` share of clip batches whose frame count is uniform in
+// [min_frames, max_frames]. A pure function of the step, so that a resumed run sees the data the
+// uninterrupted run would have.
+struct FrameSchedule {
+  int64_t single_steps = 1500;
+  double clip_fraction = 0.6;
+  int min_frames = 2;
+  int max_frames = 8;
+
+  int FramesAt(int64_t step) const;
 };
 
 // Per answer, whether every target token is the argmax of its logits (teacher forcing). With the

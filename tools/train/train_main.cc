@@ -49,6 +49,7 @@ struct Options {
   int64_t until = 0;
   int64_t single_steps = 1500;  // phase 1: single images only
   int max_frames = 8;
+  int min_frames = 2;           // clips have min_frames..max_frames frames, uniformly
   double clip_fraction = 0.6;   // phase 2: share of batches that are clips
   double caption_fraction = 0.3;  // share of items trained as captions (demo_task.h, Caption)
   // Weight of the penalty on the share of each image's visual-token energy that all its tokens
@@ -89,16 +90,6 @@ double LearningRate(const Options& o, int64_t step) {
       static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
   const double cosine = 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
   return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
-}
-
-// Frames of the batch at `step`: a pure function of the step, so a resumed run sees the same data.
-int FramesFor(const Options& o, int64_t step) {
-  if (step < o.single_steps || o.max_frames < 2) return 1;
-  uint64_t h = (static_cast<uint64_t>(step) + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-  h ^= h >> 31;
-  const double u = static_cast<double>(h % 1000000) / 1e6;
-  if (u >= o.clip_fraction) return 1;
-  return 2 + static_cast<int>(h / 1000000 % static_cast<uint64_t>(o.max_frames - 1));
 }
 
 int BatchSize(const Options& o, int frames, int tokens_per_frame) {
@@ -200,7 +191,8 @@ absl::Status Train(const Options& o) {
   int64_t loss_n = 0, samples = 0;
   const int64_t last = o.until > 0 ? std::min(o.until, o.steps) : o.steps;
   for (; step < last;) {
-    const int frames = FramesFor(o, step);
+    const int frames = train::FrameSchedule{o.single_steps, o.clip_fraction, o.min_frames,
+                                            o.max_frames}.FramesAt(step);
     const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
     for (int b = 0; b < bs; ++b) {
@@ -325,6 +317,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-frames", o.max_frames, "Longest clip trained on")
       ->check(CLI::Range(1, vqa::kMaxFrames))
       ->capture_default_str();
+  app.add_option("--min-frames", o.min_frames,
+                 "Shortest clip trained on (clips are drawn uniformly from min to max frames)")
+      ->check(CLI::Range(2, vqa::kMaxFrames))
+      ->capture_default_str();
   app.add_option("--clip-fraction", o.clip_fraction, "Share of clip batches after phase 1")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
@@ -354,6 +350,11 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", o.resume, "Continue from WORK/state.pt when it exists");
   CLI11_PARSE(app, argc, argv);
   if (o.work.empty()) o.work = o.out + ".work";
+  if (o.max_frames >= 2 && o.min_frames > o.max_frames) {
+    std::cerr << "vlcache-train: --min-frames " << o.min_frames << " is above --max-frames "
+              << o.max_frames << "\n";
+    return 2;
+  }
   const absl::Status st = Train(o);
   if (!st.ok()) {
     std::cerr << "vlcache-train: " << st.message() << "\n";
