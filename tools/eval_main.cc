@@ -11,9 +11,9 @@
 // prompt's KV bytes kept (the pool's pages are one token each here, so bytes are exact), the
 // prefill overhead (time to first token over the full cache's, median per item) and the decode
 // time per token; the JSON also lists the items each configuration answered right
-// (`correct_items`) and the share of items answered right but not ended there
-// (`answer_then_more`: "2 3 2" for "2"). `--sparsity` also prints each layer's attention sparsity over the post-vision
-// queries (ALGORITHMS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
+// (`correct_items`), the others with what was expected and what came out (`wrong`), and the
+// share of items answered right but not ended there (`answer_then_more`: "2 3 2" for "2").
+// `--sparsity` also prints each layer's attention sparsity over the post-vision queries (ALGORITHMS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -63,6 +63,7 @@ struct Row {
   std::vector<double> kv_ratio, ttft_ratio, decode_ms;
   std::vector<double> layer_share;  // mean share of the kept prompt tokens per layer (vlcache)
   std::vector<int64_t> correct_items;  // item indices answered right
+  nlohmann::json wrong = nlohmann::json::array();  // the others: question, expected, produced
   double accuracy() const { return total ? static_cast<double>(correct) / total : 0; }
 };
 
@@ -255,7 +256,15 @@ absl::Status Run(const Options& o) {
         row.prefix_correct += got.compare(0, want.size(), want) == 0 &&
                               (got.size() == want.size() || got[want.size()] == ' ');
       }
-      if (ok) row.correct_items.push_back(items[i].index);
+      if (ok) {
+        row.correct_items.push_back(items[i].index);
+      } else {
+        row.wrong.push_back({{"index", items[i].index},
+                             {"kind", vqa::KindName(items[i].question.kind)},
+                             {"question", items[i].question.text},
+                             {"expected", items[i].answer},
+                             {"got", Trim(res->text)}});
+      }
       ++row.total;
       auto& k = row.by_kind[vqa::KindName(items[i].question.kind)];
       k.first += ok;
@@ -298,7 +307,8 @@ absl::Status Run(const Options& o) {
                             {"decode_ms_per_token", Mean(r.decode_ms)},
                             {"accuracy_by_kind", kinds},
                             {"layer_kept_share", r.layer_share},
-                            {"correct_items", r.correct_items}});
+                            {"correct_items", r.correct_items},
+                            {"wrong", r.wrong}});
   }
   if (o.sparsity) {
     const size_t m = std::min<size_t>(requests.size(), 50);

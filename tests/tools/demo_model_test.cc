@@ -136,6 +136,16 @@ TEST(DemoEvalToolTest, JsonHasTheDocumentedFields) {
     }
     EXPECT_GE(r["accuracy"].get<double>(), 0.0);
     EXPECT_LE(r["accuracy"].get<double>(), 1.0);
+    // Every item is either listed as answered right or listed with what came out instead.
+    ASSERT_TRUE(r.contains("correct_items") && r.contains("wrong")) << r.dump();
+    EXPECT_EQ(r["correct_items"].size() + r["wrong"].size(), 3u) << r.dump();
+    EXPECT_DOUBLE_EQ(r["accuracy"].get<double>(), r["correct_items"].size() / 3.0);
+    for (const auto& w : r["wrong"]) {
+      for (const char* field : {"index", "kind", "question", "expected", "got"}) {
+        EXPECT_TRUE(w.contains(field)) << field << " missing in " << w.dump();
+      }
+      EXPECT_NE(w["expected"], w["got"]) << w.dump();
+    }
     if (r["policy"] == "full") {
       EXPECT_DOUBLE_EQ(r["kv_ratio"].get<double>(), 1.0);
     } else {
