@@ -187,6 +187,43 @@ TEST(TrainableLlava, RejectsMismatchedImageTokensAndIdsOutsideTheVocabulary) {
   EXPECT_TRUE(m->Forward({Pixels(1, c, 1), ids, lengths, {1}}).ok());
 }
 
+TEST(TrainableLlava, DecoderVisualOutIsTheImagePositionsAfterTheChosenLayerOnly) {
+  const LlavaConfig c = engine::SmallConfig();
+  ASSERT_GE(c.text.num_hidden_layers, 2);
+  auto m = Create(c);
+  ASSERT_NE(m, nullptr);
+  RandomizeAll(m.get(), 5);
+  // Two sequences, right-padded: two images, then one.
+  auto [ids, lengths] = PadSequences({Prompt(c, 2, 3, 1), Prompt(c, 1, 2, 2)});
+  const TrainBatch batch{Pixels(3, c, 4), ids, lengths, {2, 1}};
+  at::Tensor visual, hidden;
+  auto logits = m->Forward(batch, &visual, &hidden, 0);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_TRUE(hidden.defined());
+  EXPECT_EQ(hidden.size(0), 3 * c.visual_tokens_per_image());
+  EXPECT_EQ(hidden.size(1), c.text.hidden_size);
+  EXPECT_EQ(hidden.sizes(), visual.sizes());
+  // Layer 0 added something to what the projector fed it.
+  EXPECT_GT((hidden - visual).abs().max().item<double>(), 1e-3);
+
+  // A loss on it trains the layers up to the chosen one and nothing after.
+  hidden.pow(2).sum().backward();
+  const std::string last = "lm.layers." + std::to_string(c.text.num_hidden_layers - 1) + ".";
+  int first_with_grad = 0, later_with_grad = 0;
+  for (const auto& [name, t] : m->named_tensors()) {
+    const bool has = t.grad().defined() && t.grad().abs().sum().item<double>() > 0;
+    if (name.rfind("lm.layers.0.", 0) == 0) first_with_grad += has;
+    if (name.rfind(last, 0) == 0) later_with_grad += has;
+  }
+  EXPECT_GT(first_with_grad, 0);
+  EXPECT_EQ(later_with_grad, 0);
+
+  EXPECT_EQ(m->Forward(batch, nullptr, &hidden, c.text.num_hidden_layers).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->Forward(batch, nullptr, &hidden, -1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(TrainableLlava, RejectsAnInvalidConfig) {
   LlavaConfig c = engine::SmallConfig();
   c.text.num_key_value_heads = 3;  // does not divide 4 query heads

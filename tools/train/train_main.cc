@@ -49,8 +49,8 @@ struct Options {
   int64_t until = 0;
   int64_t single_steps = 1500;  // phase 1: single images only
   int max_frames = 8;
-  int min_frames = 2;           // clips have min_frames..max_frames frames, uniformly
-  double clip_fraction = 0.6;   // phase 2: share of batches that are clips
+  int min_frames = 2;             // clips have min_frames..max_frames frames, uniformly
+  double clip_fraction = 0.6;     // phase 2: share of batches that are clips
   double caption_fraction = 0.3;  // share of items trained as captions (demo_task.h, Caption)
   // Weight of the penalty on the share of each image's visual-token energy that all its tokens
   // have in common (see Train).
@@ -59,11 +59,19 @@ struct Options {
   // heads read each token's colour, kind and digit; they train with the model and are not
   // exported.
   double cell_loss = 1.0;
+  // Weight of the frame probe (0: off): a linear head reads, from the decoder's hidden state of
+  // each visual token after layer `frame_probe_layer`, which frame of its clip the token is in.
+  // The visual tokens of a clip's frames are alike to the decoder except for their positions, so
+  // "in frame 5" must be resolved from RoPE alone; the probe asks the first layers to write each
+  // token's frame into it, which the question can then match by content. Training-only, not
+  // exported.
+  double frame_probe_loss = 0.0;
+  int frame_probe_layer = 1;
   // "item": every item weighs the same in the task loss, whatever its answer's length; "token":
   // every answer token does, so 30% of captions of ~30 tokens outweigh the one-word answers
   // (e5 stalled at 0.65 single-image exact match while its token loss kept falling).
   std::string loss_weighting = "item";
-  int batch_tokens = 1600;      // prompt + answer tokens per batch (sets the batch size)
+  int batch_tokens = 1600;  // prompt + answer tokens per batch (sets the batch size)
   double lr = 1e-3;
   int64_t warmup = 200;
   double min_lr_ratio = 0.05;
@@ -85,9 +93,8 @@ bool Exists(const std::string& path) {
 
 double LearningRate(const Options& o, int64_t step) {
   if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
-  const double progress =
-      static_cast<double>(step - o.warmup) /
-      static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
+  const double progress = static_cast<double>(step - o.warmup) /
+                          static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
   const double cosine = 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
   return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
 }
@@ -109,8 +116,7 @@ absl::StatusOr<EvalResult> Evaluate(const train::TrainableLlava& model,
   EvalResult r;
   for (int f : frames) {
     int right = 0;
-    const int per_batch =
-        std::max(1, 2048 / (f * model.config().visual_tokens_per_image() + 24));
+    const int per_batch = std::max(1, 2048 / (f * model.config().visual_tokens_per_image() + 24));
     for (int start = 0; start < n; start += per_batch) {
       std::vector<train::EncodedItem> items;
       for (int i = start; i < std::min(n, start + per_batch); ++i) {
@@ -137,9 +143,8 @@ absl::Status Train(const Options& o) {
   const std::string tokenizer_path = o.work + "/tokenizer.model";
   const std::string state_path = o.work + "/state.pt";
   if (!o.resume || !Exists(tokenizer_path)) {
-    VLC_ASSIGN_OR_RETURN(int pieces,
-                         tools::WriteBpeTokenizer(train::DemoTokenizerCorpus(), 512,
-                                                  tokenizer_path));
+    VLC_ASSIGN_OR_RETURN(
+        int pieces, tools::WriteBpeTokenizer(train::DemoTokenizerCorpus(), 512, tokenizer_path));
     std::cout << "tokenizer: " << pieces << " pieces -> " << tokenizer_path << std::endl;
   }
   // The vocabulary size comes from the tokenizer file itself (any id past it for the image).
@@ -165,8 +170,8 @@ absl::Status Train(const Options& o) {
       config.vision.image_size / config.vision.patch_size == train::DemoVqaOptions().grid;
   const int64_t hidden = config.text.hidden_size;
   std::vector<at::Tensor> heads;
-  for (int classes : {train::kCellColorClasses, train::kCellKindClasses,
-                      train::kCellDigitClasses}) {
+  for (int classes :
+       {train::kCellColorClasses, train::kCellKindClasses, train::kCellDigitClasses}) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 99 + classes);
     heads.push_back((at::randn({classes, hidden}, gen) * 0.02).set_requires_grad(true));
     heads.push_back(at::zeros({classes}).set_requires_grad(true));
@@ -179,6 +184,29 @@ absl::Status Train(const Options& o) {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < heads.size() && i < saved.size(); ++i) heads[i].copy_(saved[i]);
   }
+  const bool frame_probe_on = o.frame_probe_loss > 0;
+  if (frame_probe_on &&
+      (o.frame_probe_layer < 0 || o.frame_probe_layer >= config.text.num_hidden_layers)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--frame-probe-layer must be in [0, ", config.text.num_hidden_layers, ")"));
+  }
+  std::vector<at::Tensor> frame_head;
+  {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 7);
+    frame_head.push_back(
+        (at::randn({vqa::kMaxFrames, hidden}, gen) * 0.02).set_requires_grad(true));
+    frame_head.push_back(at::zeros({vqa::kMaxFrames}).set_requires_grad(true));
+  }
+  torch::optim::AdamW frame_head_optimizer(frame_head,
+                                           torch::optim::AdamWOptions(o.lr).weight_decay(0));
+  const std::string frame_head_path = o.work + "/frame_head.pt";
+  if (frame_probe_on && o.resume && Exists(frame_head_path)) {
+    std::vector<at::Tensor> saved;
+    torch::load(saved, frame_head_path);
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < frame_head.size() && i < saved.size(); ++i)
+      frame_head[i].copy_(saved[i]);
+  }
   // The encoder reads tokenizer.model from a model directory: the work directory serves.
   VLC_ASSIGN_OR_RETURN(auto enc, train::TaskEncoder::Create(o.work, config));
   std::cout << "parameters: " << model->NumTrainableParameters() << ", threads "
@@ -187,12 +215,13 @@ absl::Status Train(const Options& o) {
   std::ofstream log(o.work + "/log.jsonl", std::ios::app);
   const std::vector<int> eval_frames = {1, o.max_frames};
   auto t0 = Clock::now();
-  double loss_sum = 0, cell_sum = 0;
+  double loss_sum = 0, cell_sum = 0, probe_sum = 0;
   int64_t loss_n = 0, samples = 0;
   const int64_t last = o.until > 0 ? std::min(o.until, o.steps) : o.steps;
   for (; step < last;) {
-    const int frames = train::FrameSchedule{o.single_steps, o.clip_fraction, o.min_frames,
-                                            o.max_frames}.FramesAt(step);
+    const int frames =
+        train::FrameSchedule{o.single_steps, o.clip_fraction, o.min_frames, o.max_frames}.FramesAt(
+            step);
     const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
     for (int b = 0; b < bs; ++b) {
@@ -220,8 +249,11 @@ absl::Status Train(const Options& o) {
     }
     optimizer->zero_grad();
     head_optimizer.zero_grad();
-    at::Tensor visual;
-    VLC_ASSIGN_OR_RETURN(auto logits, model->Forward(batch.inputs, &visual));
+    frame_head_optimizer.zero_grad();
+    at::Tensor visual, decoder_visual;
+    VLC_ASSIGN_OR_RETURN(auto logits, model->Forward(batch.inputs, &visual,
+                                                     frame_probe_on ? &decoder_visual : nullptr,
+                                                     o.frame_probe_layer));
     VLC_ASSIGN_OR_RETURN(
         auto loss, train::TrainableLlava::Loss(logits, batch.targets, batch.mask,
                                                o.loss_weighting == "item"
@@ -251,10 +283,24 @@ absl::Status Train(const Options& o) {
       objective = objective + o.cell_loss * cell / 3;
       cell_sum += cell.item<double>() / 3;
     }
+    if (frame_probe_on && decoder_visual.defined()) {
+      // Row order is the images' order: sequence by sequence, frame by frame, token by token.
+      std::vector<int64_t> labels;
+      const int64_t per_image = config.visual_tokens_per_image();
+      for (int64_t n : batch.inputs.images_per_sequence) {
+        for (int64_t f = 0; f < n; ++f) labels.insert(labels.end(), per_image, f);
+      }
+      auto target = at::tensor(labels, at::kLong);
+      auto probe_loss =
+          at::cross_entropy_loss(at::linear(decoder_visual, frame_head[0], frame_head[1]), target);
+      objective = objective + o.frame_probe_loss * probe_loss;
+      probe_sum += probe_loss.item<double>();
+    }
     objective.backward();
     torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
     optimizer->step();
     head_optimizer.step();
+    if (frame_probe_on) frame_head_optimizer.step();
     loss_sum += loss.item<double>();
     ++loss_n;
     samples += bs;
@@ -262,16 +308,21 @@ absl::Status Train(const Options& o) {
 
     if (step % 25 == 0) {
       const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-      std::printf("step %6lld  loss %.4f  cell %.4f  lr %.2e  frames %2d  %.1f samples/s\n",
+      std::printf("step %6lld  loss %.4f  cell %.4f  lr %.2e  frames %2d  %.1f samples/s",
                   static_cast<long long>(step), loss_sum / loss_n, cell_sum / loss_n, lr, frames,
                   samples / secs);
+      if (frame_probe_on) std::printf("  frame probe %.4f", probe_sum / loss_n);
+      std::printf("\n");
       std::fflush(stdout);
-      log << nlohmann::json({{"step", step}, {"loss", loss_sum / loss_n}, {"lr", lr},
+      log << nlohmann::json({{"step", step},
+                             {"loss", loss_sum / loss_n},
+                             {"lr", lr},
                              {"samples_per_s", samples / secs}})
                  .dump()
           << std::endl;
       loss_sum = 0;
       cell_sum = 0;
+      probe_sum = 0;
       loss_n = 0;
       samples = 0;
       t0 = Clock::now();
@@ -290,6 +341,7 @@ absl::Status Train(const Options& o) {
     if (step % o.save_every == 0 || step == last) {
       VLC_RETURN_IF_ERROR(model->SaveState(state_path, *optimizer, step));
       torch::save(heads, heads_path);
+      if (frame_probe_on) torch::save(frame_head, frame_head_path);
       VLC_RETURN_IF_ERROR(model->Export(o.out, tokenizer_path));
       std::cout << "saved step " << step << " -> " << o.out << std::endl;
     }
@@ -332,6 +384,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--cell-loss", o.cell_loss,
                  "Weight of the per-cell label loss on visual tokens (0: off)")
+      ->capture_default_str();
+  app.add_option("--frame-probe-loss", o.frame_probe_loss,
+                 "Weight of the training-only probe that reads each visual token's frame from "
+                 "the decoder (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--frame-probe-layer", o.frame_probe_layer,
+                 "Decoder layer (0-based) whose output the frame probe reads")
       ->capture_default_str();
   app.add_option("--batch-tokens", o.batch_tokens, "Tokens per batch (sets the batch size)")
       ->check(CLI::PositiveNumber)

@@ -467,9 +467,15 @@ absl::StatusOr<PreparedIds> PrepareIds(const TrainBatch& batch, const LlavaConfi
 
 }  // namespace
 
-absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch,
-                                                   at::Tensor* visual_out) const {
+absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch, at::Tensor* visual_out,
+                                                   at::Tensor* decoder_visual_out,
+                                                   int decoder_layer) const {
   const auto& t = config_.text;
+  if (decoder_visual_out != nullptr &&
+      (decoder_layer < 0 || decoder_layer >= t.num_hidden_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("decoder_layer must be in [0, ",
+                                                   t.num_hidden_layers, "), got ", decoder_layer));
+  }
   VLC_ASSIGN_OR_RETURN(PreparedIds ids, PrepareIds(batch, config_));
   const int64_t batch_size = ids.lookup.size(0), seq_len = ids.lookup.size(1);
   const int64_t images = ids.images;
@@ -492,7 +498,8 @@ absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch,
     const at::Tensor cos = emb.cos(), sin = emb.sin();  // [T, hd]
     const std::vector<AttentionBlock> blocks = AttentionBlocks(seq_len, group, t.sliding_window);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-    for (const auto& l : p.text_layers) {
+    for (size_t li = 0; li < p.text_layers.size(); ++li) {
+      const auto& l = p.text_layers[li];
       auto hn = RmsNorm(x, l.in_norm, t.rms_norm_eps);
       auto heads_of = [&](const at::Tensor& w, int64_t n) {
         return at::linear(hn, w).view({batch_size, seq_len, n, hd}).transpose(1, 2);
@@ -504,6 +511,9 @@ absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch,
       x = x + at::linear(a, l.o_w);
       hn = RmsNorm(x, l.post_norm, t.rms_norm_eps);
       x = x + at::linear(at::silu(at::linear(hn, l.gate_w)) * at::linear(hn, l.up_w), l.down_w);
+      if (decoder_visual_out != nullptr && static_cast<int>(li) == decoder_layer) {
+        *decoder_visual_out = images > 0 ? x.index({ids.image_mask}) : at::Tensor();
+      }
     }
     logits = at::linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head);
   }));

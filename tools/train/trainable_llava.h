@@ -95,8 +95,12 @@ class TrainableLlava {
   // image-token counts that do not match the images, shapes that disagree with the config.
   // When `visual_out` is given it receives the projected visual tokens [images * tokens per image,
   // hidden] (differentiable), for regularizers on what the decoder is fed.
-  absl::StatusOr<at::Tensor> Forward(const TrainBatch& batch,
-                                     at::Tensor* visual_out = nullptr) const;
+  // When `decoder_visual_out` is given it receives the decoder's hidden states at the image
+  // positions after decoder layer `decoder_layer` (0-based), in the same row order as
+  // `visual_out`: what a training-only probe on the decoder's view of the visual tokens reads.
+  absl::StatusOr<at::Tensor> Forward(const TrainBatch& batch, at::Tensor* visual_out = nullptr,
+                                     at::Tensor* decoder_visual_out = nullptr,
+                                     int decoder_layer = 0) const;
 
   // Mean cross-entropy of logits [B, T, vocab] against targets [B, T] over the positions where
   // mask [B, T] (bool or 0/1) is set; targets elsewhere are ignored (any value). Position t's
