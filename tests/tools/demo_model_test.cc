@@ -25,7 +25,7 @@ namespace {
 const std::string kModel = std::string(VLC_SOURCE_DIR) + "/models/demo";
 
 // Test-split items (vlcache-vqa --split test) the shipped model answered right when it shipped.
-const std::vector<int64_t> kSingleItems = {0, 1, 2, 3, 7, 27};
+const std::vector<int64_t> kSingleItems = {0, 1, 3, 4, 7, 27};
 const std::vector<int64_t> kClipItems = {0, 2, 3, 5};
 
 
