@@ -259,5 +259,46 @@ TEST(FrameScheduleTest, OneFrameCeilingMeansSingleImagesOnly) {
   for (int64_t step = 0; step < 1000; ++step) ASSERT_EQ(s.FramesAt(step), 1);
 }
 
+TEST(KindMixTest, EqualWeightsKeepTheUnweightedItemStream) {
+  KindMix mix;
+  for (int64_t base : {0, 1, 777, 123456}) EXPECT_EQ(mix.ItemIndex(base, 8, DemoVqaOptions()), base);
+  ASSERT_TRUE(mix.Set("count=2.5").ok());
+  ASSERT_TRUE(mix.Set("color_of_shape=2.5").ok());
+  ASSERT_TRUE(mix.Set("shape_at=2.5").ok());
+  ASSERT_TRUE(mix.Set("digit_in_box=2.5").ok());
+  EXPECT_EQ(mix.ItemIndex(42, 1, DemoVqaOptions()), 42);
+}
+
+TEST(KindMixTest, KindsComeUpInProportionToTheirWeights) {
+  KindMix mix;
+  ASSERT_TRUE(mix.Set("count=3").ok());
+  ASSERT_TRUE(mix.Set("digit_in_box=0").ok());
+  ASSERT_TRUE(mix.Validate().ok());
+  std::map<vqa::QuestionKind, int> seen;
+  const int n = 3000;
+  for (int64_t base = 0; base < n; ++base) {
+    const int64_t index = mix.ItemIndex(base, 4, DemoVqaOptions());
+    EXPECT_EQ(index, mix.ItemIndex(base, 4, DemoVqaOptions())) << "not deterministic";
+    ++seen[vqa::MakeItem(vqa::Split::kTrain, index, 4, DemoVqaOptions()).question.kind];
+  }
+  // Weights 1, 1, 0, 3 over kinds drawn uniformly: shares 1/5, 1/5, 0, 3/5.
+  EXPECT_EQ(seen[vqa::QuestionKind::kDigitInBox], 0);
+  EXPECT_NEAR(seen[vqa::QuestionKind::kCount] / static_cast<double>(n), 0.6, 0.03);
+  EXPECT_NEAR(seen[vqa::QuestionKind::kShapeAt] / static_cast<double>(n), 0.2, 0.03);
+  EXPECT_NEAR(seen[vqa::QuestionKind::kColorOfShape] / static_cast<double>(n), 0.2, 0.03);
+}
+
+TEST(KindMixTest, RejectsMalformedAndImpossibleWeights) {
+  KindMix mix;
+  EXPECT_EQ(mix.Set("count").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mix.Set("colour=2").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mix.Set("count=-1").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mix.Set("count=lots").code(), absl::StatusCode::kInvalidArgument);
+  for (const char* k : {"count=0", "shape_at=0", "digit_in_box=0", "color_of_shape=0"}) {
+    ASSERT_TRUE(mix.Set(k).ok()) << k;
+  }
+  EXPECT_EQ(mix.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace vlc::train

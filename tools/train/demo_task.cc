@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -213,6 +214,50 @@ int FrameSchedule::FramesAt(int64_t step) const {
   if (u >= clip_fraction) return 1;
   const int lo = std::clamp(min_frames, 2, max_frames);
   return lo + static_cast<int>(h / 1000000 % static_cast<uint64_t>(max_frames - lo + 1));
+}
+
+absl::Status KindMix::Validate() const {
+  double most = 0;
+  for (double w : weight) {
+    if (!(w >= 0)) return absl::InvalidArgumentError("a question kind's weight must be >= 0");
+    most = std::max(most, w);
+  }
+  if (most <= 0) return absl::InvalidArgumentError("at least one question kind needs weight > 0");
+  return absl::OkStatus();
+}
+
+absl::Status KindMix::Set(const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected KIND=WEIGHT (e.g. count=2), got \"", assignment, "\""));
+  }
+  VLC_ASSIGN_OR_RETURN(const vqa::QuestionKind kind, vqa::ParseKind(assignment.substr(0, eq)));
+  double w = 0;
+  if (!absl::SimpleAtod(assignment.substr(eq + 1), &w) || !(w >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the weight in \"", assignment, "\" must be a number >= 0"));
+  }
+  weight[static_cast<size_t>(kind)] = w;
+  return absl::OkStatus();
+}
+
+int64_t KindMix::ItemIndex(int64_t base, int frames, const vqa::Options& options) const {
+  const double most = *std::max_element(weight.begin(), weight.end());
+  if (*std::min_element(weight.begin(), weight.end()) >= most) return base;
+  int64_t index = base;
+  for (int attempt = 0; attempt < 256; ++attempt) {
+    index = base + attempt * kStride;
+    const double w = weight[static_cast<size_t>(
+        vqa::MakeItem(vqa::Split::kTrain, index, frames, options).question.kind)];
+    if (w >= most) return index;
+    uint64_t h = static_cast<uint64_t>(index) * 0xD6E8FEB86659FD93ull + 0x9E3779B97F4A7C15ull;
+    h ^= h >> 32;
+    h *= 0xD6E8FEB86659FD93ull;
+    h ^= h >> 32;
+    if (static_cast<double>(h % 1000000) / 1e6 < w / most) return index;
+  }
+  return index;
 }
 
 }  // namespace vlc::train

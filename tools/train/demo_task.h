@@ -14,6 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/config.h"
 #include "engine/media.h"
@@ -100,6 +101,22 @@ struct FrameSchedule {
   int max_frames = 8;
 
   int FramesAt(int64_t step) const;
+};
+
+// Which training item fills a batch slot when some question kinds should come up more often:
+// candidates base, base + kStride, base + 2 * kStride, ... are drawn until one is accepted, a
+// candidate of kind k with probability weight[k] / max weight (a deterministic hash of its index
+// decides), so kinds come up in proportion to their weights. Equal weights accept the first
+// candidate: the item stream is then exactly the unweighted one.
+struct KindMix {
+  static constexpr int64_t kStride = 1000000007;
+  std::array<double, vqa::kNumKinds> weight = {1, 1, 1, 1};
+
+  // INVALID_ARGUMENT for a negative weight or all zero.
+  absl::Status Validate() const;
+  // Sets a kind's weight from "count=2" (a kind name of vqa::KindName, '=', a number >= 0).
+  absl::Status Set(const std::string& assignment);
+  int64_t ItemIndex(int64_t base, int frames, const vqa::Options& options) const;
 };
 
 // Per answer, whether every target token is the argmax of its logits (teacher forcing). With the

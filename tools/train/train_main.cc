@@ -65,6 +65,8 @@ struct Options {
   // "in frame 5" must be resolved from RoPE alone; the probe asks the first layers to write each
   // token's frame into it, which the question can then match by content. Training-only, not
   // exported.
+  // KIND=WEIGHT: question kinds come up in proportion to their weights (default 1 each).
+  std::vector<std::string> kind_weights;
   double frame_probe_loss = 0.0;
   int frame_probe_layer = 1;
   // "item": every item weighs the same in the task loss, whatever its answer's length; "token":
@@ -134,6 +136,9 @@ absl::StatusOr<EvalResult> Evaluate(const train::TrainableLlava& model,
 }
 
 absl::Status Train(const Options& o) {
+  train::KindMix kind_mix;
+  for (const auto& a : o.kind_weights) VLC_RETURN_IF_ERROR(kind_mix.Set(a));
+  VLC_RETURN_IF_ERROR(kind_mix.Validate());
   if (o.threads > 0) at::set_num_threads(o.threads);
   for (const std::string& dir : {o.work, o.out}) {
     std::error_code ec;
@@ -225,8 +230,9 @@ absl::Status Train(const Options& o) {
     const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
     for (int b = 0; b < bs; ++b) {
-      const vqa::Item item =
-          vqa::MakeItem(vqa::Split::kTrain, step * 64 + b, frames, train::DemoVqaOptions());
+      const vqa::Item item = vqa::MakeItem(
+          vqa::Split::kTrain, kind_mix.ItemIndex(step * 64 + b, frames, train::DemoVqaOptions()),
+          frames, train::DemoVqaOptions());
       // Whether it is a caption, and of which frame: a pure function of (step, b).
       uint64_t h = (static_cast<uint64_t>(step) * 64 + b + 1) * 0x9E3779B97F4A7C15ull;
       h ^= h >> 29;
@@ -385,6 +391,9 @@ int main(int argc, char** argv) {
   app.add_option("--cell-loss", o.cell_loss,
                  "Weight of the per-cell label loss on visual tokens (0: off)")
       ->capture_default_str();
+  app.add_option("--kind-weight", o.kind_weights,
+                 "KIND=WEIGHT (repeatable): how often a question kind comes up relative to the "
+                 "others, e.g. count=2 (kinds: color_of_shape, shape_at, digit_in_box, count)");
   app.add_option("--frame-probe-loss", o.frame_probe_loss,
                  "Weight of the training-only probe that reads each visual token's frame from "
                  "the decoder (0: off)")
