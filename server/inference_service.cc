@@ -169,16 +169,21 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
   if (absl::Status st = loop_.load()->Submit(job); !st.ok()) return st;
   StreamEvent e;
   bool deadline_hit = false;
+  // The engine checks job->cancelled between decode steps and frees the sequence's pages. The
+  // client's timer fires at its deadline and ends the call; ours runs later, since the timeout
+  // travels as a duration and starts when the call arrives (later still on a loaded machine).
+  // So a call that ends, by cancellation or a failed write, within kDeadlineSkew of our
+  // deadline ended at the client's deadline, and is answered and counted as DEADLINE_EXCEEDED.
+  constexpr auto kDeadlineSkew = std::chrono::seconds(1);
+  auto stop = [&] {
+    if (job->cancelled) return;
+    job->cancelled = true;
+    deadline_hit = wall_deadline != std::chrono::system_clock::time_point::max() &&
+                   wall_deadline - std::chrono::system_clock::now() < kDeadlineSkew;
+  };
   while (true) {
     if (!job->channel->Pop(&e, std::chrono::milliseconds(50))) {
-      // The engine checks this flag between decode steps and frees the sequence's pages.
-      if (context->IsCancelled() && !job->cancelled) {
-        job->cancelled = true;
-        // The client's timer fires at its deadline; ours runs a little later (the timeout
-        // travels as a duration), so a cancellation that close to it is the deadline.
-        deadline_hit = wall_deadline - std::chrono::system_clock::now() <
-                       std::chrono::milliseconds(250);
-      }
+      if (context->IsCancelled()) stop();
       continue;
     }
     if (e.final) break;
@@ -186,7 +191,7 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
       pb::GenerateResponse r;
       r.set_text(e.text);
       for (int t : e.token_ids) r.add_token_ids(t);
-      if (!writer->Write(r)) job->cancelled = true;
+      if (!writer->Write(r)) stop();
     }
   }
   if (!e.status.ok() && (deadline_hit || std::chrono::system_clock::now() >= wall_deadline)) {
