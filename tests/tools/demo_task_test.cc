@@ -294,6 +294,8 @@ TEST(KindMixTest, RejectsMalformedAndImpossibleWeights) {
   EXPECT_EQ(mix.Set("colour=2").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(mix.Set("count=-1").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(mix.Set("count=lots").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mix.Set("count=inf").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mix.Set("count=nan").code(), absl::StatusCode::kInvalidArgument);
   for (const char* k : {"count=0", "shape_at=0", "digit_in_box=0", "color_of_shape=0"}) {
     ASSERT_TRUE(mix.Set(k).ok()) << k;
   }

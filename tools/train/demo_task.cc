@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -219,7 +220,9 @@ int FrameSchedule::FramesAt(int64_t step) const {
 absl::Status KindMix::Validate() const {
   double most = 0;
   for (double w : weight) {
-    if (!(w >= 0)) return absl::InvalidArgumentError("a question kind's weight must be >= 0");
+    if (!(w >= 0) || !std::isfinite(w)) {
+      return absl::InvalidArgumentError("a question kind's weight must be a finite number >= 0");
+    }
     most = std::max(most, w);
   }
   if (most <= 0) return absl::InvalidArgumentError("at least one question kind needs weight > 0");
@@ -234,9 +237,9 @@ absl::Status KindMix::Set(const std::string& assignment) {
   }
   VLC_ASSIGN_OR_RETURN(const vqa::QuestionKind kind, vqa::ParseKind(assignment.substr(0, eq)));
   double w = 0;
-  if (!absl::SimpleAtod(assignment.substr(eq + 1), &w) || !(w >= 0)) {
+  if (!absl::SimpleAtod(assignment.substr(eq + 1), &w) || !(w >= 0) || !std::isfinite(w)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the weight in \"", assignment, "\" must be a number >= 0"));
+        absl::StrCat("the weight in \"", assignment, "\" must be a finite number >= 0"));
   }
   weight[static_cast<size_t>(kind)] = w;
   return absl::OkStatus();
