@@ -7,7 +7,6 @@ namespace vlc::server {
 
 int RecordVerdict(Metrics* metrics, const std::string& pipeline, const std::string& run_key,
                   const dq::TableReport& report) {
-  if (metrics) metrics->CountDqCheck(pipeline, report.passed);
   int violations = 0;
   for (const dq::ColumnReport& c : report.columns) {
     if (!c.problem.empty()) {
@@ -28,6 +27,8 @@ int RecordVerdict(Metrics* metrics, const std::string& pipeline, const std::stri
           v.raw_value, v.constraint.lo, v.constraint.hi);
     }
   }
+  // The check is counted last: a scrape that sees it also sees every violation it found.
+  if (metrics) metrics->CountDqCheck(pipeline, report.passed);
   return violations;
 }
 

@@ -38,6 +38,7 @@ inline constexpr const char* kSchemaViolationMetric = "schema";
 //   raw_value=... bounds=[lo,hi]
 // (a column that could not be checked: metric=schema problem="..."). Returns the number of
 // violations. `metrics` may be null (no metrics listener); the lines are logged all the same.
+// The check is counted after its violations, so that a scrape showing the check shows them too.
 int RecordVerdict(Metrics* metrics, const std::string& pipeline, const std::string& run_key,
                   const dq::TableReport& report);
 
