@@ -13,7 +13,8 @@
 // time per token; the JSON also lists the items each configuration answered right
 // (`correct_items`), the others with what was expected and what came out (`wrong`), and the
 // share of items answered right but not ended there (`answer_then_more`: "2 3 2" for "2").
-// `--sparsity` also prints each layer's attention sparsity over the post-vision queries (ALGORITHMS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
+// `--sparsity` also prints each layer's attention sparsity over the post-vision queries
+// (ALGORITHMS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -248,22 +249,20 @@ absl::Status Run(const Options& o) {
                             absl::StrCat(policy, " at ", budget, ", item ", items[i].index, ": ",
                                          res.status().message()));
       }
-      const bool ok = Trim(res->text) == items[i].answer;
+      const std::string got = Trim(res->text);
+      const std::string& want = items[i].answer;
+      const bool ok = got == want;
       row.correct += ok;
-      {
-        const std::string got = Trim(res->text);
-        const std::string& want = items[i].answer;
-        row.prefix_correct += got.compare(0, want.size(), want) == 0 &&
-                              (got.size() == want.size() || got[want.size()] == ' ');
-      }
+      row.prefix_correct += got.compare(0, want.size(), want) == 0 &&
+                            (got.size() == want.size() || got[want.size()] == ' ');
       if (ok) {
         row.correct_items.push_back(items[i].index);
       } else {
         row.wrong.push_back({{"index", items[i].index},
                              {"kind", vqa::KindName(items[i].question.kind)},
                              {"question", items[i].question.text},
-                             {"expected", items[i].answer},
-                             {"got", Trim(res->text)}});
+                             {"expected", want},
+                             {"got", got}});
       }
       ++row.total;
       auto& k = row.by_kind[vqa::KindName(items[i].question.kind)];
