@@ -112,7 +112,7 @@ struct KindMix {
   static constexpr int64_t kStride = 1000000007;
   std::array<double, vqa::kNumKinds> weight = {1, 1, 1, 1};
 
-  // INVALID_ARGUMENT for a negative weight or all zero.
+  // INVALID_ARGUMENT for a negative or non-finite weight, or all weights zero.
   absl::Status Validate() const;
   // Sets a kind's weight from "count=2" (a kind name of vqa::KindName, '=', a number >= 0).
   absl::Status Set(const std::string& assignment);

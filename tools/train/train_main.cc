@@ -65,10 +65,10 @@ struct Options {
   // "in frame 5" must be resolved from RoPE alone; the probe asks the first layers to write each
   // token's frame into it, which the question can then match by content. Training-only, not
   // exported.
-  // KIND=WEIGHT: question kinds come up in proportion to their weights (default 1 each).
-  std::vector<std::string> kind_weights;
   double frame_probe_loss = 0.0;
   int frame_probe_layer = 1;
+  // KIND=WEIGHT: question kinds come up in proportion to their weights (default 1 each).
+  std::vector<std::string> kind_weights;
   // "item": every item weighs the same in the task loss, whatever its answer's length; "token":
   // every answer token does, so 30% of captions of ~30 tokens outweigh the one-word answers
   // (e5 stalled at 0.65 single-image exact match while its token loss kept falling).
