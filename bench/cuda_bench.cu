@@ -1,4 +1,4 @@
-// The paged KV-cache kernels on the device (issue 7), each beside a physical reference measured in
+// The paged KV-cache kernels on the device, each beside a physical reference measured in
 // the same run:
 //  * copy: cudaMemcpy device to device of a large buffer (bytes read + written per second) and a
 //    read-only pass over it (bytes read per second): what the card's memory can do.

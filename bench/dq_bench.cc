@@ -1,4 +1,4 @@
-// Data-quality throughput (issue 6): what AVH's metric library and learning cost, each against
+// Data-quality throughput: what AVH's metric library and learning cost, each against
 // the limit of a single pass over the same bytes (no metric can read its column in less):
 //  * every metric of a 1M-row numeric column and of a 1M-row string column, with the previous
 //    run as validation computes them (ComputeMetrics(current, &previous)), and where the time

@@ -3,6 +3,10 @@
 // machine's copy bandwidth measured in the same run (the physical limit of a memory-bound step).
 //
 //   build/bin/vlcache-bench-engine --hidden 4096 --layers 2 --intermediate 11008 --json out.json
+//
+// With --batches 1,2,4,8,16 it measures batch scaling instead: the decode step time of each batch
+// size against batch 1's in the same round, the sizes alternating round after round (the
+// machine's bandwidth drifts), each sequence's cache filled with --prompt random tokens.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -11,6 +15,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -51,6 +57,78 @@ Bandwidth MeasureBandwidth(int64_t bytes, int repeats) {
   return {2.0 * static_cast<double>(bytes) / Median(tc), static_cast<double>(bytes) / Median(tr)};
 }
 
+// Decode step time for each batch size against batch 1, measured round after round with the
+// sizes in turn (a different order each round), each ratio taken within its round.
+int BatchScaling(const vlc::engine::LlavaModel& model, std::vector<int> batches, int prompt,
+                 int steps, int repeats, const std::string& json_path) {
+  using namespace vlc;
+  const auto& t = model.config().text;
+  if (std::find(batches.begin(), batches.end(), 1) == batches.end()) batches.insert(batches.begin(), 1);
+  const int max_b = *std::max_element(batches.begin(), batches.end());
+  auto cache = model.NewContiguousCache();
+  std::vector<int64_t> pos(max_b, prompt);
+  for (int b = 0; b < max_b; ++b) {
+    (void)cache->AddSequence(b);
+    for (int l = 0; l < t.num_hidden_layers; ++l) {
+      auto k = at::randn({t.num_key_value_heads, prompt, t.head_dim});
+      auto v = at::randn({t.num_key_value_heads, prompt, t.head_dim});
+      if (absl::Status st = cache->Append(b, l, k, v); !st.ok()) {
+        std::cerr << st << "\n";
+        return 1;
+      }
+    }
+  }
+  auto step_ms = [&](int b) {
+    std::vector<engine::SeqId> seqs(b);
+    std::vector<int> tokens(b);
+    std::vector<int64_t> p(b);
+    std::vector<double> per_step;
+    for (int s = 0; s < steps; ++s) {
+      for (int i = 0; i < b; ++i) {
+        seqs[i] = i;
+        tokens[i] = 3 + i;
+        p[i] = pos[i];
+      }
+      auto a = Clock::now();
+      auto logits = model.DecodeStep(seqs, tokens, p, cache.get());
+      per_step.push_back(Seconds(a, Clock::now()));
+      if (!logits.ok()) {
+        std::cerr << logits.status() << "\n";
+        std::exit(1);
+      }
+      for (int i = 0; i < b; ++i) ++pos[i];
+    }
+    return Median(per_step) * 1e3;
+  };
+  std::map<int, std::vector<double>> ms, ratio;
+  std::vector<int> order = batches;
+  for (int r = 0; r < repeats; ++r) {
+    std::rotate(order.begin(), order.begin() + 1, order.end());
+    std::map<int, double> round;
+    for (int b : order) round[b] = step_ms(b);
+    for (int b : batches) {
+      ms[b].push_back(round[b]);
+      ratio[b].push_back(round[b] / round[1]);
+    }
+  }
+  nlohmann::json j = {{"hidden", t.hidden_size}, {"intermediate", t.intermediate_size},
+                      {"layers", t.num_hidden_layers}, {"prompt", prompt},
+                      {"threads", at::get_num_threads()}, {"repeats", repeats}};
+  std::printf("batch  ms/step (median)  step / batch-1 step: median [min, max]  tokens/s vs batch 1\n");
+  for (int b : batches) {
+    auto sorted = ratio[b];
+    std::sort(sorted.begin(), sorted.end());
+    const double med = Median(ratio[b]);
+    std::printf("%5d  %15.2f  %10.3f [%.3f, %.3f]  %18.2fx\n", b, Median(ms[b]), med,
+                sorted.front(), sorted.back(), b / med);
+    j["batches"].push_back({{"batch", b}, {"ms_per_step", Median(ms[b])},
+                            {"ratio_to_batch1", med}, {"ratio_min", sorted.front()},
+                            {"ratio_max", sorted.back()}, {"ratios", ratio[b]}});
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << j.dump(2) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -60,6 +138,7 @@ int main(int argc, char** argv) {
   auto& t = c.text;
   int prompt = 512, steps = 32, batch = 1, threads = 0, repeats = 5;
   std::string json_path;
+  std::vector<int> batches;
   app.add_option("--hidden", t.hidden_size, "Text hidden size")->capture_default_str();
   app.add_option("--intermediate", t.intermediate_size, "MLP size")->capture_default_str();
   app.add_option("--layers", t.num_hidden_layers, "Decoder layers")->capture_default_str();
@@ -72,6 +151,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "LibTorch threads; 0 = all cores")->capture_default_str();
   app.add_option("--repeats", repeats, "Repeats; medians are reported")->capture_default_str();
   app.add_option("--json", json_path, "Also write the results here");
+  app.add_option("--batches", batches,
+                 "Batch scaling: these batch sizes against batch 1, alternated --repeats times")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   t.head_dim = t.hidden_size / t.num_attention_heads;
   c.image_token_index = t.vocab_size - 1;
@@ -80,6 +162,7 @@ int main(int argc, char** argv) {
 
   auto model_ptr = bench::RandomModel(c);
   auto& model = *model_ptr;
+  if (!batches.empty()) return BatchScaling(model, batches, prompt, steps, repeats, json_path);
   // The machine is shared and its bandwidth drifts between seconds: each repeat measures the
   // limit right before its decode steps, and the ratio is taken per repeat.
   std::vector<double> copy_bw, read_bw, ratio;

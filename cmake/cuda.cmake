@@ -1,4 +1,4 @@
-# ---- CUDA kernels for the paged, compressed KV cache (kvcache/cuda/, issue 7). They are compiled
+# ---- CUDA kernels for the paged, compressed KV cache (kvcache/cuda/). They are compiled
 # whenever a CUDA toolkit is found (the development and CI machines have one, without a GPU), for
 # sm_90 unless CMAKE_CUDA_ARCHITECTURES says otherwise, and run only where a GPU is present: their
 # tests compare each kernel with the CPU reference (kvcache/cpu_ops.h, kvcache/attention.h) and

@@ -1,6 +1,6 @@
-# ---- dq: Auto-Validate-by-History (ALGORITHMS.md section 2). Plain C++ over Abseil, nlohmann_json,
+# ---- dq: Auto-Validate-by-History (docs/ALGORITHMS.md). Plain C++ over Abseil, nlohmann_json,
 # Boost.Math (header-only: the chi-squared and normal distributions) and Eigen (header-only), no
-# LibTorch: the module uses neither the engine nor the server (DESIGN.md "Layout").
+# LibTorch: the module uses neither the engine nor the server (the layout in docs/ARCHITECTURE.md).
 find_package(Boost 1.74 REQUIRED)
 # Least squares for the stationarity tests (augmented Dickey-Fuller).
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
@@ -22,7 +22,7 @@ set(VLC_DQ_SOURCES
   # synthetic issues (recall estimate), learning AVH programs and validating runs with them
   dq/issues.cc
   dq/avh.cc
-  # the anchors AVH is compared with, and the evaluation harness of issue 6
+  # the anchors AVH is compared with, and the evaluation harness
   dq/baselines.cc
   dq/evaluate.cc
   # a pipeline's history in the store: append and re-learn, validate (CLI and gRPC service)
@@ -56,7 +56,7 @@ if(VLC_BUILD_TESTS)
     set(name dq_${stem})
     add_executable(${name} ${src})
     target_link_libraries(${name} PRIVATE vlc_dq GTest::gtest GTest::gtest_main)
-    # The real data sets live beside the project (../shared/data/avh) and are read in place.
+    # The real data sets are in the repository (tests/data/avh) and are read in place.
     target_compile_definitions(${name} PRIVATE VLC_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
     if(name STREQUAL dq_cli_test)
       # The CLI test runs the real binary, as a user would.

@@ -1,5 +1,5 @@
-// The anchors AVH is compared with (ALGORITHMS.md section 2, "Anchors for comparison"), each a
-// per-column validator learned from the same history as AVH and applied to a new run:
+// The anchors AVH is compared with (docs/ALGORITHMS.md, "Anchors the evaluation compares with"),
+// each a per-column validator learned from the same history as AVH and applied to a new run:
 //
 //   name                     checks                                           default threshold
 //   batch_normal             every single-run metric of the column's type     |x - mean| <= 3 sd

@@ -1,9 +1,9 @@
-// The evaluation harness of issue 6: AVH against the baselines of baselines.h on one recurring
-// pipeline, on the same runs.
+// The evaluation harness (docs/ALGORITHMS.md, "Evaluation"): AVH against the baselines of
+// baselines.h on one recurring pipeline, on the same runs.
 //
 // Protocol (runs in time order, r_0 .. r_{T-1}; N = history_runs):
 // - Learning: every method learns each column from r_0 .. r_{N-1} once, and keeps what it learned
-//   for every later run. The issue says "learns from the first N, validates every later run":
+//   for every later run. The protocol is "learn from the first N, validate every later run":
 //   a fixed program is what a deployment validates with between re-learns, and it makes every
 //   later run an independent test of the same program. Pairwise metrics and the differenced
 //   transforms still read the actual previous runs (r_{t-1}, r_{t-lag}), as a deployment would.
@@ -111,7 +111,7 @@ absl::StatusOr<EvalResult> EvaluatePipeline(const std::vector<Table>& runs,
 // score-thresholded method whose measured FPR does not exceed target_fpr.
 double MatchThreshold(std::vector<double> clean_scores, double target_fpr);
 
-// The rule ALGORITHMS.md's anchors are run with, in words ("|x - mean| <= 3 sd, ...").
+// The rule each anchor of baselines.h is run with, in words ("|x - mean| <= 3 sd, ...").
 std::string DescribeBaseline(BaselineKind kind, const BaselineOptions& options);
 
 nlohmann::json ToJson(const EvalResult& result);

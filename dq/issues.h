@@ -1,11 +1,11 @@
-// Synthetic data-quality issues for AVH's recall estimate (ALGORITHMS.md section 2, "Recall
-// estimate"): from the latest run's column, 27 broken variants of a numeric column and 33 of a
-// categorical one. A learned constraint "covers" an issue when it rejects the broken run, so the
-// variants are what program selection maximises coverage of.
+// Synthetic data-quality issues for AVH's recall estimate (docs/ALGORITHMS.md, "Synthetic issues
+// (recall estimate)"): from the latest run's column, 27 broken variants of a numeric column and 33
+// of a categorical one. A learned constraint "covers" an issue when it rejects the broken run, so
+// the variants are what program selection maximises coverage of.
 //
 // Every variant is deterministic: a seed and the variant's index drive a small splitmix64
-// generator (no std distributions, whose output differs between standard libraries). Where the
-// spec is terse, the code does this (n = rows, v = non-null values, "p of X" = round(p * |X|)
+// generator (no std distributions, whose output differs between standard libraries). In detail,
+// the code does this (n = rows, v = non-null values, "p of X" = round(p * |X|)
 // items, at least 1 when p > 0 and X is not empty, chosen uniformly without replacement):
 // - schema_change p: p of the rows take the value the same row has in another column (row i of
 //   the other column, cycling when it is shorter); the other column is the first of the same type
@@ -73,7 +73,7 @@ struct IssueSpec {
   std::string name;     // "unit_change x100 p=0.1", "volume x0.5", "casing upper p=1"
 };
 
-// The variants of ALGORITHMS.md in a fixed order: 27 for numeric, 33 for categorical columns.
+// The variants of docs/ALGORITHMS.md in a fixed order: 27 for numeric, 33 for categorical columns.
 const std::vector<IssueSpec>& IssueSpecsFor(ColumnType type);
 
 // The splitmix64 generator (Steele, Lea, Flood 2014): tiny, fast, and the same on every machine.

@@ -1,6 +1,7 @@
 // One run of a recurring pipeline: a table held by column. A column is either numeric (finite
 // doubles) or categorical (strings); either kind may hold nulls. AVH validates each column on its
-// own (ALGORITHMS.md section 2), so the table is little more than named columns of equal length.
+// own (docs/ALGORITHMS.md, "Auto-Validate-by-History"), so the table is little more than named
+// columns of equal length.
 #pragma once
 
 #include <cstddef>

@@ -1,8 +1,9 @@
 // y = x W^T for the few rows of a decode step. A decode step multiplies every weight matrix by
 // one row per running sequence; measured here (OpenBLAS 0.3.21, 2 cores), the BLAS GEMM at 1 to
-// 8 rows runs at a third of memory bandwidth and GEMV handles one row only. This kernel (AVX2 and
-// FMA, chosen at run time; elsewhere at::linear) streams each weight row once and applies it to
-// every row of x while it is in registers, so a small batch costs little more than one sequence.
+// 8 rows runs at a third of memory bandwidth and GEMV handles one row only. This kernel (AVX2
+// and FMA, chosen at run time; elsewhere at::linear) streams each weight row from memory once and
+// applies it to every row of x (in registers for four rows at a time, from L2 for the rest of the
+// batch), so a small batch costs little more than one sequence.
 // Each output element is summed in the same order whatever the batch, so batching never changes
 // a sequence's numbers.
 #pragma once
@@ -13,7 +14,7 @@ namespace vlc::engine {
 
 // Rows of x up to which DecodeLinear uses the streaming kernel; above it the BLAS GEMM is
 // compute-efficient enough to win.
-inline constexpr int64_t kStreamingLinearMaxRows = 8;
+inline constexpr int64_t kStreamingLinearMaxRows = 16;
 
 // x [rows, in] (float32), w [out, in] (float32, contiguous), b [out] or undefined -> [rows, out].
 at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});

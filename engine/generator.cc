@@ -2,8 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "kvcache/attention.h"
 
 namespace vlc::engine {
 namespace {
@@ -24,8 +28,10 @@ const char* FinishReasonName(FinishReason r) {
   return "unknown";
 }
 
-Generator::Generator(const LlavaModel* model, KvCache* cache, int eos_id)
-    : model_(model), cache_(cache), eos_id_(eos_id) {}
+Generator::Generator(const LlavaModel* model, KvCache* cache, int eos_id,
+                     int64_t prefill_chunk_tokens)
+    : model_(model), cache_(cache), eos_id_(eos_id),
+      prefill_chunk_tokens_(std::max<int64_t>(0, prefill_chunk_tokens)) {}
 
 Generator::~Generator() {
   for (auto& [id, r] : running_) cache_->RemoveSequence(id);
@@ -64,26 +70,31 @@ void Generator::Finish(SeqId id, FinishReason reason, absl::Status error) {
   // A session's sequence stays unless it failed; everything else leaves the cache at once. A turn
   // its caller stopped (cancelled, or past its deadline) did not fail: every token fed so far is
   // valid, so the session keeps them, as a chat keeps the part of an answer that was stopped.
+  // A session that was still being opened has nothing valid, and neither has a turn stopped
+  // between two chunks of its text (its positions would no longer follow the session's).
+  const Running& r = it->second;
   const bool caller_stopped =
       reason == FinishReason::kError && (res.error.code() == absl::StatusCode::kCancelled ||
                                          res.error.code() == absl::StatusCode::kDeadlineExceeded);
-  if (!it->second.spec.keep_cache || (reason == FinishReason::kError && !caller_stopped)) {
-    cache_->RemoveSequence(id);
-  }
+  const bool partly_fed = r.prefill && r.prefill->done > 0;
+  const bool keep = r.spec.keep_cache || r.spec.prefill_only;
+  const bool unusable = reason == FinishReason::kError &&
+                        (r.spec.prefill_only || !caller_stopped || partly_fed);
+  if (!keep || unusable) cache_->RemoveSequence(id);
   running_.erase(it);
   finished_.emplace_back(id, std::move(res));
 }
 
-absl::StatusOr<SeqId> Generator::PrefillNew(SequenceSpec& spec, SequenceResult* result,
-                                            at::Tensor* last_logits) {
+absl::StatusOr<SeqId> Generator::QueueNew(SequenceSpec spec) {
   VLC_RETURN_IF_ERROR(spec.cache_policy.Validate());
+  if (!spec.prefill_only) VLC_RETURN_IF_ERROR(spec.sampling.Validate());
   if (spec.prompt_ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
-  VLC_ASSIGN_OR_RETURN(at::Tensor embeds, model_->EmbedPrompt(spec.prompt_ids, spec.visual));
+  auto pre = std::make_unique<Prefill>();
+  VLC_ASSIGN_OR_RETURN(pre->embeds, model_->EmbedPrompt(spec.prompt_ids, spec.visual));
   const auto& cfg = model_->config();
-  const bool compress = spec.cache_policy.name != "full";
-  kvcache::PromptShape shape;
-  kvcache::ObservationSpec observe;
-  if (compress) {
+  pre->compress = spec.cache_policy.name != "full";
+  if (pre->compress) {
+    auto& shape = pre->shape;
     shape.length = static_cast<int64_t>(spec.prompt_ids.size());
     shape.layers = cfg.text.num_hidden_layers;
     shape.heads = cfg.text.num_attention_heads;
@@ -92,75 +103,24 @@ absl::StatusOr<SeqId> Generator::PrefillNew(SequenceSpec& spec, SequenceResult* 
     for (size_t i = 0; i < spec.prompt_ids.size(); ++i) {
       shape.visual[i] = spec.prompt_ids[i] == cfg.image_token_index;
     }
-    observe = kvcache::ObservationFor(spec.cache_policy, shape);
+    pre->observe = kvcache::ObservationFor(spec.cache_policy, shape);
   }
+  spec.visual = at::Tensor();  // embedded: the prompt's rows carry what it contributed
   const SeqId id = next_id_++;
   VLC_RETURN_IF_ERROR(cache_->AddSequence(id));
-  std::vector<kvcache::LayerObservation> observations;
-  auto logits = model_->Prefill(id, embeds, 0, cache_, false, &observe, &observations);
-  absl::Status st = logits.status();
-  const auto t_plan = std::chrono::steady_clock::now();
-  if (st.ok() && compress) {
-    // One-shot compression right after prefill; generated tokens are appended and never evicted.
-    auto plan = kvcache::MakeKeepPlan(spec.cache_policy, shape, observations);
-    st = plan.ok() ? cache_->Compact(id, *plan) : plan.status();
-  }
-  if (!st.ok()) {
-    cache_->RemoveSequence(id);
-    return st;
-  }
-  result->compress_ms = compress ? MsSince(t_plan) : 0;
-  result->layer_budgets.clear();
-  for (int l = 0; l < cfg.text.num_hidden_layers; ++l) {
-    result->layer_budgets.push_back(cache_->Length(id, l));
-  }
-  result->prompt_tokens = static_cast<int>(spec.prompt_ids.size());
-  result->next_pos = static_cast<int64_t>(spec.prompt_ids.size());
-  *last_logits = std::move(logits).value();
-  spec.visual = at::Tensor();  // prefilled: the cache holds what it contributed
-  return id;
-}
-
-SeqId Generator::StartRunning(SeqId id, SequenceSpec spec, SequenceResult result,
-                              int64_t next_pos, const at::Tensor& logits,
-                              std::chrono::steady_clock::time_point t0) {
   Running r;
-  r.result = std::move(result);
-  r.sampler = std::make_unique<Sampler>(spec.sampling);
-  r.next_pos = next_pos;
+  r.result.prompt_tokens = static_cast<int>(spec.prompt_ids.size());
   r.spec = std::move(spec);
-  at::Tensor row = logits.reshape({-1}).contiguous();
-  const int token = r.sampler->Sample(row.data_ptr<float>(), static_cast<int>(row.numel()));
-  auto& slot = running_.emplace(id, std::move(r)).first->second;
-  const bool more = Accept(slot, token);
-  slot.result.prefill_ms = MsSince(t0);
-  if (!more) Finish(id, slot.result.finish);
+  if (!r.spec.prefill_only) r.sampler = std::make_unique<Sampler>(r.spec.sampling);
+  r.prefill = std::move(pre);
+  running_.emplace(id, std::move(r));
   return id;
 }
 
-absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
-  VLC_RETURN_IF_ERROR(spec.sampling.Validate());
-  const auto t0 = std::chrono::steady_clock::now();
-  SequenceResult result;
-  at::Tensor logits;
-  VLC_ASSIGN_OR_RETURN(SeqId id, PrefillNew(spec, &result, &logits));
-  const int64_t next_pos = result.next_pos;
-  return StartRunning(id, std::move(spec), std::move(result), next_pos, logits, t0);
-}
+absl::StatusOr<SeqId> Generator::Queue(SequenceSpec spec) { return QueueNew(std::move(spec)); }
 
-absl::StatusOr<SeqId> Generator::Open(SequenceSpec spec, SequenceResult* info) {
-  at::Tensor logits;
-  SequenceResult result;
-  VLC_ASSIGN_OR_RETURN(SeqId id, PrefillNew(spec, &result, &logits));
-  result.kv_bytes = cache_->Bytes(id);
-  result.kv_bytes_full =
-      result.next_pos * model_->config().text.num_hidden_layers * cache_->BytesPerTokenPerLayer();
-  if (info) *info = std::move(result);
-  return id;
-}
-
-absl::StatusOr<SeqId> Generator::Resume(SeqId seq, int64_t start_pos,
-                                        const std::vector<int>& ids, SequenceSpec spec) {
+absl::StatusOr<SeqId> Generator::QueueResume(SeqId seq, int64_t start_pos,
+                                             const std::vector<int>& ids, SequenceSpec spec) {
   VLC_RETURN_IF_ERROR(spec.sampling.Validate());
   if (running_.count(seq)) {
     return absl::FailedPreconditionError(absl::StrCat("sequence ", seq, " is still generating"));
@@ -169,19 +129,116 @@ absl::StatusOr<SeqId> Generator::Resume(SeqId seq, int64_t start_pos,
     return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not in the cache"));
   }
   if (ids.empty()) return absl::InvalidArgumentError("the turn is empty");
-  const auto t0 = std::chrono::steady_clock::now();
-  VLC_ASSIGN_OR_RETURN(at::Tensor embeds, model_->EmbedPrompt(ids, at::Tensor()));
+  auto pre = std::make_unique<Prefill>();
   // A continued prefill: attends over the compressed cache, appends at the logical positions.
-  VLC_ASSIGN_OR_RETURN(at::Tensor logits, model_->Prefill(seq, embeds, start_pos, cache_));
-  SequenceResult result;
-  result.prompt_tokens = static_cast<int>(ids.size());
-  const auto& cfg = model_->config();
-  for (int l = 0; l < cfg.text.num_hidden_layers; ++l) {
-    result.layer_budgets.push_back(cache_->Length(seq, l));
-  }
+  VLC_ASSIGN_OR_RETURN(pre->embeds, model_->EmbedPrompt(ids, at::Tensor()));
+  pre->start_pos = start_pos;
+  Running r;
+  r.result.prompt_tokens = static_cast<int>(ids.size());
+  r.next_pos = start_pos;
   spec.keep_cache = true;
-  return StartRunning(seq, std::move(spec), std::move(result),
-                      start_pos + static_cast<int64_t>(ids.size()), logits, t0);
+  spec.prefill_only = false;
+  r.spec = std::move(spec);
+  r.sampler = std::make_unique<Sampler>(r.spec.sampling);
+  r.prefill = std::move(pre);
+  running_.emplace(seq, std::move(r));
+  return seq;
+}
+
+absl::Status Generator::AdvancePrefill(SeqId id, int64_t max_tokens) {
+  Running& r = running_.at(id);
+  Prefill& pre = *r.prefill;
+  const int64_t total = pre.embeds.size(0);
+  const int64_t n = max_tokens > 0 ? std::min(max_tokens, total - pre.done) : total - pre.done;
+  const bool last = pre.done + n == total;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<kvcache::LayerObservation> part;
+  auto logits = model_->Prefill(id, pre.embeds.slice(0, pre.done, pre.done + n),
+                                pre.start_pos + pre.done, cache_, /*all_logits=*/false,
+                                pre.observe.enabled ? &pre.observe : nullptr,
+                                pre.observe.enabled ? &part : nullptr);
+  absl::Status st = logits.status();
+  if (st.ok() && pre.observe.enabled) {
+    if (pre.observations.empty()) pre.observations.resize(part.size());
+    for (size_t l = 0; l < part.size(); ++l) {
+      kvcache::AddObservation(part[l], pre.shape.length, &pre.observations[l]);
+    }
+  }
+  pre.done += n;
+  const auto& cfg = model_->config();
+  if (st.ok() && last && pre.compress) {
+    // One-shot compression once the whole prompt is in; generated tokens are appended and never
+    // evicted.
+    const auto t_plan = std::chrono::steady_clock::now();
+    auto plan = kvcache::MakeKeepPlan(r.spec.cache_policy, pre.shape, pre.observations);
+    st = plan.ok() ? cache_->Compact(id, *plan) : plan.status();
+    r.result.compress_ms = MsSince(t_plan);
+  }
+  pre.ms += MsSince(t0);
+  if (!st.ok()) {
+    Finish(id, FinishReason::kError, st);
+    return st;
+  }
+  if (!last) return absl::OkStatus();
+  r.result.layer_budgets.clear();
+  for (int l = 0; l < cfg.text.num_hidden_layers; ++l) {
+    r.result.layer_budgets.push_back(cache_->Length(id, l));
+  }
+  r.next_pos = pre.start_pos + total;
+  r.result.next_pos = r.next_pos;
+  const double prefill_ms = pre.ms;
+  r.prefill.reset();
+  if (r.spec.prefill_only) {
+    r.result.prefill_ms = prefill_ms;
+    Finish(id, FinishReason::kLength);
+    return absl::OkStatus();
+  }
+  const auto t_sample = std::chrono::steady_clock::now();
+  at::Tensor row = logits->reshape({-1}).contiguous();
+  const int token = r.sampler->Sample(row.data_ptr<float>(), static_cast<int>(row.numel()));
+  const bool more = Accept(r, token);
+  r.result.prefill_ms = prefill_ms + MsSince(t_sample);
+  if (!more) Finish(id, r.result.finish);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SeqId> Generator::PrefillNow(absl::StatusOr<SeqId> queued, bool drop_cache_on_error) {
+  VLC_RETURN_IF_ERROR(queued.status());
+  const SeqId id = *queued;
+  absl::Status st = AdvancePrefill(id, /*max_tokens=*/0);
+  if (!st.ok()) {
+    // The failure is the caller's answer, not a finished sequence to collect later.
+    finished_.erase(std::remove_if(finished_.begin(), finished_.end(),
+                                   [id](const auto& f) { return f.first == id; }),
+                    finished_.end());
+    if (drop_cache_on_error) cache_->RemoveSequence(id);
+    return st;
+  }
+  return id;
+}
+
+absl::StatusOr<SeqId> Generator::Add(SequenceSpec spec) {
+  spec.prefill_only = false;
+  return PrefillNow(QueueNew(std::move(spec)), /*drop_cache_on_error=*/true);
+}
+
+absl::StatusOr<SeqId> Generator::Open(SequenceSpec spec, SequenceResult* info) {
+  spec.prefill_only = true;
+  VLC_ASSIGN_OR_RETURN(SeqId id, PrefillNow(QueueNew(std::move(spec)), true));
+  // Finished at once: its result is the caller's, not one to collect from TakeFinished.
+  for (auto it = finished_.begin(); it != finished_.end(); ++it) {
+    if (it->first != id) continue;
+    if (info) *info = std::move(it->second);
+    finished_.erase(it);
+    break;
+  }
+  return id;
+}
+
+absl::StatusOr<SeqId> Generator::Resume(SeqId seq, int64_t start_pos,
+                                        const std::vector<int>& ids, SequenceSpec spec) {
+  // A failed turn leaves the session's cache as the failure left it (Finish decides).
+  return PrefillNow(QueueResume(seq, start_pos, ids, std::move(spec)), false);
 }
 
 void Generator::Close(SeqId seq) {
@@ -189,11 +246,31 @@ void Generator::Close(SeqId seq) {
   cache_->RemoveSequence(seq);
 }
 
+size_t Generator::NumPrefilling() const {
+  size_t n = 0;
+  for (const auto& [id, r] : running_) n += r.prefill != nullptr;
+  return n;
+}
+
+std::vector<std::pair<SeqId, int64_t>> Generator::PlanChunks() const {
+  std::vector<std::pair<SeqId, int64_t>> chunks;
+  int64_t budget = prefill_chunk_tokens_ > 0 ? prefill_chunk_tokens_
+                                             : std::numeric_limits<int64_t>::max();
+  for (const auto& [id, r] : running_) {
+    if (!r.prefill || budget <= 0) continue;
+    const int64_t n = std::min(budget, r.prefill->embeds.size(0) - r.prefill->done);
+    chunks.emplace_back(id, n);
+    budget -= n;
+  }
+  return chunks;
+}
+
 void Generator::MakeRoomForStep() {
-  // A decode step appends one token to every layer of every running sequence, and a layer at a
-  // page boundary needs a fresh page. When the pool cannot give all of them, the sequences
-  // admitted last are stopped with RESOURCE_EXHAUSTED (freeing their pages) until the rest fit:
-  // the requests furthest along finish, instead of the whole step failing for everyone.
+  // A step appends its prefill chunks and one token to every layer of every decoding sequence,
+  // and a layer at a page boundary needs a fresh page. When the pool cannot give all of them,
+  // the sequences admitted last are stopped with RESOURCE_EXHAUSTED (freeing their pages) until
+  // the rest fit: the requests furthest along finish, instead of the whole step failing for
+  // everyone.
   int64_t need = PagesForNextStep();
   while (!running_.empty() && need > cache_->FreePages()) {
     const SeqId victim = running_.rbegin()->first;
@@ -209,22 +286,44 @@ void Generator::MakeRoomForStep() {
 
 int64_t Generator::PagesForNextStep() const {
   int64_t total = 0;
-  for (const auto& [id, r] : running_) total += cache_->PagesNeeded(id, 1);
+  for (const auto& [id, r] : running_) {
+    if (!r.prefill) total += cache_->PagesNeeded(id, 1);
+  }
+  for (const auto& [id, n] : PlanChunks()) total += cache_->PagesNeeded(id, n);
+  return total;
+}
+
+int64_t Generator::PagesToFinishPrefills() const {
+  int64_t total = 0;
+  for (const auto& [id, r] : running_) {
+    if (r.prefill) total += cache_->PagesNeeded(id, r.prefill->embeds.size(0) - r.prefill->done + 1);
+  }
   return total;
 }
 
 absl::Status Generator::Step() {
   MakeRoomForStep();
+  last_step_batch_ = 0;
   if (running_.empty()) return absl::OkStatus();
-  const auto t0 = std::chrono::steady_clock::now();
+  // The sequences that decode this step: those that were decoding before it. A prompt whose last
+  // chunk runs now samples its first token from the prefill and joins from the next step.
   std::vector<SeqId> ids;
   std::vector<int> tokens;
   std::vector<int64_t> positions;
   for (auto& [id, r] : running_) {
+    if (r.prefill) continue;
     ids.push_back(id);
     tokens.push_back(r.result.tokens.back());
     positions.push_back(r.next_pos);
   }
+  last_step_batch_ = ids.size();
+  absl::Status prefill_status;
+  for (const auto& [id, n] : PlanChunks()) {
+    absl::Status st = AdvancePrefill(id, n);
+    if (!st.ok() && prefill_status.ok()) prefill_status = st;
+  }
+  if (ids.empty()) return prefill_status;
+  const auto t0 = std::chrono::steady_clock::now();
   auto logits = model_->DecodeStep(ids, tokens, positions, cache_);
   const double ms = MsSince(t0);
   if (!logits.ok()) {
@@ -240,7 +339,7 @@ absl::Status Generator::Step() {
     const int token = r.sampler->Sample(l[b].data_ptr<float>(), vocab);
     if (!Accept(r, token)) Finish(ids[b], r.result.finish);
   }
-  return absl::OkStatus();
+  return prefill_status;
 }
 
 void Generator::Cancel(SeqId id, absl::Status reason) {

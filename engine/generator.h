@@ -1,6 +1,14 @@
 // Generation over a KvCache: prefill a sequence, then decode all running sequences together, one
 // token each per step (several sequences batched in one decode step). The caller adds sequences
-// whenever it likes and steps the batch; this is the core the server's engine thread drives.
+// whenever it likes and steps the batch; this is the core the scheduler (engine/scheduler.h)
+// drives.
+//
+// Prefill can be chunked: a sequence that Queue() accepted is prefilled by Step() in chunks of at
+// most `prefill_chunk_tokens` tokens (all prefilling sequences of one step share that budget), in
+// the same step as the decode of the sequences already running, so a long prompt never holds the
+// running streams for its whole prefill. A policy's observation is summed over the chunks
+// (exactly: each chunk's rows attend to every earlier key) and the cache is compressed once,
+// after the last chunk. Add, Open and Resume prefill at once, whatever the chunk size.
 #pragma once
 
 #include <chrono>
@@ -34,6 +42,9 @@ struct SequenceSpec {
   // Sessions: when set, a finished sequence keeps its cache entry (the compressed prompt and every
   // token fed so far) for a later Resume, and its id stays valid until Close.
   bool keep_cache = false;
+  // Opens a session: the prompt is prefilled (and compressed) and the sequence finishes right
+  // after, with no token sampled, its cache kept (keep_cache is implied).
+  bool prefill_only = false;
 };
 
 struct SequenceResult {
@@ -53,8 +64,17 @@ struct SequenceResult {
 class Generator {
  public:
   // `eos_id` < 0 disables EOS. The generator owns no memory in `cache` beyond its sequences.
-  Generator(const LlavaModel* model, KvCache* cache, int eos_id);
+  // `prefill_chunk_tokens` > 0 caps the prompt tokens one Step() prefills; 0 prefills each
+  // queued prompt whole in the step after Queue().
+  Generator(const LlavaModel* model, KvCache* cache, int eos_id, int64_t prefill_chunk_tokens = 0);
   ~Generator();
+
+  // Queues a sequence for prefill by the coming Step() calls; checks its parameters and embeds
+  // its prompt now. With `spec.prefill_only` it finishes once prefilled (a session's opening).
+  absl::StatusOr<SeqId> Queue(SequenceSpec spec);
+  // Queues a session turn: `ids` appended to the kept sequence `seq` at `start_pos` (see Resume).
+  absl::StatusOr<SeqId> QueueResume(SeqId seq, int64_t start_pos, const std::vector<int>& ids,
+                                    SequenceSpec spec);
 
   // Prefills a new sequence and samples its first token; the sequence may already be finished
   // (max_new_tokens 1, EOS, stopped) and is then waiting in TakeFinished().
@@ -77,12 +97,21 @@ class Generator {
   // `reason`; its pages return to the pool. Unknown ids are ignored.
   void Cancel(SeqId id, absl::Status reason);
 
+  // Sequences prefilling or decoding.
   bool HasRunning() const { return !running_.empty(); }
   size_t NumRunning() const { return running_.size(); }
-  // Pages the next Step() takes from the cache's pool (0 for a cache without a pool). A Step()
-  // that finds fewer free stops the most recently admitted sequences (RESOURCE_EXHAUSTED) until
-  // the rest fit; a caller with pages to give back (idle sessions) frees them first.
+  // Sequences whose prompt is not fully prefilled yet.
+  size_t NumPrefilling() const;
+  // Sequences the last Step() decoded a token for.
+  size_t LastStepBatch() const { return last_step_batch_; }
+  // Pages the next Step() takes from the cache's pool (0 for a cache without a pool): its prefill
+  // chunks and one token per decoding sequence. A Step() that finds fewer free stops the most
+  // recently admitted sequences (RESOURCE_EXHAUSTED) until the rest fit; a caller with pages to
+  // give back (idle sessions) frees them first.
   int64_t PagesForNextStep() const;
+  // Pages the prefilling sequences still take for the rest of their prompts (and their first
+  // token): what an admission must leave free for them.
+  int64_t PagesToFinishPrefills() const;
 
   // Results of sequences that finished since the last call; their cache entries are freed.
   std::vector<std::pair<SeqId, SequenceResult>> TakeFinished();
@@ -91,30 +120,49 @@ class Generator {
   absl::StatusOr<std::vector<SequenceResult>> Run(std::vector<SequenceSpec> specs);
 
  private:
+  // A sequence's prompt on its way into the cache, chunk by chunk.
+  struct Prefill {
+    at::Tensor embeds;      // [tokens, hidden]: the prompt (or a turn's text) still to feed
+    int64_t done = 0;       // rows of embeds fed so far
+    int64_t start_pos = 0;  // logical position of embeds row 0
+    bool compress = false;  // a new sequence whose policy compresses once prefilled
+    kvcache::PromptShape shape;
+    kvcache::ObservationSpec observe;
+    std::vector<kvcache::LayerObservation> observations;  // summed over the chunks
+    double ms = 0;          // compute time of the chunks so far
+  };
   struct Running {
     SequenceSpec spec;
     SequenceResult result;
     std::unique_ptr<Sampler> sampler;
     int64_t next_pos = 0;  // logical position of the last sampled token
+    std::unique_ptr<Prefill> prefill;  // set while prefilling
   };
   // Records a sampled token; returns true when the sequence goes on.
   bool Accept(Running& r, int token);
-  // Prefill of `spec` (and its compression) into a new cache sequence.
-  absl::StatusOr<SeqId> PrefillNew(SequenceSpec& spec, SequenceResult* result,
-                                   at::Tensor* last_logits);
-  // Samples the first token after a prefill and starts the sequence running.
-  SeqId StartRunning(SeqId id, SequenceSpec spec, SequenceResult result, int64_t next_pos,
-                     const at::Tensor& logits, std::chrono::steady_clock::time_point t0);
+  // A new cache sequence for `spec`, its prompt embedded and waiting for its first chunk.
+  absl::StatusOr<SeqId> QueueNew(SequenceSpec spec);
+  // Feeds up to `max_tokens` (<= 0: all) more prompt rows of a prefilling sequence. After the
+  // last chunk it compresses, samples the first token and starts decoding (or finishes a
+  // prefill-only one). A failure ends the sequence with kError and is returned.
+  absl::Status AdvancePrefill(SeqId id, int64_t max_tokens);
+  // Runs a just-queued sequence's whole prefill now; on failure nothing of it is left (its error
+  // is returned, and for a new sequence its cache entry is gone).
+  absl::StatusOr<SeqId> PrefillNow(absl::StatusOr<SeqId> queued, bool drop_cache_on_error);
+  // The prefill chunks the next Step() runs: (sequence, tokens), in admission order.
+  std::vector<std::pair<SeqId, int64_t>> PlanChunks() const;
   void Finish(SeqId id, FinishReason reason, absl::Status error = absl::OkStatus());
 
   const LlavaModel* model_;
   KvCache* cache_;
   int eos_id_;
+  int64_t prefill_chunk_tokens_;
   SeqId next_id_ = 1;
+  size_t last_step_batch_ = 0;
   std::map<SeqId, Running> running_;  // by id: ids grow with admission
 
-  // Stops the most recently admitted sequences until the pool has the pages the next decode
-  // step needs (see generator.cc).
+  // Stops the most recently admitted sequences until the pool has the pages the next step
+  // needs (see generator.cc).
   void MakeRoomForStep();
   std::vector<std::pair<SeqId, SequenceResult>> finished_;
 };

@@ -358,6 +358,15 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
   const Impl& p = *impl_;
   const bool observing = observe && observe->enabled && observations;
   if (observing) observations->assign(p.text_layers.size(), {});
+  // A chunk of a longer prompt observes its own rows of the observed range, in its own row
+  // coordinates, against every key so far (kvcache/attention.h); a chunk wholly before the range
+  // observes nothing.
+  kvcache::ObservationSpec local;
+  if (observing) {
+    local = *observe;
+    local.query_begin = std::max<int64_t>(0, observe->query_begin - start_pos);
+  }
+  const bool chunk_observes = observing && local.query_begin < n;
   at::Tensor x, cos, sin;
   VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
     x = embeds.to(p.target.device, p.target.dtype);
@@ -374,8 +383,9 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
       v = qkv.slice(1, (h + hkv) * hd).view({n, hkv, hd}).transpose(0, 1).contiguous();
     }));
     const bool fresh = cache->Length(seq, li) == 0;
-    if (observing && !fresh) {
-      return absl::FailedPreconditionError("a prefill that observes must start an empty cache");
+    if (observing && cache->Length(seq, li) != start_pos) {
+      return absl::FailedPreconditionError(
+          "a prefill that observes must continue an uncompressed cache of start_pos tokens");
     }
     VLC_RETURN_IF_ERROR(cache->Append(seq, li, k, v));
     if (!fresh) {
@@ -386,8 +396,9 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
       v = kv.second.to(q.scalar_type());
     }
     VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-      kvcache::LayerObservation* obs = observing ? &(*observations)[li] : nullptr;
-      auto a = PrefillAttention(q, k, v, scale, t.sliding_window, fresh, observe, obs);
+      kvcache::LayerObservation* obs = chunk_observes ? &(*observations)[li] : nullptr;
+      auto a = PrefillAttention(q, k, v, scale, t.sliding_window, fresh,
+                                chunk_observes ? &local : nullptr, obs);
       a = a.transpose(0, 1).reshape({n, h * hd});
       x = x + Linear(a, l.o_w);
       auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);

@@ -55,8 +55,12 @@ class LlavaModel {
   // Runs the decoder over `embeds` [t, hidden] of one sequence whose first token sits at
   // `start_pos`, after whatever the cache already holds for it, and appends its K/V to the cache.
   // Returns logits [t, vocab] when `all_logits`, else only the last row [1, vocab]. With an
-  // enabled `observe` (a whole prompt, empty cache), each layer's attention also fills one entry
-  // of `observations` for a cache policy (kvcache/policy.h).
+  // enabled `observe`, each layer's attention also fills one entry of `observations` for a cache
+  // policy (kvcache/policy.h). A prompt may be prefilled in chunks: the cache must then hold the
+  // first `start_pos` prompt tokens uncompressed, `observe.query_begin` stays in prompt
+  // positions, and each chunk observes its own rows of the observed range against every key so
+  // far ([heads, start_pos + t] column sums; undefined when no row of the chunk is observed), so
+  // that the chunks' observations add up to the whole prompt's (kvcache::AddObservation).
   absl::StatusOr<at::Tensor> Prefill(
       SeqId seq, const at::Tensor& embeds, int64_t start_pos, KvCache* cache,
       bool all_logits = false, const kvcache::ObservationSpec* observe = nullptr,

@@ -9,14 +9,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "engine/scheduler.h"
 
 namespace vlc::engine {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using Steady = std::chrono::steady_clock;
 
-double MsSince(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+double MsSince(Steady::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
 }
 
 // Cores this process may run on (a container's CPU set), not the machine's total.
@@ -27,56 +28,6 @@ int AvailableCores() {
 }
 
 }  // namespace
-
-TextAssembler::TextAssembler(const Tokenizer* tok, std::vector<std::string> stop)
-    : detok_(tok), stop_(std::move(stop)) {
-  for (const auto& s : stop_) max_stop_ = std::max(max_stop_, s.size());
-}
-
-bool TextAssembler::Push(int id) {
-  if (stopped_) return false;
-  const size_t before = text_.size();
-  text_ += detok_.Push(id);
-  if (!stop_.empty() && text_.size() > before) {
-    // A stop string may straddle the old end: search from where it could begin.
-    const size_t from = before >= max_stop_ ? before - max_stop_ + 1 : 0;
-    size_t cut = std::string::npos;
-    for (const auto& s : stop_) cut = std::min(cut, text_.find(s, from));
-    if (cut != std::string::npos) {
-      text_.resize(cut);
-      stopped_ = true;
-    }
-  }
-  return !stopped_;
-}
-
-void TextAssembler::Finish() {
-  if (!stopped_) text_ += detok_.Flush();
-  finished_ = true;
-}
-
-std::string TextAssembler::TakeDelta() {
-  size_t limit = text_.size();
-  if (!stopped_ && !finished_) {
-    // Hold back the shortest tail that is still the beginning of some stop string.
-    const size_t start = std::max(emitted_, text_.size() >= max_stop_ ? text_.size() - max_stop_ + 1
-                                                                         : size_t{0});
-    for (size_t i = start; i < text_.size(); ++i) {
-      bool prefix = false;
-      for (const auto& s : stop_) {
-        if (s.compare(0, text_.size() - i, text_, i, std::string::npos) == 0) prefix = true;
-      }
-      if (prefix) {
-        limit = i;
-        break;
-      }
-    }
-  }
-  if (limit <= emitted_) return "";
-  std::string delta = text_.substr(emitted_, limit - emitted_);
-  emitted_ = limit;
-  return delta;
-}
 
 absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& model_dir,
                                                          const PipelineOptions& options) {
@@ -96,6 +47,8 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
                        PreprocessorConfig::FromFileOrDefault(model_dir + "/preprocessor_config.json",
                                                              cfg.vision.image_size));
   VLC_RETURN_IF_ERROR(options.cache_policy.Validate());
+  VLC_ASSIGN_OR_RETURN(p->chat_template_,
+                       ChatTemplate::Parse(options.chat_template, options.chat_turn_prefix));
   kvcache::PagePoolOptions pool;
   pool.capacity_bytes = options.kv_cache_bytes;
   pool.page_tokens = options.kv_page_tokens;
@@ -116,28 +69,11 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
 }
 
 absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) const {
-  const auto t0 = Clock::now();
+  const auto t0 = Steady::now();
   const auto& lim = options_.limits;
-  if (req.prompt.empty() && req.chat_template.empty()) {
-    return absl::InvalidArgumentError("the prompt is empty");
-  }
-  const std::string& chat_template =
-      req.chat_template.empty() ? options_.chat_template : req.chat_template;
-  if (!req.media.images.empty() && !req.media.video.empty()) {
-    return absl::InvalidArgumentError("send either images or one video, not both");
-  }
-  if (static_cast<int>(req.media.images.size()) > lim.max_frames) {
-    return absl::InvalidArgumentError(absl::StrCat(req.media.images.size(),
-                                                   " images exceed the limit of ", lim.max_frames,
-                                                   " per request"));
-  }
-  VLC_RETURN_IF_ERROR(req.sampling.Validate());
-  if (req.cache_policy) VLC_RETURN_IF_ERROR(req.cache_policy->Validate());
-  if (req.sampling.max_new_tokens > options_.max_new_tokens_limit) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_new_tokens ", req.sampling.max_new_tokens, " exceeds the limit of ",
-                     options_.max_new_tokens_limit));
-  }
+  VLC_RETURN_IF_ERROR(ValidateRequest(req, request_limits()));
+  const std::string chat_template =
+      req.session_opening ? chat_template_.SessionOpening() : chat_template_.text();
   const int frames = req.media.video_frames > 0 ? req.media.video_frames
                                                 : options_.default_video_frames;
   // The prompt's length is known before any pixel is decoded: check it first.
@@ -176,6 +112,7 @@ absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) con
   if (!images.empty()) {
     VLC_ASSIGN_OR_RETURN(at::Tensor pixels, PreprocessImages(images, preprocessor_));
     VLC_ASSIGN_OR_RETURN(out.visual, model_->EncodeImages(pixels));
+    ++vision_encodes_;
     out.visual_tokens = static_cast<int>(out.visual.size(0));
     out.media_width = images.front().width;
     out.media_height = images.front().height;
@@ -184,28 +121,6 @@ absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) con
   out.media_ms = MsSince(t0);
   return out;
 }
-
-namespace {
-
-struct Tracker {
-  std::unique_ptr<TextAssembler> text;
-  Clock::time_point start;
-  double ttft_ms = -1;
-  const TextCallback* on_text = nullptr;
-  std::string policy;
-};
-
-GenerateResponse MakeResponse(const PreparedPrompt& prompt, SequenceResult& res, Tracker& tr) {
-  tr.text->Finish();
-  if (tr.on_text && *tr.on_text) {
-    std::string rest = tr.text->TakeDelta();
-    if (!rest.empty()) (*tr.on_text)(rest);
-  }
-  return SummarizeSequence(prompt, res, tr.text->text(), tr.policy, tr.ttft_ms,
-                           MsSince(tr.start));
-}
-
-}  // namespace
 
 GenerateResponse SummarizeSequence(const PreparedPrompt& prompt, const SequenceResult& res,
                                    const std::string& text, const std::string& policy,
@@ -257,43 +172,42 @@ absl::StatusOr<std::vector<GenerateResponse>> Pipeline::GenerateBatch(
 
 absl::StatusOr<std::vector<GenerateResponse>> Pipeline::GenerateBatchWithCallbacks(
     const std::vector<GenerateRequest>& requests, const std::vector<TextCallback>& callbacks) const {
-  const auto start = Clock::now();
-  std::vector<PreparedPrompt> prompts;
-  std::vector<Tracker> trackers(requests.size());
-  std::vector<SequenceSpec> specs;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto p = Prepare(requests[i]);
-    if (!p.ok()) {
-      if (requests.size() == 1) return p.status();
-      return absl::Status(p.status().code(),
-                          absl::StrCat("request ", i, ": ", p.status().message()));
+  const int n = static_cast<int>(requests.size());
+  if (n == 0) return std::vector<GenerateResponse>{};
+  SchedulerOptions so;
+  so.max_queue = n;
+  so.max_running = n;
+  so.prefill_chunk_tokens = options_.prefill_chunk_tokens;
+  Scheduler scheduler(this, so);
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (const auto& r : requests) {
+    auto job = std::make_shared<Job>();
+    job->request = r;
+    VLC_RETURN_IF_ERROR(scheduler.Submit(job));
+    jobs.push_back(std::move(job));
+  }
+  scheduler.Start();
+  std::vector<GenerateResponse> out(n);
+  absl::Status first_error;
+  for (int i = 0; i < n; ++i) {
+    StreamEvent e;
+    while (true) {
+      if (!jobs[i]->channel->Pop(&e, std::chrono::milliseconds(100))) continue;
+      if (!e.final && e.status.ok() && callbacks[i]) callbacks[i](e.text);
+      if (e.final) break;
     }
-    prompts.push_back(std::move(*p));
-    Tracker& tr = trackers[i];
-    tr.text = std::make_unique<TextAssembler>(tokenizer_.get(), requests[i].sampling.stop);
-    tr.start = start;
-    tr.on_text = &callbacks[i];
-    SequenceSpec spec = SpecFor(requests[i], prompts.back());
-    spec.on_token = [&tr](int token) {
-      if (tr.ttft_ms < 0) tr.ttft_ms = MsSince(tr.start);
-      const bool more = tr.text->Push(token);
-      if (*tr.on_text) {
-        std::string delta = tr.text->TakeDelta();
-        if (!delta.empty()) (*tr.on_text)(delta);
-      }
-      return more;
-    };
-    specs.push_back(std::move(spec));
+    if (!e.status.ok()) {
+      first_error = n == 1 ? e.status
+                           : absl::Status(e.status.code(),
+                                          absl::StrCat("request ", i, ": ", e.status.message()));
+      for (auto& j : jobs) j->cancelled = true;  // the batch fails as one
+      break;
+    }
+    if (!e.text.empty() && callbacks[i]) callbacks[i](e.text);
+    out[i] = std::move(e.usage);
   }
-  Generator gen(model_.get(), cache_.get(), tokenizer_->eos_id());
-  VLC_ASSIGN_OR_RETURN(auto results, gen.Run(std::move(specs)));
-  std::vector<GenerateResponse> out;
-  for (size_t i = 0; i < results.size(); ++i) {
-    trackers[i].policy = requests[i].cache_policy.value_or(options_.cache_policy).name;
-    // A sequence that ended on EOS at once never called on_token: its first token time is now.
-    if (trackers[i].ttft_ms < 0) trackers[i].ttft_ms = MsSince(start);
-    out.push_back(MakeResponse(prompts[i], results[i], trackers[i]));
-  }
+  scheduler.Stop();
+  if (!first_error.ok()) return first_error;
   return out;
 }
 

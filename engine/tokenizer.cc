@@ -35,7 +35,6 @@ namespace {
 constexpr std::string_view kSpaceSymbol = "\xe2\x96\x81";
 // U+FFFD, which SentencePiece decodes malformed UTF-8 (and incomplete byte-fallback runs) to.
 constexpr std::string_view kReplacementChar = "\xef\xbf\xbd";
-constexpr std::string_view kPromptPlaceholder = "{prompt}";
 
 // ModelProto.SentencePiece.Type.
 enum PieceType : int {
@@ -814,7 +813,7 @@ absl::StatusOr<std::vector<int>> Tokenizer::EncodePrompt(const std::string& prom
   }
   const auto substitute = [&prompt](std::string* part) {
     const size_t pos = part->find(kPromptPlaceholder);
-    if (pos != std::string::npos) part->replace(pos, kPromptPlaceholder.size(), prompt);
+    if (pos != std::string::npos) part->replace(pos, std::strlen(kPromptPlaceholder), prompt);
   };
   substitute(&before);
   substitute(&after);

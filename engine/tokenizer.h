@@ -7,14 +7,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/chat_template.h"  // the template rules and placeholders
 
 namespace vlc::engine {
 
 class SentencePieceModel;  // tokenizer.cc: our reader of the SentencePiece model format
 
-// `{prompt}` is replaced by the user's text; `<image>` marks where the visual tokens go.
-inline constexpr char kDefaultChatTemplate[] = "USER: <image>\n{prompt} ASSISTANT:";
-inline constexpr char kImagePlaceholder[] = "<image>";
 
 class Tokenizer {
  public:

@@ -78,4 +78,16 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::T
   return out.view({heads, tq, d});
 }
 
+void AddObservation(const LayerObservation& part, int64_t m, LayerObservation* total) {
+  if (!part.col_sums.defined()) return;
+  if (!total->col_sums.defined()) {
+    total->col_sums = at::zeros({part.col_sums.size(0), m}, part.col_sums.options());
+    if (part.sparse_counts.defined()) total->sparse_counts = at::zeros_like(part.sparse_counts);
+    total->causal_entries = 0;
+  }
+  total->col_sums.slice(1, 0, part.col_sums.size(1)).add_(part.col_sums);
+  if (part.sparse_counts.defined()) total->sparse_counts.add_(part.sparse_counts);
+  total->causal_entries += part.causal_entries;
+}
+
 }  // namespace vlc::kvcache

@@ -17,7 +17,8 @@
 namespace vlc::kvcache {
 namespace {
 
-// Rows VL-Cache scores with when no text follows the media (ALGORITHMS.md: tau == 0).
+// Rows VL-Cache scores with when no text follows the media (docs/ALGORITHMS.md, "Observation
+// during prefill").
 constexpr int64_t kFallbackScoringRows = 32;
 
 // Products like 0.29 * 100 land just below the integer they stand for; the slack keeps

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "engine/chat_template.h"
 #include "engine/device.h"
 #include "kvcache/policy.h"
 
@@ -253,8 +254,26 @@ std::vector<OptionSpec> Options() {
       "--video-frames", "Frames sampled from a video when the request does not say",
       +[](ServerConfig& c) -> int& { return c.pipeline.default_video_frames; }, 1));
   o.push_back(StringOption(
-      "--chat-template", "TEXT", "Prompt template; {prompt} is replaced by the user's text",
-      +[](ServerConfig& c) -> std::string& { return c.pipeline.chat_template; }, NotEmpty));
+      "--chat-template", "TEXT",
+      "Prompt template: {prompt} (once) is replaced by the user's text, <image> (at most once, "
+      "before {prompt}) by the media's visual tokens",
+      +[](ServerConfig& c) -> std::string& { return c.pipeline.chat_template; },
+      [](const std::string& text) { return engine::ChatTemplate::Parse(text).status(); }));
+  o.push_back(StringOption(
+      "--chat-turn-prefix", "TEXT",
+      "Text that starts every session turn after the first; empty: the template's text before "
+      "<image> (\"USER: \" for the default template)",
+      +[](ServerConfig& c) -> std::string& { return c.pipeline.chat_turn_prefix; }));
+  o.push_back(Int64Option(
+      "--prefill-chunk-tokens",
+      "Prompt tokens prefilled per engine step, between the decode steps of running streams "
+      "(a long video never freezes them); 0 prefills each prompt whole",
+      +[](ServerConfig& c) -> int64_t& { return c.pipeline.prefill_chunk_tokens; }, 0));
+  o.push_back(IntOption(
+      "--media-workers",
+      "Threads that decode media and run the vision tower, off the engine thread; 0 = half the "
+      "cores available (1 to 4)",
+      +[](ServerConfig& c) -> int& { return c.media_workers; }, 0));
   // Data quality
   o.push_back(StringOption(
       "--dq-db", "FILE",
@@ -503,6 +522,13 @@ absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::
 
   // Checks across options name each one and where its value came from.
   auto named = [&](const std::string& flag) { return absl::StrCat(flag, " (", source[flag], ")"); };
+  if (auto t = engine::ChatTemplate::Parse(cfg.pipeline.chat_template,
+                                           cfg.pipeline.chat_turn_prefix);
+      !t.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(named("--chat-template"), " with ",
+                                                   named("--chat-turn-prefix"), ": ",
+                                                   t.status().message()));
+  }
   if (cfg.default_max_new_tokens > cfg.pipeline.max_new_tokens_limit) {
     return absl::InvalidArgumentError(absl::StrCat(
         named("--default-max-new-tokens"), " = ", cfg.default_max_new_tokens, " exceeds ",

@@ -23,12 +23,14 @@ struct ServerConfig {
   int max_running = 16;                     // --max-running: sequences decoded together
   int max_sessions = 256;                   // --max-sessions
   double session_ttl_seconds = 600;         // --session-ttl-seconds: idle sessions expire
+  int media_workers = 0;                    // --media-workers: 0 = half the cores (1 to 4)
   // The engine's options: limits, KV cache, default policy (see engine/pipeline.h).
   engine::PipelineOptions pipeline;         // --device, --dtype, --kv-cache-bytes,
                                             // --kv-page-tokens, --kv-policy, --kv-budget,
                                             // --max-prompt-tokens, --max-new-tokens,
                                             // --max-media-bytes, --max-pixels, --max-frames,
-                                            // --video-frames, --chat-template
+                                            // --video-frames, --chat-template,
+                                            // --chat-turn-prefix, --prefill-chunk-tokens
   int default_max_new_tokens = 128;         // --default-max-new-tokens
   // Data quality (the DataQuality service, proto/vlcache/v1/data_quality.proto)
   std::string dq_db;                        // --dq-db: SQLite history; "" = service not served

@@ -45,78 +45,54 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const pb::GenerateRequest& req,
-                                                        const ServerConfig& config) {
+namespace {
+
+// The engine request with the server's defaults for unset fields, not yet checked.
+engine::GenerateRequest Convert(const pb::GenerateRequest& req, const ServerConfig& config) {
   const auto& opts = config.pipeline;
   engine::GenerateRequest out;
-  if (req.prompt().empty()) return absl::InvalidArgumentError("prompt is empty");
   const auto& media = req.media();
-  if (media.images_size() > 0 && !media.video().empty()) {
-    return absl::InvalidArgumentError("media: send either images or one video, not both");
-  }
-  for (int i = 0; i < media.images_size(); ++i) {
-    if (static_cast<int64_t>(media.images(i).size()) > opts.limits.max_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("media.images[", i, "] is ",
-                                                     media.images(i).size(),
-                                                     " bytes, more than the limit of ",
-                                                     opts.limits.max_bytes));
-    }
-    out.media.images.push_back(media.images(i));
-  }
-  if (static_cast<int64_t>(media.video().size()) > opts.limits.max_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("media.video is ", media.video().size(),
-                                                   " bytes, more than the limit of ",
-                                                   opts.limits.max_bytes));
-  }
-  if (media.video_frames() < 0 || media.video_frames() > opts.limits.max_frames) {
-    return absl::InvalidArgumentError(absl::StrCat("media.video_frames must be in [0, ",
-                                                   opts.limits.max_frames, "], got ",
-                                                   media.video_frames()));
-  }
+  out.media.images.assign(media.images().begin(), media.images().end());
   out.media.video = media.video();
   out.media.video_frames = media.video_frames();
   out.prompt = req.prompt();
   const auto& s = req.sampling();
   out.sampling.max_new_tokens =
       s.has_max_new_tokens() ? s.max_new_tokens() : config.default_max_new_tokens;
-  if (out.sampling.max_new_tokens > opts.max_new_tokens_limit) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.max_new_tokens ", out.sampling.max_new_tokens,
-                     " exceeds the server's limit of ", opts.max_new_tokens_limit));
-  }
   if (s.has_temperature()) out.sampling.temperature = s.temperature();
   if (s.has_top_p()) out.sampling.top_p = s.top_p();
   if (s.has_top_k()) out.sampling.top_k = s.top_k();
   if (s.has_seed()) out.sampling.seed = s.seed();
   out.sampling.stop.assign(s.stop().begin(), s.stop().end());
-  if (absl::Status st = out.sampling.Validate(); !st.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling: ", st.message()));
-  }
   kvcache::PolicyConfig policy = opts.cache_policy;
   if (!req.cache().policy().empty()) policy.name = req.cache().policy();
   if (req.cache().has_budget()) policy.budget = req.cache().budget();
-  if (absl::Status st = policy.Validate(); !st.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("cache: ", st.message()));
-  }
   out.cache_policy = policy;
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const pb::GenerateRequest& req,
+                                                        const ServerConfig& config) {
+  engine::GenerateRequest out = Convert(req, config);
+  VLC_RETURN_IF_ERROR(engine::ValidateRequest(out, config.pipeline.request_limits()));
   return out;
 }
 
 absl::StatusOr<std::shared_ptr<Job>> NewCreateSessionJob(const pb::CreateSessionRequest& request,
                                                          const ServerConfig& config) {
-  // The same checks as Generate, on the media, the prefix and the cache parameters.
+  // The same conversion and checks as Generate, on the media, the prefix and the cache.
   pb::GenerateRequest as_generate;
   *as_generate.mutable_media() = request.media();
-  as_generate.set_prompt(request.prompt_prefix().empty() ? "-" : request.prompt_prefix());
+  as_generate.set_prompt(request.prompt_prefix());
   *as_generate.mutable_cache() = request.cache();
-  VLC_ASSIGN_OR_RETURN(engine::GenerateRequest req, ToEngineRequest(as_generate, config));
+  engine::GenerateRequest req = Convert(as_generate, config);
+  req.session_opening = true;  // its prompt is the optional prefix text
+  VLC_RETURN_IF_ERROR(engine::ValidateRequest(req, config.pipeline.request_limits()));
   auto job = std::make_shared<Job>();
   job->kind = Job::Kind::kCreateSession;
   job->request = std::move(req);
-  job->request.prompt = request.prompt_prefix();
-  // The session's prompt is the template up to the user's text: turns continue it.
-  job->request.chat_template = config.pipeline.chat_template.substr(
-      0, config.pipeline.chat_template.find("{prompt}") + 8);
   return job;
 }
 
@@ -137,8 +113,8 @@ InferenceService::InferenceService(const ServerConfig& config, Metrics* metrics,
                                    std::vector<std::string> tokens, TelemetryWatch* watch)
     : config_(config), metrics_(metrics), tokens_(std::move(tokens)), watch_(watch) {}
 
-void InferenceService::Attach(const engine::Pipeline* pipeline, EngineLoop* loop) {
-  loop_.store(loop);
+void InferenceService::Attach(const engine::Pipeline* pipeline, engine::Scheduler* scheduler) {
+  scheduler_.store(scheduler);
   pipeline_.store(pipeline);  // last: Ready() tests this one
 }
 
@@ -164,9 +140,11 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
     grpc::ServerWriter<pb::GenerateResponse>* writer) {
   const auto wall_deadline = context->deadline();
   if (wall_deadline != std::chrono::system_clock::time_point::max()) {
-    job->deadline = Clock::now() + (wall_deadline - std::chrono::system_clock::now());
+    job->deadline = engine::Clock::Steady()->Now() +
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        wall_deadline - std::chrono::system_clock::now());
   }
-  if (absl::Status st = loop_.load()->Submit(job); !st.ok()) return st;
+  if (absl::Status st = scheduler_.load()->Submit(job); !st.ok()) return st;
   StreamEvent e;
   bool deadline_hit = false;
   // The engine checks job->cancelled between decode steps and frees the sequence's pages. The

@@ -1,6 +1,7 @@
-// The gRPC face of the engine: request checks (answered at once, before any work), conversion
-// between the proto API and the engine's types, streaming, deadlines and cancellation, optional
-// bearer-token auth, and one log line per request. Nothing below server/ knows gRPC.
+// The gRPC face of the serving core (engine/scheduler.h): conversion between the proto API and
+// the engine's types (the checks are engine::ValidateRequest's, answered at once, before any
+// work), streaming, deadlines and cancellation, optional bearer-token auth, and one log line per
+// request. Nothing below server/ knows gRPC.
 #pragma once
 
 #include <atomic>
@@ -9,12 +10,16 @@
 #include <vector>
 
 #include "server/config.h"
-#include "server/engine_loop.h"
+#include "engine/scheduler.h"
 #include "server/metrics.h"
 #include "server/telemetry_watch.h"
 #include "vlcache/v1/inference.grpc.pb.h"
 
 namespace vlc::server {
+
+using engine::Job;
+using engine::SessionView;
+using engine::StreamEvent;
 
 // gRPC code name of an absl status code (they are the same numbers).
 grpc::Status ToGrpc(const absl::Status& s);
@@ -24,8 +29,8 @@ grpc::Status ToGrpc(const absl::Status& s);
 absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const vlcache::v1::GenerateRequest& req,
                                                         const ServerConfig& config);
 
-// The engine-thread jobs for session requests, with the same checks and defaults (the caller sets
-// owner and request id). The service submits them to its EngineLoop; so can a caller that runs the
+// The scheduler's jobs for session requests, with the same checks and defaults (the caller sets
+// owner and request id). The service submits them to its scheduler; so can a caller that runs the
 // engine in its own process.
 absl::StatusOr<std::shared_ptr<Job>> NewCreateSessionJob(
     const vlcache::v1::CreateSessionRequest& req, const ServerConfig& config);
@@ -41,8 +46,8 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   // SessionGenerate.
   InferenceService(const ServerConfig& config, Metrics* metrics, std::vector<std::string> tokens,
                    TelemetryWatch* watch = nullptr);
-  // The loaded pipeline and its running engine loop; from now on requests are served.
-  void Attach(const engine::Pipeline* pipeline, EngineLoop* loop);
+  // The loaded pipeline and its running scheduler; from now on requests are served.
+  void Attach(const engine::Pipeline* pipeline, engine::Scheduler* scheduler);
   bool ready() const { return pipeline_.load() != nullptr; }
 
   grpc::Status Generate(grpc::ServerContext* context, const vlcache::v1::GenerateRequest* request,
@@ -81,7 +86,7 @@ class InferenceService final : public vlcache::v1::Inference::Service {
 
   const ServerConfig& config_;
   std::atomic<const engine::Pipeline*> pipeline_{nullptr};
-  std::atomic<EngineLoop*> loop_{nullptr};
+  std::atomic<engine::Scheduler*> scheduler_{nullptr};
   Metrics* metrics_;
   std::vector<std::string> tokens_;
   TelemetryWatch* watch_;

@@ -24,7 +24,7 @@
 #include "dq/store.h"
 #include "server/config.h"
 #include "server/data_quality_service.h"
-#include "server/engine_loop.h"
+#include "engine/scheduler.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/telemetry_watch.h"
@@ -174,7 +174,7 @@ int main(int argc, char** argv) {
   // The model loads on its own thread so that SIGTERM during a long load still stops the server
   // at once; a failed load ends the process through the same sigwait (SIGUSR1).
   std::unique_ptr<engine::Pipeline> pipeline;
-  std::unique_ptr<server::EngineLoop> loop;
+  std::unique_ptr<engine::Scheduler> scheduler;
   std::atomic<bool> load_failed{false};
   std::thread loader([&] {
     auto p = engine::Pipeline::Load(config.model_dir, config.pipeline);
@@ -185,13 +185,17 @@ int main(int argc, char** argv) {
       return;
     }
     pipeline = std::move(*p);
-    loop = std::make_unique<server::EngineLoop>(
-        pipeline.get(),
-        server::EngineLoopOptions{config.max_queue, config.max_running, config.max_sessions,
-                                    config.session_ttl_seconds},
-        metrics.get());
-    loop->Start();
-    service.Attach(pipeline.get(), loop.get());
+    engine::SchedulerOptions so;
+    so.max_queue = config.max_queue;
+    so.max_running = config.max_running;
+    so.max_sessions = config.max_sessions;
+    so.session_ttl_seconds = config.session_ttl_seconds;
+    so.media_workers = config.media_workers;
+    so.prefill_chunk_tokens = config.pipeline.prefill_chunk_tokens;
+    so.metrics = metrics.get();
+    scheduler = std::make_unique<engine::Scheduler>(pipeline.get(), so);
+    scheduler->Start();
+    service.Attach(pipeline.get(), scheduler.get());
     grpc_server->GetHealthCheckService()->SetServingStatus(true);
     std::cout << "listening " << addresses << std::endl;
     spdlog::info("event=serving grpc_port={} model={} target=\"{}\"", port, config.model_dir,
@@ -214,7 +218,7 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   }
   loader.join();
-  loop->Stop();  // answers every waiting and running request
+  scheduler->Stop();  // answers every waiting and running request
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (watch) watch->Stop();  // after the handlers: the rows they recorded are counted as dropped
   return 0;

@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include "spdlog/spdlog.h"
+
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -130,6 +132,8 @@ struct Metrics::Impl {
   Histogram* queue_time = nullptr;
   Histogram* prefill = nullptr;
   Histogram* end_to_end = nullptr;
+  Histogram* media_prepare = nullptr;
+  Counter* media_pictures = nullptr;
   Counter* prompt_text = nullptr;
   Counter* prompt_visual = nullptr;
   Counter* generated = nullptr;
@@ -226,8 +230,18 @@ struct Metrics::Impl {
         &AddHistogram(r, "vlcache_queue_time_seconds",
                       "Time a request waited for admission to the engine", LatencyBuckets());
     prefill = &AddHistogram(r, "vlcache_prefill_seconds",
-                            "Time to encode the media and prefill the prompt, compression included",
+                            "Compute time of a prompt's prefill (all its chunks), compression "
+                            "included",
                             LatencyBuckets());
+    media_prepare = &AddHistogram(r, "vlcache_media_prepare_seconds",
+                                  "Time a media worker spent decoding, preprocessing and encoding "
+                                  "(vision tower) one request's media",
+                                  LatencyBuckets());
+    media_pictures = &prometheus::BuildCounter()
+                          .Name("vlcache_vision_encoded_pictures_total")
+                          .Help("Images and video frames that went through the vision tower")
+                          .Register(r)
+                          .Add({});
     end_to_end = &AddHistogram(r, "vlcache_request_duration_seconds",
                                "Time from a request's arrival to its last token", LatencyBuckets());
 
@@ -331,6 +345,11 @@ void Metrics::ObserveInterToken(double seconds) { impl_->inter_token->Observe(se
 void Metrics::ObserveQueueTime(double seconds) { impl_->queue_time->Observe(seconds); }
 void Metrics::ObservePrefill(double seconds) { impl_->prefill->Observe(seconds); }
 void Metrics::ObserveEndToEnd(double seconds) { impl_->end_to_end->Observe(seconds); }
+void Metrics::ObserveMediaPrepared(double seconds, int64_t pictures) {
+  impl_->media_prepare->Observe(seconds);
+  impl_->media_pictures->Increment(static_cast<double>(pictures));
+}
+void Metrics::LogEvent(const std::string& fields) { spdlog::info("{}", fields); }
 
 void Metrics::CountPromptTokens(int64_t text, int64_t visual) {
   // prometheus-cpp ignores negative increments; counters only grow.

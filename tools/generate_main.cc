@@ -66,6 +66,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--kv-page-tokens", opts.kv_page_tokens, "Tokens per KV page")
       ->capture_default_str();
+  app.add_option("--prefill-chunk-tokens", opts.prefill_chunk_tokens,
+                 "Prompt tokens prefilled per engine step (0: the whole prompt at once)")
+      ->capture_default_str();
   app.add_flag("--json", json, "Print one JSON object with the text, token counts and timings");
   CLI11_PARSE(app, argc, argv);
 

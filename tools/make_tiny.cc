@@ -13,6 +13,8 @@
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 #include <set>
 #include <string>
 #include <utility>
@@ -486,6 +488,15 @@ absl::Status MakeTinyCheckpoint(const std::string& out_dir, const TinyOptions& o
   preprocessor.crop_height = cfg.vision.image_size;
   preprocessor.crop_width = cfg.vision.image_size;
   return WriteFile(dir / "preprocessor_config.json", preprocessor.ToJson().dump(2) + "\n");
+}
+
+std::string RandomPng(int width, int height, int seed) {
+  cv::Mat img(height, width, CV_8UC3);
+  cv::RNG rng(seed);  // a local generator: the same seed always draws the same image
+  rng.fill(img, cv::RNG::UNIFORM, 0, 256);
+  std::vector<uchar> buf;
+  cv::imencode(".png", img, buf);
+  return std::string(buf.begin(), buf.end());
 }
 
 }  // namespace vlc::tools

@@ -42,4 +42,8 @@ absl::StatusOr<int> WriteBpeTokenizer(const std::vector<std::string>& corpus, in
 
 absl::Status MakeTinyCheckpoint(const std::string& out_dir, const TinyOptions& opts);
 
+// A PNG of `width` x `height` uniform random pixels, the same bytes for the same seed: a picture
+// for tests and benchmarks to send.
+std::string RandomPng(int width, int height, int seed);
+
 }  // namespace vlc::tools

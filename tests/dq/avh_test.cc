@@ -331,7 +331,7 @@ TEST(DqAvhTable, SkipsColumnsWithoutFullHistoryAndFailsAMissingColumn) {
 
 // The Seattle / New York daily weather, one run per month: learn from 30 months, check the 31st.
 TEST(DqAvhRealData, WeatherByMonthFlagsAUnitChange) {
-  absl::StatusOr<Table> table = ReadCsvFile(VLC_SOURCE_DIR "/../shared/data/avh/weather.csv");
+  absl::StatusOr<Table> table = ReadCsvFile(VLC_SOURCE_DIR "/tests/data/avh/weather.csv");
   ASSERT_TRUE(table.ok()) << table.status();
   absl::StatusOr<std::vector<PipelineRun>> runs = SplitIntoRuns(*table, "date", "month");
   ASSERT_TRUE(runs.ok()) << runs.status();

@@ -157,7 +157,7 @@ TEST_F(DqCli, ErrorsExitTwoWithAClearMessage) {
 TEST_F(DqCli, EvalOnWeatherWritesTheDocumentedJson) {
   const std::string out = dir_ + "/eval.json";
   const Result r = RunDq("eval --table " + std::string(VLC_SOURCE_DIR) +
-                         "/../shared/data/avh/weather.csv --partition-by date "
+                         "/tests/data/avh/weather.csv --partition-by date "
                          "--partition-format month --history 24 --delta 0.01 --json " +
                          out);
   ASSERT_EQ(r.code, 0) << r.output;

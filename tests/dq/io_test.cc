@@ -310,7 +310,7 @@ TEST(DqSplitIntoRuns, BadArguments) {
 // ---- The real data sets, read in place.
 
 std::string DataPath(const char* file) {
-  return std::string(VLC_SOURCE_DIR) + "/../shared/data/avh/" + file;
+  return std::string(VLC_SOURCE_DIR) + "/tests/data/avh/" + file;
 }
 
 TEST(DqRealData, WeatherIsFortyEightMonthlyRuns) {

@@ -1,6 +1,6 @@
-// The metric library of ALGORITHMS.md section 2, metric by metric: small vectors whose values
-// are worked out by hand in the comments, then real runs against the AVH authors' definitions
-// evaluated with numpy/scipy.
+// The metric library of docs/ALGORITHMS.md ("Metrics"), metric by metric: small vectors whose
+// values are worked out by hand in the comments, then real runs against the AVH authors'
+// definitions evaluated with numpy/scipy.
 #include "dq/metrics.h"
 
 #include <cmath>
@@ -347,7 +347,7 @@ TEST(DqCategoricalMetrics, PatternMetricsCompareThePatternFrequencies) {
 // jensenshannon, stats.entropy; Cohen's d as in dists.cohen_d, absolute).
 
 std::string DataPath(const char* file) {
-  return std::string(VLC_SOURCE_DIR) + "/../shared/data/avh/" + file;
+  return std::string(VLC_SOURCE_DIR) + "/tests/data/avh/" + file;
 }
 
 const PipelineRun& FindRun(const std::vector<PipelineRun>& runs, const std::string& key) {

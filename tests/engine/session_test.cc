@@ -20,20 +20,8 @@ namespace {
 LlavaConfig ThreeLayers() { return SmallConfig("llama", 0, 3); }
 
 
-// An image prompt: text, two images' tokens, text.
 SequenceSpec PromptSpec(const LlavaModel& m, const std::string& policy, double budget) {
-  const auto& c = m.config();
-  SequenceSpec s;
-  s.prompt_ids = {1, 7, 9};
-  for (int i = 0; i < 2 * c.visual_tokens_per_image(); ++i) {
-    s.prompt_ids.push_back(c.image_token_index);
-  }
-  for (int i = 0; i < 9; ++i) s.prompt_ids.push_back(3 + (i * 7) % 80);
-  at::manual_seed(11);
-  s.visual = *m.EncodeImages(at::randn({2, 3, 32, 32}));
-  s.cache_policy.name = policy;
-  s.cache_policy.budget = budget;
-  return s;
+  return ImagePromptSpec(m, policy, budget);
 }
 
 // A turn's text: distinct per turn, never the image token.

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/generator.h"
 #include "engine/model.h"
 #include "kvcache/page_pool.h"
 #include "tools/random_weights.h"
@@ -58,6 +59,23 @@ inline std::unique_ptr<kvcache::PagePool> Pool(const LlavaConfig& c,
   o.device = target.device;
   o.dtype = target.device.is_cuda() ? target.dtype : at::kFloat;
   return std::move(kvcache::PagePool::Create(o)).value();
+}
+
+// An image prompt: text, two images' tokens (random pictures, the same for every call), text; 44
+// tokens with SmallConfig, compressed by `policy` at `budget`.
+inline SequenceSpec ImagePromptSpec(const LlavaModel& m, const std::string& policy, double budget) {
+  const auto& c = m.config();
+  SequenceSpec s;
+  s.prompt_ids = {1, 7, 9};
+  for (int i = 0; i < 2 * c.visual_tokens_per_image(); ++i) {
+    s.prompt_ids.push_back(c.image_token_index);
+  }
+  for (int i = 0; i < 9; ++i) s.prompt_ids.push_back(3 + (i * 7) % 80);
+  at::manual_seed(11);
+  s.visual = *m.EncodeImages(at::randn({2, 3, 32, 32}));
+  s.cache_policy.name = policy;
+  s.cache_policy.budget = budget;
+  return s;
 }
 
 }  // namespace vlc::engine

@@ -17,7 +17,7 @@
 #include "common/fs.h"
 #include "engine/pipeline.h"
 #include "server/config.h"
-#include "server/engine_loop.h"
+#include "engine/scheduler.h"
 #include "server/inference_service.h"
 #include "tests/server/server_fixture.h"
 #include "vlcache/v1/inference.grpc.pb.h"
@@ -215,9 +215,9 @@ TEST_F(SessionServerTest, ThreeTurnsGrowTheCacheWithoutEvictionAndRepeatExactly)
   }
 }
 
-// The engine the server runs, in this process: the same EngineLoop on a Pipeline loaded here, fed
+// The engine the server runs, in this process: the same Scheduler on a Pipeline loaded here, fed
 // the jobs the service would build from the same requests. Returns the final event of `job`.
-StreamEvent RunInProcess(EngineLoop* loop, std::shared_ptr<Job> job, std::string* text) {
+StreamEvent RunInProcess(engine::Scheduler* loop, std::shared_ptr<Job> job, std::string* text) {
   EXPECT_TRUE(loop->Submit(job).ok());
   StreamEvent e;
   while (true) {
@@ -252,10 +252,13 @@ TEST_F(SessionServerTest, ThreeTurnsMatchTheInProcessEngine) {
   ASSERT_TRUE(config.ok()) << config.status();
   auto pipeline = engine::Pipeline::Load(model, config->pipeline);
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
-  EngineLoop loop(pipeline->get(),
-                  {config->max_queue, config->max_running, config->max_sessions,
-                   config->session_ttl_seconds},
-                  /*metrics=*/nullptr);
+  engine::SchedulerOptions so;
+  so.max_queue = config->max_queue;
+  so.max_running = config->max_running;
+  so.max_sessions = config->max_sessions;
+  so.session_ttl_seconds = config->session_ttl_seconds;
+  so.prefill_chunk_tokens = config->pipeline.prefill_chunk_tokens;
+  engine::Scheduler loop(pipeline->get(), so);
   loop.Start();
   auto job = NewCreateSessionJob(create, *config);
   ASSERT_TRUE(job.ok()) << job.status();

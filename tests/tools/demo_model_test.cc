@@ -81,7 +81,7 @@ TEST_F(DemoModelTest, ConfigIsTheShippedLlavaLayout) {
   const auto& c = pipeline_->model().config();
   EXPECT_EQ(c.vision.image_size, 96);
   EXPECT_GT(c.text.num_hidden_layers, 1);
-  // Grouped-query attention, as the issue asks of the demo's Llama decoder.
+  // Grouped-query attention, which the demo's Llama decoder is meant to have.
   EXPECT_LT(c.text.num_key_value_heads, c.text.num_attention_heads);
   int64_t bytes = 0;
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.model",

@@ -1,0 +1,118 @@
+#include "engine/session_table.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace vlc::engine {
+namespace {
+
+// 128 random bits: session ids must not be guessable.
+std::string NewSessionId() {
+  static std::random_device rd;
+  std::uniform_int_distribution<uint64_t> d;
+  return absl::StrFormat("%016x%016x", d(rd), d(rd));
+}
+
+}  // namespace
+
+const char* SessionEndName(SessionEnd why) {
+  switch (why) {
+    case SessionEnd::kDeleted: return "deleted";
+    case SessionEnd::kTtl: return "ttl";
+    case SessionEnd::kKvPages: return "kv_pages";
+    case SessionEnd::kMaxSessions: return "max_sessions";
+    case SessionEnd::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+SessionTable::SessionTable(SessionTableOptions options, const Clock* clock, MetricsSink* metrics)
+    : options_(options), clock_(clock), metrics_(metrics) {}
+
+std::string SessionTable::Insert(Session s) {
+  std::string id = NewSessionId();
+  while (sessions_.count(id)) id = NewSessionId();
+  s.last_used = clock_->Now();
+  sessions_.emplace(id, std::move(s));
+  if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+  return id;
+}
+
+absl::StatusOr<Session*> SessionTable::Find(const std::string& id, const std::string& owner) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    auto gone = gone_.find(id);
+    if (gone != gone_.end()) return absl::NotFoundError(gone->second);
+    return absl::NotFoundError(absl::StrCat("unknown session id '", id,
+                                            "': it was never created here, or it was deleted"));
+  }
+  if (it->second.owner != owner) {
+    return absl::PermissionDeniedError(absl::StrCat("session ", id, " belongs to another caller"));
+  }
+  return &it->second;
+}
+
+kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
+                                    const std::string& detail) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return -1;
+  const kvcache::SeqId seq = it->second.seq;
+  const double idle = SecondsBetween(it->second.last_used, clock_->Now());
+  sessions_.erase(it);
+  std::string message;
+  switch (why) {
+    case SessionEnd::kTtl:
+      message = absl::StrFormat("session %s expired after %.0f s idle", id, idle);
+      break;
+    case SessionEnd::kDeleted:
+      message = absl::StrCat("session ", id, " was deleted");
+      break;
+    case SessionEnd::kFailed:
+      message = absl::StrCat("session ", id, " ended when its turn failed: ", detail);
+      break;
+    default:
+      message = absl::StrCat("session ", id, " was evicted (", SessionEndName(why),
+                             "): the server needed its room; create a new session");
+  }
+  gone_[id] = message;
+  gone_order_.push_back(id);
+  while (gone_order_.size() > options_.remembered_gone) {  // remember recent ones only
+    gone_.erase(gone_order_.front());
+    gone_order_.pop_front();
+  }
+  if (why != SessionEnd::kDeleted && why != SessionEnd::kFailed) {
+    if (metrics_) {
+      metrics_->LogEvent(absl::StrFormat("event=session_evicted session=%s reason=%s idle_s=%.1f",
+                                         id, SessionEndName(why), idle));
+      metrics_->CountEviction(SessionEndName(why));
+    }
+  }
+  if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+  return seq;
+}
+
+std::vector<std::string> SessionTable::Expired() const {
+  std::vector<std::string> out;
+  if (options_.ttl_seconds <= 0) return out;
+  const auto now = clock_->Now();
+  for (const auto& [id, s] : sessions_) {
+    if (!s.busy && SecondsBetween(s.last_used, now) > options_.ttl_seconds) out.push_back(id);
+  }
+  return out;
+}
+
+std::string SessionTable::LeastRecentlyUsedIdle() const {
+  const std::string* lru = nullptr;
+  Clock::TimePoint oldest = Clock::TimePoint::max();
+  for (const auto& [id, s] : sessions_) {
+    if (!s.busy && s.last_used < oldest) {
+      oldest = s.last_used;
+      lru = &id;
+    }
+  }
+  return lru ? *lru : std::string();
+}
+
+}  // namespace vlc::engine

@@ -1,0 +1,75 @@
+// The sessions a scheduler holds: who owns each, how long it has been idle, what it has cost, and
+// for a bounded number of gone ones, why they are gone (so a late call gets a clear NOT_FOUND).
+// Plain bookkeeping on the engine thread: the KV pages a session holds belong to the generator,
+// and whoever removes a session here closes its sequence there.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/clock.h"
+#include "engine/metrics_sink.h"
+#include "kvcache/kv_cache.h"
+
+namespace vlc::engine {
+
+struct Session {
+  kvcache::SeqId seq = -1;
+  std::string owner;
+  std::string policy;
+  int64_t next_pos = 0;   // logical length: positions used by the tokens fed so far
+  int last_token = -1;    // sampled at the end of the last turn, not yet fed
+  int turns = 0;
+  int visual_tokens = 0;
+  bool has_prefix = false;  // the opening carried prefix text
+  bool busy = false;        // a turn is generating (never evicted, never expired)
+  Clock::TimePoint last_used;
+  std::vector<int> history;  // every id fed so far, opening included, in order
+};
+
+// Why a session left (counted as vlcache_session_evictions_total{reason}, except kDeleted).
+enum class SessionEnd { kDeleted, kTtl, kKvPages, kMaxSessions, kFailed };
+const char* SessionEndName(SessionEnd why);
+
+struct SessionTableOptions {
+  int max_sessions = 256;
+  double ttl_seconds = 600;  // <= 0: sessions never expire
+  size_t remembered_gone = 10000;
+};
+
+class SessionTable {
+ public:
+  SessionTable(SessionTableOptions options, const Clock* clock, MetricsSink* metrics);
+
+  // A new session with an unguessable id (128 random bits); returns the id.
+  std::string Insert(Session s);
+  // NOT_FOUND saying why when it is gone or unknown, PERMISSION_DENIED when another caller owns it.
+  absl::StatusOr<Session*> Find(const std::string& id, const std::string& owner);
+  // Removes it, remembers why (`detail` adds to the message a late caller gets) and returns the
+  // sequence the caller must close; -1 when unknown.
+  kvcache::SeqId Remove(const std::string& id, SessionEnd why, const std::string& detail = "");
+
+  // Idle sessions past their TTL.
+  std::vector<std::string> Expired() const;
+  // The idle session used least recently; empty when every session is busy (or none exists).
+  std::string LeastRecentlyUsedIdle() const;
+  bool Full() const { return static_cast<int>(sessions_.size()) >= options_.max_sessions; }
+  size_t size() const { return sessions_.size(); }
+  bool empty() const { return sessions_.empty(); }
+  const std::map<std::string, Session>& all() const { return sessions_; }
+  const Clock* clock() const { return clock_; }
+
+ private:
+  SessionTableOptions options_;
+  const Clock* clock_;
+  MetricsSink* metrics_;
+  std::map<std::string, Session> sessions_;
+  std::map<std::string, std::string> gone_;  // session id -> why it is gone (bounded)
+  std::deque<std::string> gone_order_;
+};
+
+}  // namespace vlc::engine

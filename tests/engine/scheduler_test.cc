@@ -1,0 +1,319 @@
+// The serving core in this process, on a tiny checkpoint, with a clock the tests move: sessions
+// expire by TTL and leave least recently used first, admission waits for KV pages, deadlines and
+// cancellation end requests cleanly, media are prepared once per request however long it waits,
+// and session turns follow the configured chat template.
+#include "engine/scheduler.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+
+#include "common/fs.h"
+#include "engine/pipeline.h"
+#include "tools/make_tiny.h"
+
+namespace vlc::engine {
+namespace {
+
+using std::chrono::seconds;
+
+// Records what the scheduler reports.
+class RecordingSink : public MetricsSink {
+ public:
+  void SetBatchSize(int64_t n) override { max_batch = std::max<int64_t>(max_batch, n); }
+  void CountEviction(const std::string& reason) override {
+    std::lock_guard<std::mutex> lock(mu);
+    evictions.push_back(reason);
+  }
+  std::atomic<int64_t> max_batch{0};
+  std::mutex mu;
+  std::vector<std::string> evictions;
+};
+
+std::string Png(int seed) { return tools::RandomPng(40, 30, seed); }
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/vlcache-scheduler-XXXXXX";
+    dir_ = new std::string(mkdtemp(tmpl));
+    tools::TinyOptions opts;
+    opts.seed = 5;
+    ASSERT_TRUE(tools::MakeTinyCheckpoint(*dir_ + "/model", opts).ok());
+  }
+  static void TearDownTestSuite() {
+    RemoveTree(*dir_);
+    delete dir_;
+  }
+
+  // Loads the tiny model with `options` and starts a scheduler on it with the test's clock.
+  void StartEngine(PipelineOptions options = {}, SchedulerOptions so = {}) {
+    auto p = Pipeline::Load(*dir_ + "/model", options);
+    ASSERT_TRUE(p.ok()) << p.status();
+    pipeline_ = std::move(*p);
+    so.clock = &clock_;
+    so.metrics = &sink_;
+    scheduler_ = std::make_unique<Scheduler>(pipeline_.get(), so);
+    scheduler_->Start();
+  }
+  void TearDown() override {
+    if (scheduler_) scheduler_->Stop();
+  }
+
+  static GenerateRequest ImageRequest(int seed, int max_new) {
+    GenerateRequest r;
+    r.media.images = {Png(seed)};
+    r.prompt = "what color is the triangle?";
+    r.sampling.max_new_tokens = max_new;
+    r.sampling.ignore_eos = true;
+    return r;
+  }
+
+  std::shared_ptr<Job> Submit(Job::Kind kind, GenerateRequest request = {},
+                              const std::string& session = "") {
+    auto job = std::make_shared<Job>();
+    job->kind = kind;
+    job->request = std::move(request);
+    job->session_id = session;
+    EXPECT_TRUE(scheduler_->Submit(job).ok());
+    return job;
+  }
+
+  // The job's final event (bounded wait: a minute of real time).
+  static StreamEvent Final(const std::shared_ptr<Job>& job, std::string* text = nullptr) {
+    StreamEvent e;
+    for (int i = 0; i < 600; ++i) {
+      if (!job->channel->Pop(&e, std::chrono::milliseconds(100))) continue;
+      if (text) *text += e.text;
+      if (e.final) return e;
+    }
+    ADD_FAILURE() << "no final event within a minute";
+    e.status = absl::DeadlineExceededError("test timed out");
+    return e;
+  }
+
+  // Waits for the job's first streamed event (true) or its end (false).
+  static bool FirstDelta(const std::shared_ptr<Job>& job, StreamEvent* e) {
+    for (int i = 0; i < 600; ++i) {
+      if (job->channel->Pop(e, std::chrono::milliseconds(100))) return !e->final;
+    }
+    return false;
+  }
+
+  std::string CreateSession(int seed, const std::string& prefix = "") {
+    GenerateRequest r;
+    r.media.images = {Png(seed)};
+    r.prompt = prefix;
+    r.session_opening = true;
+    const StreamEvent e = Final(Submit(Job::Kind::kCreateSession, r));
+    EXPECT_TRUE(e.status.ok()) << e.status;
+    return e.session.id;
+  }
+
+  StreamEvent Turn(const std::string& session, const std::string& prompt, int max_new = 3) {
+    GenerateRequest r;
+    r.prompt = prompt;
+    r.sampling.max_new_tokens = max_new;
+    r.sampling.ignore_eos = true;
+    return Final(Submit(Job::Kind::kSessionGenerate, r, session));
+  }
+
+  absl::Status GetSession(const std::string& session, SessionView* view = nullptr) {
+    const StreamEvent e = Final(Submit(Job::Kind::kGetSession, {}, session));
+    if (view) *view = e.session;
+    return e.status;
+  }
+
+  static std::string* dir_;
+  ManualClock clock_;
+  RecordingSink sink_;
+  std::unique_ptr<Pipeline> pipeline_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+std::string* SchedulerTest::dir_ = nullptr;
+
+TEST_F(SchedulerTest, AnIdleSessionExpiresOnlyAfterItsTtl) {
+  SchedulerOptions so;
+  so.session_ttl_seconds = 10;
+  StartEngine({}, so);
+  const std::string id = CreateSession(1);
+  clock_.Advance(seconds(6));
+  SessionView view;
+  ASSERT_TRUE(GetSession(id, &view).ok());
+  EXPECT_NEAR(view.idle_seconds, 6.0, 1e-6);
+  EXPECT_TRUE(Turn(id, "and now?").status.ok());  // a turn makes it recently used again
+  clock_.Advance(seconds(9));
+  EXPECT_TRUE(GetSession(id).ok());
+  clock_.Advance(seconds(2));
+  const absl::Status gone = GetSession(id);
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound) << gone;
+  EXPECT_NE(gone.message().find("expired after 11 s idle"), std::string::npos) << gone;
+  std::lock_guard<std::mutex> lock(sink_.mu);
+  EXPECT_EQ(sink_.evictions, std::vector<std::string>{"ttl"});
+}
+
+TEST_F(SchedulerTest, TheLeastRecentlyUsedIdleSessionMakesRoomForANewOne) {
+  SchedulerOptions so;
+  so.max_sessions = 2;
+  StartEngine({}, so);
+  const std::string a = CreateSession(1);
+  clock_.Advance(seconds(1));
+  const std::string b = CreateSession(2);
+  clock_.Advance(seconds(1));
+  ASSERT_TRUE(Turn(a, "again").status.ok());  // a is now the most recently used
+  clock_.Advance(seconds(1));
+  const std::string c = CreateSession(3);
+  EXPECT_TRUE(GetSession(a).ok());
+  EXPECT_TRUE(GetSession(c).ok());
+  const absl::Status gone = GetSession(b);
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound) << gone;
+  EXPECT_NE(gone.message().find("evicted (max_sessions)"), std::string::npos) << gone;
+}
+
+// A page size and pool for the tiny model's image request: one page per layer holds the whole
+// request (its prompt and max_new tokens), and the pool holds one such request but not two
+// (pool_bytes), or exactly one (exact_bytes). Admission reserves a prompt's pages, not its growth,
+// so a request that never grows past its prompt's pages makes the queueing exact.
+struct PoolFit {
+  int page_tokens = 0;
+  int max_new = 3;
+  int64_t pool_bytes = 0;
+  int64_t exact_bytes = 0;
+};
+PoolFit OneRequestPool(const Pipeline& p, const GenerateRequest& r) {
+  auto prompt = p.Prepare(r);
+  EXPECT_TRUE(prompt.ok()) << prompt.status();
+  PoolFit fit;
+  fit.page_tokens = static_cast<int>(prompt->ids.size()) + fit.max_new;
+  const int layers = p.model().config().text.num_hidden_layers;
+  const int64_t token_bytes =
+      p.pool().capacity_bytes() / p.pool().num_pages() / p.options().kv_page_tokens;
+  const int64_t page_bytes = token_bytes * fit.page_tokens;
+  fit.pool_bytes = (2 * layers - 1) * page_bytes;
+  fit.exact_bytes = layers * page_bytes;
+  return fit;
+}
+
+TEST_F(SchedulerTest, RequestsQueueBehindAFullPoolAndTheirMediaAreEncodedOnce) {
+  StartEngine();
+  const PoolFit fit = OneRequestPool(*pipeline_, ImageRequest(1, 1));
+  scheduler_->Stop();
+  PipelineOptions small;
+  small.kv_cache_bytes = fit.pool_bytes;
+  small.kv_page_tokens = fit.page_tokens;
+  StartEngine(small);
+  const int64_t encodes_before = pipeline_->vision_encodes();
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < 4; ++i) jobs.push_back(Submit(Job::Kind::kGenerate, ImageRequest(i, fit.max_new)));
+  for (auto& job : jobs) {
+    const StreamEvent e = Final(job);
+    ASSERT_TRUE(e.status.ok()) << e.status;
+    EXPECT_EQ(e.usage.generated_tokens, fit.max_new);
+  }
+  EXPECT_EQ(sink_.max_batch.load(), 1) << "the pool holds one request at a time";
+  EXPECT_EQ(pipeline_->vision_encodes() - encodes_before, 4)
+      << "each request's image went through the vision tower exactly once";
+  EXPECT_EQ(pipeline_->pool().free_pages(), pipeline_->pool().num_pages());
+
+  // A prompt larger than the whole pool is refused at once, and the engine goes on.
+  GenerateRequest two = ImageRequest(9, 1);
+  two.media.images.push_back(Png(10));
+  two.media.images.push_back(Png(11));
+  const StreamEvent big = Final(Submit(Job::Kind::kGenerate, two));
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted) << big.status;
+  EXPECT_NE(big.status.message().find("whole pool"), std::string::npos) << big.status;
+  EXPECT_TRUE(Final(Submit(Job::Kind::kGenerate, ImageRequest(12, 1))).status.ok());
+}
+
+TEST_F(SchedulerTest, AnIdleSessionGivesItsPagesToARequestThatNeedsThem) {
+  StartEngine();
+  const PoolFit fit = OneRequestPool(*pipeline_, ImageRequest(1, 1));
+  scheduler_->Stop();
+  PipelineOptions small;
+  small.kv_cache_bytes = fit.exact_bytes;
+  small.kv_page_tokens = fit.page_tokens;
+  StartEngine(small);
+  const std::string idle = CreateSession(1);
+  const StreamEvent e = Final(Submit(Job::Kind::kGenerate, ImageRequest(2, fit.max_new)));
+  ASSERT_TRUE(e.status.ok()) << e.status;
+  const absl::Status gone = GetSession(idle);
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(gone.message().find("evicted (kv_pages)"), std::string::npos) << gone;
+}
+
+TEST_F(SchedulerTest, DeadlinesEndRequestsQueuedOrRunning) {
+  StartEngine();
+  auto late = std::make_shared<Job>();
+  late->request = ImageRequest(1, 4);
+  late->deadline = clock_.Now() - seconds(1);
+  ASSERT_TRUE(scheduler_->Submit(late).ok());
+  const StreamEvent queued = Final(late);
+  EXPECT_EQ(queued.status.code(), absl::StatusCode::kDeadlineExceeded) << queued.status;
+  EXPECT_NE(queued.status.message().find("while queued"), std::string::npos) << queued.status;
+
+  auto running = std::make_shared<Job>();
+  running->request = ImageRequest(2, 4000);
+  running->deadline = clock_.Now() + seconds(30);
+  ASSERT_TRUE(scheduler_->Submit(running).ok());
+  StreamEvent first;
+  ASSERT_TRUE(FirstDelta(running, &first)) << first.status;
+  clock_.Advance(seconds(31));
+  const StreamEvent e = Final(running);
+  EXPECT_EQ(e.status.code(), absl::StatusCode::kDeadlineExceeded) << e.status;
+  EXPECT_EQ(pipeline_->pool().free_pages(), pipeline_->pool().num_pages());
+}
+
+TEST_F(SchedulerTest, ACancelledRequestEndsAndTheNextOneIsServed) {
+  StartEngine();
+  auto job = Submit(Job::Kind::kGenerate, ImageRequest(1, 4000));
+  StreamEvent first;
+  ASSERT_TRUE(FirstDelta(job, &first)) << first.status;
+  job->cancelled = true;
+  const StreamEvent e = Final(job);
+  EXPECT_EQ(e.status.code(), absl::StatusCode::kCancelled) << e.status;
+  EXPECT_EQ(pipeline_->pool().free_pages(), pipeline_->pool().num_pages());
+  const StreamEvent next = Final(Submit(Job::Kind::kGenerate, ImageRequest(2, 3)));
+  EXPECT_TRUE(next.status.ok()) << next.status;
+  EXPECT_EQ(next.usage.generated_tokens, 3);
+}
+
+bool Contains(const std::vector<int>& haystack, const std::vector<int>& needle) {
+  return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) !=
+         haystack.end();
+}
+
+TEST_F(SchedulerTest, SessionTurnsFollowTheConfiguredChatTemplate) {
+  PipelineOptions options;
+  options.chat_template = "Q: <image>\n{prompt} A:";
+  StartEngine(options);
+  const std::string id = CreateSession(1, "look");
+  ASSERT_TRUE(Turn(id, "first").status.ok());
+  ASSERT_TRUE(Turn(id, "second").status.ok());
+  SessionView view;
+  ASSERT_TRUE(GetSession(id, &view).ok());
+  const Tokenizer& tok = pipeline_->tokenizer();
+  // The opening's prefix text continues into the first turn; later turns start with the
+  // template's own prefix and end with its tail.
+  EXPECT_TRUE(Contains(view.history, tok.Encode(" first A:", false)));
+  EXPECT_TRUE(Contains(view.history, tok.Encode("Q: second A:", false)));
+  EXPECT_FALSE(Contains(view.history, tok.Encode("USER: second", false)));
+  EXPECT_FALSE(Contains(view.history, tok.Encode(" ASSISTANT:", false)));
+  EXPECT_EQ(static_cast<int64_t>(view.history.size()), view.logical_length);
+}
+
+TEST_F(SchedulerTest, AStoppedSchedulerAnswersEveryJobUnavailable) {
+  StartEngine();
+  auto running = Submit(Job::Kind::kGenerate, ImageRequest(1, 4000));
+  StreamEvent first;
+  ASSERT_TRUE(FirstDelta(running, &first));
+  scheduler_->Stop();
+  EXPECT_EQ(Final(running).status.code(), absl::StatusCode::kUnavailable);
+  auto after = std::make_shared<Job>();
+  EXPECT_EQ(scheduler_->Submit(after).code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace vlc::engine
