@@ -6,7 +6,8 @@
 //
 // With --batches 1,2,4,8,16 it measures batch scaling instead: the decode step time of each batch
 // size against batch 1's in the same round, the sizes alternating round after round (the
-// machine's bandwidth drifts), each sequence's cache filled with --prompt random tokens.
+// machine's bandwidth drifts), each sequence's paged cache (as the server holds it) filled with
+// --prompt random tokens.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -24,7 +25,10 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/paged_cache.h"
 #include "bench/bench_util.h"
+#include "common/openmp_env.h"
 
 namespace {
 
@@ -65,7 +69,21 @@ int BatchScaling(const vlc::engine::LlavaModel& model, std::vector<int> batches,
   const auto& t = model.config().text;
   if (std::find(batches.begin(), batches.end(), 1) == batches.end()) batches.insert(batches.begin(), 1);
   const int max_b = *std::max_element(batches.begin(), batches.end());
-  auto cache = model.NewContiguousCache();
+  // The paged cache the server decodes over, with room for every sequence's prompt and the
+  // tokens all rounds append.
+  const int64_t tokens = prompt + static_cast<int64_t>(steps) * repeats * batches.size() + 16;
+  kvcache::PagePoolOptions po;
+  po.page_tokens = 16;
+  po.kv_heads = t.num_key_value_heads;
+  po.head_dim = t.head_dim;
+  po.capacity_bytes = int64_t{max_b} * t.num_hidden_layers * ((tokens + 15) / 16) * 16 * 2 *
+                      t.num_key_value_heads * t.head_dim * 4;
+  auto pool = kvcache::PagePool::Create(po);
+  if (!pool.ok()) {
+    std::cerr << pool.status() << "\n";
+    return 1;
+  }
+  auto cache = std::make_unique<kvcache::PagedKvCache>(t.num_hidden_layers, pool->get());
   std::vector<int64_t> pos(max_b, prompt);
   for (int b = 0; b < max_b; ++b) {
     (void)cache->AddSequence(b);
@@ -132,6 +150,7 @@ int BatchScaling(const vlc::engine::LlavaModel& model, std::vector<int> batches,
 }  // namespace
 
 int main(int argc, char** argv) {
+  vlc::PreferSleepingOpenMpWorkers(argv);
   using namespace vlc;
   CLI::App app{"Engine benchmark: prefill and decode on random weights, against memory bandwidth"};
   engine::LlavaConfig c = bench::TextModelConfig(4096, 11008, 2, 32, 32, 32000);

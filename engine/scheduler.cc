@@ -468,8 +468,9 @@ void Scheduler::FinishTurn(Active& a, const SequenceResult& res) {
   s.last_used = clock_->Now();
 }
 
-void Scheduler::FinishSequences() {
-  for (auto& [id, res] : generator_->TakeFinished()) {
+int Scheduler::FinishSequences() {
+  auto finished = generator_->TakeFinished();
+  for (auto& [id, res] : finished) {
     auto it = std::find_if(active_.begin(), active_.end(),
                            [id = id](const auto& a) { return a->id == id; });
     if (it == active_.end()) continue;
@@ -513,18 +514,24 @@ void Scheduler::FinishSequences() {
     job.channel->Push(std::move(e));
     active_.erase(it);
   }
+  return static_cast<int>(finished.size());
 }
 
 void Scheduler::Run() {
   at::init_num_threads();  // LibTorch's configured thread count, on this thread too
   std::deque<std::shared_ptr<Job>> waiting;
+  bool freed = false;  // sequences finished (or sessions left) since the last admission
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       // Sleep only when there is nothing to step and nothing new to admit. Wake at least once a
       // second while sessions or waiting jobs exist, so that idle sessions expire and queued
       // jobs past their deadline are answered on time.
-      auto ready = [&] { return stop_ || !inbox_.empty() || generator_->HasRunning(); };
+      // Jobs that waited for pages are retried at once when sequences finished.
+      auto ready = [&] {
+        return stop_ || !inbox_.empty() || generator_->HasRunning() ||
+               (freed && !waiting.empty());
+      };
       if (sessions_.empty() && waiting.empty()) {
         cv_.wait(lock, ready);
       } else {
@@ -536,6 +543,7 @@ void Scheduler::Run() {
         inbox_.pop_front();
       }
     }
+    const size_t sessions_before = sessions_.size();
     ExpireIdle();
     Admit(waiting);
     CheckCancellations();
@@ -548,7 +556,7 @@ void Scheduler::Run() {
         metrics_->LogEvent(absl::StrCat("event=step_failed error=\"", st.ToString(), "\""));
       }
     }
-    FinishSequences();
+    freed = FinishSequences() > 0 || sessions_.size() < sessions_before;
     PublishGauges();
   }
   Shutdown(waiting);

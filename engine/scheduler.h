@@ -143,7 +143,8 @@ class Scheduler {
   // The job's token stream, and the generator's callback that feeds it.
   std::function<bool(int)> AttachStream(Active& a);
   void CheckCancellations();
-  void FinishSequences();
+  // Answers the jobs whose sequences finished; returns how many.
+  int FinishSequences();
   void FinishOpening(Active& a, const SequenceResult& res);
   void FinishTurn(Active& a, const SequenceResult& res);
   SessionView View(const std::string& id, const Session& s) const;

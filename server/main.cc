@@ -30,6 +30,7 @@
 #include "server/telemetry_watch.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
+#include "common/openmp_env.h"
 
 namespace {
 
@@ -46,6 +47,7 @@ std::string ReadFile(const std::string& path, bool* ok) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  vlc::PreferSleepingOpenMpWorkers(argv);
   using namespace vlc;
   // Signals are taken by sigwait below, never by the threads gRPC and LibTorch start.
   sigset_t signals;

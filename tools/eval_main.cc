@@ -36,6 +36,7 @@
 #include "common/status.h"
 #include "engine/pipeline.h"
 #include "tools/vqa/vqa.h"
+#include "common/openmp_env.h"
 
 namespace {
 
@@ -331,6 +332,7 @@ absl::Status Run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  vlc::PreferSleepingOpenMpWorkers(argv);
   CLI::App app{"Accuracy against KV-cache budget per policy on the synthetic VQA task"};
   Options o;
   app.add_option("--model", o.model, "Model directory (the demo model)")->required();

@@ -10,8 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/pipeline.h"
+#include "common/openmp_env.h"
 
 int main(int argc, char** argv) {
+  vlc::PreferSleepingOpenMpWorkers(argv);
   using namespace vlc::engine;
   CLI::App app{"vlcache-generate: answer a prompt about images or a video with a LLaVA model"};
   std::string model_dir, video, prompt;

@@ -34,6 +34,7 @@
 #include "tools/train/demo_task.h"
 #include "tools/train/trainable_llava.h"
 #include "tools/vqa/vqa.h"
+#include "common/openmp_env.h"
 
 namespace {
 
@@ -358,6 +359,7 @@ absl::Status Train(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  vlc::PreferSleepingOpenMpWorkers(argv);
   CLI::App app{"Trains the demo LLaVA model on the synthetic VQA task (CPU)"};
   Options o;
   app.add_option("--out", o.out, "Exported Hugging Face checkpoint directory")->required();
