@@ -1,24 +1,32 @@
 // LibTorch's CPU kernels run on OpenMP threads, and Debian's OpenBLAS runs its GEMMs on threads
-// of its own. By default an OpenMP worker spins for about a millisecond after every parallel
-// region, and a LibTorch forward pass opens one per operator, so the spinning worker takes the
-// core that OpenBLAS's second thread needs: measured here (2 cores), a 64-token prefill chunk of
-// a 4-layer, 1024-wide decoder took 200-250 ms with spinning workers and 78 ms with sleeping
-// ones, while whole-prompt prefill and decode did not change. libgomp reads its wait policy once,
-// when it loads, so a program that wants it re-executes itself with OMP_WAIT_POLICY=PASSIVE.
-// An OMP_WAIT_POLICY already in the environment (ACTIVE, say) is kept.
+// of its own; both kinds keep spinning (OpenMP) or yielding (OpenBLAS) for a while after their
+// work ends, and on a machine with as many threads as cores they then take the core the other
+// kind needs. Measured here (2 cores), with 4 streams decoding while a long prompt is prefilled
+// in 16-token chunks (docs/BENCHMARKS.md, "Serving core"): a chunk's step took 2.6x longer with
+// spinning OpenMP workers, and 1.3x longer again with OpenBLAS's default yield timeout; whole-
+// prompt prefill and decode did not change. Both libraries read these settings once, when they
+// load, so a program that wants them re-executes itself with OMP_WAIT_POLICY=PASSIVE and
+// OPENBLAS_THREAD_TIMEOUT=4 (the shortest). A value already in the environment is kept.
 #pragma once
 
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <utility>
+
 namespace vlc {
 
-// Call first thing in main(); returns only when the process keeps its environment (the policy
-// was already set, or the re-execution failed, in which case the program runs as it is).
+// Call first thing in main(); returns only when the process keeps its environment (both were
+// already set, or the re-execution failed, in which case the program runs as it is).
 inline void PreferSleepingOpenMpWorkers(char** argv) {
-  if (getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
-  execv("/proc/self/exe", argv);
+  bool changed = false;
+  for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "PASSIVE"},
+                                    {"OPENBLAS_THREAD_TIMEOUT", "4"}}) {
+    if (getenv(name) != nullptr) continue;
+    if (setenv(name, value, 1) != 0) return;
+    changed = true;
+  }
+  if (changed) execv("/proc/self/exe", argv);
 }
 
 }  // namespace vlc

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -145,7 +146,9 @@ absl::StatusOr<SeqId> Generator::QueueResume(SeqId seq, int64_t start_pos,
   return seq;
 }
 
-absl::Status Generator::AdvancePrefill(SeqId id, int64_t max_tokens) {
+absl::Status Generator::AdvancePrefill(SeqId id, int64_t max_tokens,
+                                       const LlavaModel::DecodeRows* decode,
+                                       absl::StatusOr<at::Tensor>* decode_logits) {
   Running& r = running_.at(id);
   Prefill& pre = *r.prefill;
   const int64_t total = pre.embeds.size(0);
@@ -153,10 +156,17 @@ absl::Status Generator::AdvancePrefill(SeqId id, int64_t max_tokens) {
   const bool last = pre.done + n == total;
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<kvcache::LayerObservation> part;
-  auto logits = model_->Prefill(id, pre.embeds.slice(0, pre.done, pre.done + n),
-                                pre.start_pos + pre.done, cache_, /*all_logits=*/false,
+  const at::Tensor piece = pre.embeds.slice(0, pre.done, pre.done + n);
+  LlavaModel::PromptChunk chunk{id, piece, pre.start_pos + pre.done, /*all_logits=*/false,
                                 pre.observe.enabled ? &pre.observe : nullptr,
-                                pre.observe.enabled ? &part : nullptr);
+                                pre.observe.enabled ? &part : nullptr};
+  auto out = model_->Step(decode, &chunk, cache_);
+  if (decode_logits) {
+    *decode_logits = out.ok() ? absl::StatusOr<at::Tensor>(out->decode)
+                              : absl::StatusOr<at::Tensor>(out.status());
+  }
+  absl::StatusOr<at::Tensor> logits =
+      out.ok() ? absl::StatusOr<at::Tensor>(out->chunk) : absl::StatusOr<at::Tensor>(out.status());
   absl::Status st = logits.status();
   if (st.ok() && pre.observe.enabled) {
     if (pre.observations.empty()) pre.observations.resize(part.size());
@@ -317,14 +327,24 @@ absl::Status Generator::Step() {
     positions.push_back(r.next_pos);
   }
   last_step_batch_ = ids.size();
+  // The first chunk rides in the decode step's forward pass (the weights are read once for
+  // both); further chunks of the step's budget run on their own.
+  const auto t0 = std::chrono::steady_clock::now();
+  const LlavaModel::DecodeRows rows{ids, tokens, positions};
+  std::optional<absl::StatusOr<at::Tensor>> fused;
   absl::Status prefill_status;
   for (const auto& [id, n] : PlanChunks()) {
-    absl::Status st = AdvancePrefill(id, n);
+    absl::Status st;
+    if (!fused && !ids.empty()) {
+      fused.emplace(absl::UnknownError("no decode logits"));
+      st = AdvancePrefill(id, n, &rows, &*fused);
+    } else {
+      st = AdvancePrefill(id, n);
+    }
     if (!st.ok() && prefill_status.ok()) prefill_status = st;
   }
   if (ids.empty()) return prefill_status;
-  const auto t0 = std::chrono::steady_clock::now();
-  auto logits = model_->DecodeStep(ids, tokens, positions, cache_);
+  auto logits = fused ? std::move(*fused) : model_->DecodeStep(ids, tokens, positions, cache_);
   const double ms = MsSince(t0);
   if (!logits.ok()) {
     for (SeqId id : ids) Finish(id, FinishReason::kError, logits.status());

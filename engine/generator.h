@@ -145,7 +145,11 @@ class Generator {
   // Feeds up to `max_tokens` (<= 0: all) more prompt rows of a prefilling sequence. After the
   // last chunk it compresses, samples the first token and starts decoding (or finishes a
   // prefill-only one). A failure ends the sequence with kError and is returned.
-  absl::Status AdvancePrefill(SeqId id, int64_t max_tokens);
+  // With `decode`, the chunk and the decode step's rows go through one forward pass, whose
+  // decode logits (or error) land in `decode_logits`.
+  absl::Status AdvancePrefill(SeqId id, int64_t max_tokens,
+                              const LlavaModel::DecodeRows* decode = nullptr,
+                              absl::StatusOr<at::Tensor>* decode_logits = nullptr);
   // Runs a just-queued sequence's whole prefill now; on failure nothing of it is left (its error
   // is returned, and for a new sequence its cache entry is gone).
   absl::StatusOr<SeqId> PrefillNow(absl::StatusOr<SeqId> queued, bool drop_cache_on_error);

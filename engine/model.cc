@@ -348,120 +348,145 @@ absl::StatusOr<at::Tensor> LlavaModel::Prefill(
     SeqId seq, const at::Tensor& embeds, int64_t start_pos, KvCache* cache, bool all_logits,
     const kvcache::ObservationSpec* observe,
     std::vector<kvcache::LayerObservation>* observations) const {
-  const auto& t = config_.text;
-  if (embeds.dim() != 2 || embeds.size(1) != t.hidden_size || embeds.size(0) == 0) {
-    return absl::InvalidArgumentError("prefill needs embeddings [tokens > 0, hidden]");
-  }
-  const int64_t n = embeds.size(0), h = t.num_attention_heads, hkv = t.num_key_value_heads;
-  const int64_t hd = t.head_dim;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  const Impl& p = *impl_;
-  const bool observing = observe && observe->enabled && observations;
-  if (observing) observations->assign(p.text_layers.size(), {});
-  // A chunk of a longer prompt observes its own rows of the observed range, in its own row
-  // coordinates, against every key so far (kvcache/attention.h); a chunk wholly before the range
-  // observes nothing.
-  kvcache::ObservationSpec local;
-  if (observing) {
-    local = *observe;
-    local.query_begin = std::max<int64_t>(0, observe->query_begin - start_pos);
-  }
-  const bool chunk_observes = observing && local.query_begin < n;
-  at::Tensor x, cos, sin;
-  VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-    x = embeds.to(p.target.device, p.target.dtype);
-    std::tie(cos, sin) = p.RopeTables(at::arange(start_pos, start_pos + n, p.Index()));
-  }));
-  for (size_t li = 0; li < p.text_layers.size(); ++li) {
-    const auto& l = p.text_layers[li];
-    at::Tensor q, k, v;
-    VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-      auto qkv = Linear(RmsNorm(x, l.in_norm, t.rms_norm_eps), l.qkv_w);
-      q = ApplyRope(qkv.slice(1, 0, h * hd).view({n, h, hd}).transpose(0, 1), cos, sin);
-      k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({n, hkv, hd}).transpose(0, 1), cos,
-                    sin);
-      v = qkv.slice(1, (h + hkv) * hd).view({n, hkv, hd}).transpose(0, 1).contiguous();
-    }));
-    const bool fresh = cache->Length(seq, li) == 0;
-    if (observing && cache->Length(seq, li) != start_pos) {
-      return absl::FailedPreconditionError(
-          "a prefill that observes must continue an uncompressed cache of start_pos tokens");
-    }
-    VLC_RETURN_IF_ERROR(cache->Append(seq, li, k, v));
-    if (!fresh) {
-      // Continuing a sequence: attend over everything the cache holds, ours at the end (in the
-      // model's dtype: a CPU cache holds float32 whatever the model computes in).
-      VLC_ASSIGN_OR_RETURN(auto kv, cache->Read(seq, li));
-      k = kv.first.to(q.scalar_type());
-      v = kv.second.to(q.scalar_type());
-    }
-    VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-      kvcache::LayerObservation* obs = chunk_observes ? &(*observations)[li] : nullptr;
-      auto a = PrefillAttention(q, k, v, scale, t.sliding_window, fresh,
-                                chunk_observes ? &local : nullptr, obs);
-      a = a.transpose(0, 1).reshape({n, h * hd});
-      x = x + Linear(a, l.o_w);
-      auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
-      const int64_t inter = t.intermediate_size;
-      x = x + Linear(at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter), l.down_w);
-    }));
-  }
-  at::Tensor logits;
-  VLC_RETURN_IF_ERROR(CatchAll("prefill", [&] {
-    auto last = all_logits ? x : x.slice(0, n - 1);
-    logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head).to(at::kCPU, at::kFloat);
-  }));
-  return logits;
+  PromptChunk chunk{seq, embeds, start_pos, all_logits, observe, observations};
+  VLC_ASSIGN_OR_RETURN(StepLogits out, Step(nullptr, &chunk, cache));
+  return std::move(out.chunk);
 }
 
 absl::StatusOr<at::Tensor> LlavaModel::DecodeStep(const std::vector<SeqId>& seqs,
                                                   const std::vector<int>& tokens,
                                                   const std::vector<int64_t>& positions,
                                                   KvCache* cache) const {
+  DecodeRows rows{seqs, tokens, positions};
+  VLC_ASSIGN_OR_RETURN(StepLogits out, Step(&rows, nullptr, cache));
+  return std::move(out.decode);
+}
+
+absl::StatusOr<LlavaModel::StepLogits> LlavaModel::Step(const DecodeRows* decode,
+                                                        const PromptChunk* chunk,
+                                                        KvCache* cache) const {
   const auto& t = config_.text;
-  const int64_t b = static_cast<int64_t>(seqs.size());
-  if (b == 0 || tokens.size() != seqs.size() || positions.size() != seqs.size()) {
+  const int64_t b = decode ? static_cast<int64_t>(decode->seqs.size()) : 0;
+  const int64_t n = chunk ? chunk->embeds.size(0) : 0;
+  const char* what = chunk ? "prefill" : "decode";
+  if (decode && (b == 0 || decode->tokens.size() != decode->seqs.size() ||
+                 decode->positions.size() != decode->seqs.size())) {
     return absl::InvalidArgumentError("decode step needs one token and position per sequence");
   }
-  for (int tok : tokens) {
-    if (tok < 0 || tok >= t.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", tok, " is outside the vocabulary"));
+  if (decode) {
+    for (int tok : decode->tokens) {
+      if (tok < 0 || tok >= t.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", tok, " is outside the vocabulary"));
+      }
     }
   }
+  if (chunk && (chunk->embeds.dim() != 2 || chunk->embeds.size(1) != t.hidden_size || n == 0)) {
+    return absl::InvalidArgumentError("prefill needs embeddings [tokens > 0, hidden]");
+  }
+  if (b + n == 0) return absl::InvalidArgumentError("a step needs decode rows or a prompt chunk");
   const int64_t h = t.num_attention_heads, hkv = t.num_key_value_heads, hd = t.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   const Impl& p = *impl_;
+  const bool observing =
+      chunk && chunk->observe && chunk->observe->enabled && chunk->observations;
+  if (observing) chunk->observations->assign(p.text_layers.size(), {});
+  // A chunk of a longer prompt observes its own rows of the observed range, in its own row
+  // coordinates, against every key so far (kvcache/attention.h); a chunk wholly before the range
+  // observes nothing.
+  kvcache::ObservationSpec local;
+  if (observing) {
+    local = *chunk->observe;
+    local.query_begin = std::max<int64_t>(0, chunk->observe->query_begin - chunk->start_pos);
+  }
+  const bool chunk_observes = observing && local.query_begin < n;
+  // Rows [0, b) are the decode step's, rows [b, b + n) the chunk's: every matrix product runs
+  // over all of them at once, so the weights are read once for both.
   at::Tensor x, cos, sin;
-  VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
-    x = at::embedding(p.embed, at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()))
-                                   .to(p.target.device));
-    std::tie(cos, sin) = p.RopeTables(at::tensor(positions, at::kLong).to(p.target.device));
-    cos = cos.unsqueeze(1);  // [b, 1, hd]: broadcast over heads
+  VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
+    std::vector<at::Tensor> xs, pos;
+    if (decode) {
+      xs.push_back(at::embedding(
+          p.embed, at::tensor(std::vector<int64_t>(decode->tokens.begin(), decode->tokens.end()))
+                       .to(p.target.device)));
+      pos.push_back(at::tensor(decode->positions, at::kLong).to(p.target.device));
+    }
+    if (chunk) {
+      xs.push_back(chunk->embeds.to(p.target.device, p.target.dtype));
+      pos.push_back(at::arange(chunk->start_pos, chunk->start_pos + n, p.Index()));
+    }
+    x = xs.size() == 1 ? xs[0] : at::cat(xs);
+    std::tie(cos, sin) = p.RopeTables(pos.size() == 1 ? pos[0] : at::cat(pos));
+    cos = cos.unsqueeze(1);  // [rows, 1, hd]: broadcast over heads
     sin = sin.unsqueeze(1);
   }));
   for (size_t li = 0; li < p.text_layers.size(); ++li) {
     const auto& l = p.text_layers[li];
     at::Tensor q, k, v;
-    VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
+    VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
       auto qkv = Linear(RmsNorm(x, l.in_norm, t.rms_norm_eps), l.qkv_w);
-      q = ApplyRope(qkv.slice(1, 0, h * hd).view({b, h, hd}), cos, sin);
-      k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({b, hkv, hd}), cos, sin);
-      v = qkv.slice(1, (h + hkv) * hd).view({b, hkv, hd});
+      q = ApplyRope(qkv.slice(1, 0, h * hd).view({b + n, h, hd}), cos, sin);
+      k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({b + n, hkv, hd}), cos, sin);
+      v = qkv.slice(1, (h + hkv) * hd).view({b + n, hkv, hd});
     }));
-    VLC_RETURN_IF_ERROR(cache->AppendBatch(seqs, li, k, v));
-    VLC_ASSIGN_OR_RETURN(auto a, cache->DecodeAttention(li, seqs, q, scale, t.sliding_window));
-    VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
-      x = x + Linear(a.reshape({b, h * hd}), l.o_w);
+    std::vector<at::Tensor> attended;
+    if (decode) {
+      VLC_RETURN_IF_ERROR(
+          cache->AppendBatch(decode->seqs, static_cast<int>(li), k.slice(0, 0, b), v.slice(0, 0, b)));
+      VLC_ASSIGN_OR_RETURN(auto a, cache->DecodeAttention(static_cast<int>(li), decode->seqs,
+                                                          q.slice(0, 0, b), scale,
+                                                          t.sliding_window));
+      attended.push_back(a.reshape({b, h * hd}));
+    }
+    if (chunk) {
+      at::Tensor qc, kc, vc;
+      VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
+        qc = q.slice(0, b).transpose(0, 1);
+        kc = k.slice(0, b).transpose(0, 1);
+        vc = v.slice(0, b).transpose(0, 1).contiguous();
+      }));
+      const SeqId seq = chunk->seq;
+      const bool fresh = cache->Length(seq, static_cast<int>(li)) == 0;
+      if (observing && cache->Length(seq, static_cast<int>(li)) != chunk->start_pos) {
+        return absl::FailedPreconditionError(
+            "a prefill that observes must continue an uncompressed cache of start_pos tokens");
+      }
+      VLC_RETURN_IF_ERROR(cache->Append(seq, static_cast<int>(li), kc, vc));
+      if (!fresh) {
+        // Continuing a sequence: attend over everything the cache holds, ours at the end (in the
+        // model's dtype: a CPU cache holds float32 whatever the model computes in).
+        VLC_ASSIGN_OR_RETURN(auto kv, cache->Read(seq, static_cast<int>(li)));
+        kc = kv.first.to(qc.scalar_type());
+        vc = kv.second.to(qc.scalar_type());
+      }
+      VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
+        kvcache::LayerObservation* obs = chunk_observes ? &(*chunk->observations)[li] : nullptr;
+        auto a = PrefillAttention(qc, kc, vc, scale, t.sliding_window, fresh,
+                                  chunk_observes ? &local : nullptr, obs);
+        attended.push_back(a.transpose(0, 1).reshape({n, h * hd}));
+      }));
+    }
+    VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
+      auto a = attended.size() == 1 ? attended[0] : at::cat(attended);
+      x = x + Linear(a, l.o_w);
       auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
       const int64_t inter = t.intermediate_size;
       x = x + Linear(at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter), l.down_w);
     }));
   }
-  at::Tensor logits;
-  VLC_RETURN_IF_ERROR(CatchAll("decode", [&] {
-    logits = Linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head).to(at::kCPU, at::kFloat);
+  StepLogits out;
+  VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
+    // The decode rows, and the chunk's last row (every row with all_logits), in one product.
+    const bool all = chunk && chunk->all_logits;
+    std::vector<at::Tensor> rows;
+    if (decode) rows.push_back(x.slice(0, 0, b));
+    if (chunk) rows.push_back(all ? x.slice(0, b) : x.slice(0, b + n - 1));
+    auto last = rows.size() == 1 ? rows[0] : at::cat(rows);
+    auto logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head).to(at::kCPU, at::kFloat);
+    if (decode) out.decode = logits.slice(0, 0, b);
+    if (chunk) out.chunk = logits.slice(0, b);
   }));
-  return logits;
+  return out;
 }
 
 absl::StatusOr<at::Tensor> LlavaModel::ForwardFull(const at::Tensor& embeds) const {

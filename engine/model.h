@@ -73,6 +73,29 @@ class LlavaModel {
                                         const std::vector<int64_t>& positions,
                                         KvCache* cache) const;
 
+  // One forward pass over a decode step's rows and a prompt chunk's rows together (either may be
+  // absent), so that every weight is read once for both: what DecodeStep and Prefill compute,
+  // from one pass. Prefill and DecodeStep are this with one part.
+  struct DecodeRows {
+    const std::vector<SeqId>& seqs;
+    const std::vector<int>& tokens;
+    const std::vector<int64_t>& positions;
+  };
+  struct PromptChunk {
+    SeqId seq;
+    const at::Tensor& embeds;
+    int64_t start_pos = 0;
+    bool all_logits = false;
+    const kvcache::ObservationSpec* observe = nullptr;
+    std::vector<kvcache::LayerObservation>* observations = nullptr;
+  };
+  struct StepLogits {
+    at::Tensor decode;  // [decode rows, vocab]
+    at::Tensor chunk;   // [1, vocab], or [chunk rows, vocab] with all_logits
+  };
+  absl::StatusOr<StepLogits> Step(const DecodeRows* decode, const PromptChunk* chunk,
+                                  KvCache* cache) const;
+
   // Logits [t, vocab] of the whole sequence `embeds` (positions 0..t-1) without a cache.
   absl::StatusOr<at::Tensor> ForwardFull(const at::Tensor& embeds) const;
 
