@@ -114,6 +114,58 @@ TEST(ChunkedPrefill, ChunksGiveTheWholePromptsLogitsObservationsAndPlanForEveryP
   }
 }
 
+// A decode step's rows and a prompt chunk's rows in one forward pass compute what the two
+// compute apart: the same logits for both, the same observation, the same cache contents.
+TEST(ChunkedPrefill, OneForwardPassForADecodeStepAndAChunkEqualsTheTwoApart) {
+  auto m = RandomModel(ThreeLayers());
+  ASSERT_NE(m, nullptr);
+  const SequenceSpec spec = PromptSpec(*m, "vlcache", 1);
+  auto embeds = m->EmbedPrompt(spec.prompt_ids, spec.visual);
+  ASSERT_TRUE(embeds.ok()) << embeds.status();
+  const kvcache::ObservationSpec observe =
+      kvcache::ObservationFor(spec.cache_policy, ShapeOf(*m, spec));
+  ASSERT_TRUE(observe.enabled);
+  // Two caches in the same state: two decoding sequences, and the prompt's first 30 tokens.
+  std::vector<std::unique_ptr<KvCache>> caches;
+  for (int c = 0; c < 2; ++c) {
+    caches.push_back(m->NewContiguousCache());
+    for (SeqId s : {1, 2, 3}) ASSERT_TRUE(caches[c]->AddSequence(s).ok());
+    ASSERT_TRUE(m->Prefill(1, embeds->slice(0, 0, 10), 0, caches[c].get()).ok());
+    ASSERT_TRUE(m->Prefill(2, embeds->slice(0, 5, 12), 0, caches[c].get()).ok());
+    std::vector<kvcache::LayerObservation> ignored;
+    ASSERT_TRUE(m->Prefill(3, embeds->slice(0, 0, 30), 0, caches[c].get(), false, &observe,
+                           &ignored).ok());
+  }
+  const std::vector<SeqId> seqs = {1, 2};
+  const std::vector<int> tokens = {5, 9};
+  const std::vector<int64_t> positions = {10, 7};
+  const at::Tensor rest = embeds->slice(0, 30);
+  std::vector<kvcache::LayerObservation> apart_obs, together_obs;
+  auto apart_decode = m->DecodeStep(seqs, tokens, positions, caches[0].get());
+  auto apart_chunk = m->Prefill(3, rest, 30, caches[0].get(), false, &observe, &apart_obs);
+  ASSERT_TRUE(apart_decode.ok() && apart_chunk.ok());
+  const LlavaModel::DecodeRows rows{seqs, tokens, positions};
+  const LlavaModel::PromptChunk chunk{3, rest, 30, false, &observe, &together_obs};
+  auto together = m->Step(&rows, &chunk, caches[1].get());
+  ASSERT_TRUE(together.ok()) << together.status();
+  EXPECT_LT((together->decode - *apart_decode).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((together->chunk - *apart_chunk).abs().max().item<double>(), 1e-5);
+  ASSERT_EQ(together_obs.size(), apart_obs.size());
+  for (size_t l = 0; l < apart_obs.size(); ++l) {
+    EXPECT_LT((together_obs[l].col_sums - apart_obs[l].col_sums).abs().max().item<double>(), 1e-5);
+    EXPECT_EQ(together_obs[l].causal_entries, apart_obs[l].causal_entries);
+  }
+  for (SeqId s : {1, 2, 3}) {
+    for (int l = 0; l < m->config().text.num_hidden_layers; ++l) {
+      auto a = caches[0]->Read(s, l);
+      auto b = caches[1]->Read(s, l);
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_LT((a->first - b->first).abs().max().item<double>(), 1e-5) << "seq " << s;
+      EXPECT_LT((a->second - b->second).abs().max().item<double>(), 1e-5) << "seq " << s;
+    }
+  }
+}
+
 // Runs `spec` alone through a generator whose steps prefill at most `chunk` tokens.
 SequenceResult GenerateWithChunks(const LlavaModel& m, SequenceSpec spec, int64_t chunk) {
   auto pool = Pool(m.config());
