@@ -97,6 +97,7 @@ void Scheduler::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     left.swap(inbox_);
+    swept_ = true;  // from now on Deliver answers a job itself
   }
   Shutdown(left);
 }
@@ -126,7 +127,16 @@ absl::Status Scheduler::Submit(std::shared_ptr<Job> job) {
 void Scheduler::Deliver(std::shared_ptr<Job> job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    inbox_.push_back(std::move(job));
+    if (!swept_) {
+      inbox_.push_back(std::move(job));
+      job = nullptr;
+    }
+  }
+  if (job) {
+    // A job submitted while Stop ran, after its last look at the inbox.
+    Fail(*job, absl::UnavailableError("the server is shutting down"));
+    Answered();
+    return;
   }
   cv_.notify_one();
 }

@@ -169,6 +169,7 @@ class Scheduler {
   std::deque<std::shared_ptr<Job>> inbox_;  // prepared jobs and session calls
   bool stop_ = false;
   bool started_ = false;
+  bool swept_ = false;  // Stop has answered the inbox's last jobs
   std::thread thread_;
   std::atomic<int64_t> pending_{0};
   std::atomic<int64_t> running_count_{0};
