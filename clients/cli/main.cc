@@ -23,11 +23,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "vlcache/v1/inference.grpc.pb.h"
+#include "clients/cpp/vlcache_client.h"
 
 namespace {
 
-namespace pb = vlcache::v1;
+namespace pb = vlc::client::pb;
 using nlohmann::json;
 
 constexpr int kExitFailure = 2;
@@ -132,28 +132,20 @@ std::string ReadFileOrDie(const std::string& path) {
   return data;
 }
 
-std::unique_ptr<pb::Inference::Stub> Connect(const ConnectionFlags& f) {
-  std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (f.tls_ca.empty()) {
-    creds = grpc::InsecureChannelCredentials();
-  } else {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ReadFileOrDie(f.tls_ca);
-    creds = grpc::SslCredentials(ssl);
-  }
-  // Images and videos can exceed gRPC's 4 MiB default; the server enforces its own limit.
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(-1);
-  args.SetMaxReceiveMessageSize(-1);
-  return pb::Inference::NewStub(grpc::CreateCustomChannel(f.target, creds, args));
+std::unique_ptr<vlc::client::Client> Connect(const ConnectionFlags& f) {
+  vlc::client::ConnectOptions options;
+  options.target = f.target;
+  options.token = f.token;
+  if (!f.tls_ca.empty()) options.tls_ca_pem = ReadFileOrDie(f.tls_ca);
+  auto client = vlc::client::Client::Connect(options);
+  if (!client.ok()) Fail(std::string(client.status().message()));
+  return std::move(client).value();
 }
 
-void PrepareContext(const ConnectionFlags& f, grpc::ClientContext* ctx) {
-  if (!f.token.empty()) ctx->AddMetadata("authorization", "Bearer " + f.token);
-  if (f.deadline_seconds > 0) {
-    ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::microseconds(static_cast<int64_t>(f.deadline_seconds * 1e6)));
-  }
+vlc::client::CallOptions CallOptionsOf(const ConnectionFlags& f) {
+  vlc::client::CallOptions options;
+  options.deadline = std::chrono::microseconds(static_cast<int64_t>(f.deadline_seconds * 1e6));
+  return options;
 }
 
 void FillMedia(const MediaFlags& f, pb::Media* media) {
@@ -232,28 +224,25 @@ std::string Dump(const json& j, int indent) {
   return j.dump(indent, ' ', false, json::error_handler_t::replace);
 }
 
-// Drains a Generate or SessionGenerate stream: deltas to stdout as they arrive (unless --json),
+// Prints a Generate or SessionGenerate stream: deltas to stdout as they arrive (unless --json),
 // then a newline, or the JSON summary of the whole answer.
-int PrintStream(grpc::ClientReader<pb::GenerateResponse>* reader, bool as_json) {
-  pb::GenerateResponse response;
-  std::string text;
-  pb::Usage usage;
-  while (reader->Read(&response)) {
-    text += response.text();
-    if (response.has_usage()) usage = response.usage();
+template <typename Call>
+int PrintStream(Call call, bool as_json) {
+  vlc::client::Answer answer;
+  const grpc::Status status = call([&](const pb::GenerateResponse& response) {
+    answer.Add(response);
     if (!as_json && !response.text().empty()) {
       std::fwrite(response.text().data(), 1, response.text().size(), stdout);
       std::fflush(stdout);
     }
-  }
-  const grpc::Status status = reader->Finish();
-  if (!as_json && (status.ok() || !text.empty())) {
+  });
+  if (!as_json && (status.ok() || !answer.text.empty())) {
     // Ends the partial line even when the stream failed, so the error starts on its own line.
     std::fputc('\n', stdout);
     std::fflush(stdout);
   }
   CheckStatus(status);
-  if (as_json) std::cout << Dump(UsageJson(text, usage), -1) << std::endl;
+  if (as_json) std::cout << Dump(UsageJson(answer.text, answer.usage), -1) << std::endl;
   return 0;
 }
 
@@ -300,9 +289,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  auto stub = Connect(conn);
-  grpc::ClientContext ctx;
-  PrepareContext(conn, &ctx);
+  auto client = Connect(conn);
+  const vlc::client::CallOptions call = CallOptionsOf(conn);
 
   if (*generate) {
     pb::GenerateRequest req;
@@ -310,8 +298,7 @@ int main(int argc, char** argv) {
     req.set_prompt(prompt);
     FillSampling(generate_sampling, req.mutable_sampling());
     FillCache(generate_cache, req.mutable_cache());
-    auto reader = stub->Generate(&ctx, req);
-    return PrintStream(reader.get(), conn.json);
+    return PrintStream([&](const auto& on) { return client->Generate(req, call, on); }, conn.json);
   }
   if (*create) {
     pb::CreateSessionRequest req;
@@ -319,7 +306,7 @@ int main(int argc, char** argv) {
     req.set_prompt_prefix(prompt);
     FillCache(create_cache, req.mutable_cache());
     pb::SessionInfo reply;
-    CheckStatus(stub->CreateSession(&ctx, req, &reply));
+    CheckStatus(client->CreateSession(req, call, &reply));
     if (conn.json) {
       std::cout << Dump(SessionJson(reply), -1) << std::endl;
     } else {
@@ -332,27 +319,25 @@ int main(int argc, char** argv) {
     req.set_session_id(session_id);
     req.set_prompt(prompt);
     FillSampling(ask_sampling, req.mutable_sampling());
-    auto reader = stub->SessionGenerate(&ctx, req);
-    return PrintStream(reader.get(), conn.json);
+    return PrintStream([&](const auto& on) { return client->SessionGenerate(req, call, on); },
+                       conn.json);
   }
   if (*get) {
     pb::GetSessionRequest req;
     req.set_session_id(session_id);
     pb::SessionInfo reply;
-    CheckStatus(stub->GetSession(&ctx, req, &reply));
+    CheckStatus(client->GetSession(req, call, &reply));
     std::cout << Dump(SessionJson(reply), conn.json ? -1 : 2) << std::endl;
     return 0;
   }
   if (*del) {
     pb::DeleteSessionRequest req;
     req.set_session_id(session_id);
-    pb::DeleteSessionResponse reply;
-    CheckStatus(stub->DeleteSession(&ctx, req, &reply));
+    CheckStatus(client->DeleteSession(req, call));
     return 0;
   }
-  pb::GetModelInfoRequest req;
   pb::ModelInfo reply;
-  CheckStatus(stub->GetModelInfo(&ctx, req, &reply));
+  CheckStatus(client->GetModelInfo(call, &reply));
   std::cout << Dump(ModelJson(reply), conn.json ? -1 : 2) << std::endl;
   return 0;
 }
