@@ -1,11 +1,34 @@
 #include "clients/cpp/vlcache_client.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace vlc::client {
 
-StreamCall::StreamCall(ResponseHandler on_response, DoneHandler on_done)
-    : on_response_(std::move(on_response)), on_done_(std::move(on_done)) {}
+CallRegistry::~CallRegistry() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+  held_.clear();
+}
+
+void CallRegistry::Add(std::shared_ptr<TrackedCall> call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  held_.erase(std::remove_if(held_.begin(), held_.end(),
+                             [](const auto& c) { return c->finished; }),
+              held_.end());
+  held_.push_back(std::move(call));
+  ++in_flight_;
+}
+
+void CallRegistry::Finished(TrackedCall* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  call->finished = true;
+  --in_flight_;
+  cv_.notify_all();
+}
+
+StreamCall::StreamCall(ResponseHandler on_response, DoneHandler on_done, CallRegistry* registry)
+    : on_response_(std::move(on_response)), on_done_(std::move(on_done)), registry_(registry) {}
 
 void StreamCall::OnReadDone(bool ok) {
   if (!ok) return;  // the stream ended: OnDone follows
@@ -15,15 +38,13 @@ void StreamCall::OnReadDone(bool ok) {
 
 void StreamCall::OnDone(const grpc::Status& status) {
   if (on_done_) on_done_(status);
-  // The last thing this call does: a holder may drop it as soon as Wait returns.
-  std::shared_ptr<StreamCall> keep;
   {
     std::lock_guard<std::mutex> lock(mu_);
     status_ = status;
     done_ = true;
-    keep = std::move(self_);
     cv_.notify_all();
   }
+  registry_->Finished(this);  // the last use of this call on gRPC's thread
 }
 
 grpc::Status StreamCall::Wait() {
@@ -69,8 +90,9 @@ std::shared_ptr<StreamCall> Client::Start(std::unique_ptr<google::protobuf::Mess
                                           bool session, const CallOptions& options,
                                           StreamCall::ResponseHandler on_response,
                                           StreamCall::DoneHandler on_done) {
-  std::shared_ptr<StreamCall> call(new StreamCall(std::move(on_response), std::move(on_done)));
-  call->self_ = call;
+  std::shared_ptr<StreamCall> call(
+      new StreamCall(std::move(on_response), std::move(on_done), &calls_));
+  calls_.Add(call);
   call->request_ = std::move(request);
   Prepare(options, &call->context_);
   if (session) {
@@ -105,9 +127,9 @@ std::shared_ptr<StreamCall> Client::StartSessionGenerate(const pb::SessionGenera
 
 namespace {
 
-// What a unary callback call needs to outlive it.
+// What a unary callback call needs to outlive it (kept by the client's registry).
 template <typename Request, typename Reply>
-struct Unary {
+struct Unary : TrackedCall {
   grpc::ClientContext context;
   Request request;
   Reply reply;
@@ -135,22 +157,30 @@ grpc::Status Blocking(Start start) {
 
 void Client::StartCreateSession(const pb::CreateSessionRequest& request, const CallOptions& options,
                                 std::function<void(grpc::Status, pb::SessionInfo)> done) {
-  auto call = std::make_shared<Unary<pb::CreateSessionRequest, pb::SessionInfo>>();
+  auto held = std::make_shared<Unary<pb::CreateSessionRequest, pb::SessionInfo>>();
+  auto* call = held.get();
+  calls_.Add(std::move(held));
   call->request = request;
   Prepare(options, &call->context);
   stub_->async()->CreateSession(&call->context, &call->request, &call->reply,
-                                [call, done = std::move(done)](grpc::Status s) {
+                                [this, call, done = std::move(done)](grpc::Status s) {
                                   done(std::move(s), std::move(call->reply));
+                                  calls_.Finished(call);
                                 });
 }
 
 void Client::StartDeleteSession(const pb::DeleteSessionRequest& request, const CallOptions& options,
                                 std::function<void(grpc::Status)> done) {
-  auto call = std::make_shared<Unary<pb::DeleteSessionRequest, pb::DeleteSessionResponse>>();
+  auto held = std::make_shared<Unary<pb::DeleteSessionRequest, pb::DeleteSessionResponse>>();
+  auto* call = held.get();
+  calls_.Add(std::move(held));
   call->request = request;
   Prepare(options, &call->context);
   stub_->async()->DeleteSession(&call->context, &call->request, &call->reply,
-                                [call, done = std::move(done)](grpc::Status s) { done(std::move(s)); });
+                                [this, call, done = std::move(done)](grpc::Status s) {
+                                  done(std::move(s));
+                                  calls_.Finished(call);
+                                });
 }
 
 grpc::Status Client::Generate(const pb::GenerateRequest& request, const CallOptions& options,
@@ -177,13 +207,16 @@ grpc::Status Client::CreateSession(const pb::CreateSessionRequest& request,
 grpc::Status Client::GetSession(const pb::GetSessionRequest& request, const CallOptions& options,
                                 pb::SessionInfo* reply) {
   return Blocking([&](auto finish) {
-    auto call = std::make_shared<Unary<pb::GetSessionRequest, pb::SessionInfo>>();
+    auto held = std::make_shared<Unary<pb::GetSessionRequest, pb::SessionInfo>>();
+    auto* call = held.get();
+    calls_.Add(std::move(held));
     call->request = request;
     Prepare(options, &call->context);
     stub_->async()->GetSession(&call->context, &call->request, &call->reply,
-                               [call, reply, finish](grpc::Status s) {
+                               [this, call, reply, finish](grpc::Status s) {
                                  *reply = std::move(call->reply);
                                  finish(std::move(s));
+                                 calls_.Finished(call);
                                });
   });
 }
@@ -195,12 +228,15 @@ grpc::Status Client::DeleteSession(const pb::DeleteSessionRequest& request,
 
 grpc::Status Client::GetModelInfo(const CallOptions& options, pb::ModelInfo* reply) {
   return Blocking([&](auto finish) {
-    auto call = std::make_shared<Unary<pb::GetModelInfoRequest, pb::ModelInfo>>();
+    auto held = std::make_shared<Unary<pb::GetModelInfoRequest, pb::ModelInfo>>();
+    auto* call = held.get();
+    calls_.Add(std::move(held));
     Prepare(options, &call->context);
     stub_->async()->GetModelInfo(&call->context, &call->request, &call->reply,
-                                 [call, reply, finish](grpc::Status s) {
+                                 [this, call, reply, finish](grpc::Status s) {
                                    *reply = std::move(call->reply);
                                    finish(std::move(s));
+                                   calls_.Finished(call);
                                  });
   });
 }

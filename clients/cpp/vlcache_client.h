@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "vlcache/v1/inference.grpc.pb.h"
@@ -33,8 +34,29 @@ struct CallOptions {
   std::chrono::microseconds deadline{0};  // from the call's start; 0: none
 };
 
+// What the client keeps of each call it started until gRPC is done with it: calls are freed on
+// the caller's threads (at the next start, or when the client goes), never on gRPC's, and the
+// client does not go before every call has ended.
+struct TrackedCall {
+  virtual ~TrackedCall() = default;
+  bool finished = false;  // set under the registry's mutex, as gRPC's last use of the call
+};
+
+class CallRegistry {
+ public:
+  ~CallRegistry();  // waits for every call to end, then frees them
+  void Add(std::shared_ptr<TrackedCall> call);
+  void Finished(TrackedCall* call);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int in_flight_ = 0;
+  std::vector<std::shared_ptr<TrackedCall>> held_;
+};
+
 // One streamed generation (Generate or SessionGenerate) in flight.
-class StreamCall : public grpc::ClientReadReactor<pb::GenerateResponse> {
+class StreamCall : public grpc::ClientReadReactor<pb::GenerateResponse>, public TrackedCall {
  public:
   using ResponseHandler = std::function<void(const pb::GenerateResponse&)>;
   using DoneHandler = std::function<void(const grpc::Status&)>;
@@ -47,7 +69,7 @@ class StreamCall : public grpc::ClientReadReactor<pb::GenerateResponse> {
 
  private:
   friend class Client;
-  StreamCall(ResponseHandler on_response, DoneHandler on_done);
+  StreamCall(ResponseHandler on_response, DoneHandler on_done, CallRegistry* registry);
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
 
@@ -60,7 +82,7 @@ class StreamCall : public grpc::ClientReadReactor<pb::GenerateResponse> {
   std::condition_variable cv_;
   bool done_ = false;
   grpc::Status status_;
-  std::shared_ptr<StreamCall> self_;  // keeps the call alive until gRPC is done with it
+  CallRegistry* registry_;
 };
 
 class Client {
@@ -109,6 +131,7 @@ class Client {
   std::string token_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::Inference::Stub> stub_;
+  CallRegistry calls_;  // declared last: goes first, before the channel
 };
 
 // The text and the final usage of a streamed answer, gathered from its messages.
