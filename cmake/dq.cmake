@@ -1,4 +1,4 @@
-# ---- dq: Auto-Validate-by-History (docs/ALGORITHMS.md). Plain C++ over Abseil, nlohmann_json,
+# ---- dq: Auto-Validate-by-History (docs/METHODS.md). Plain C++ over Abseil, nlohmann_json,
 # Boost.Math (header-only: the chi-squared and normal distributions) and Eigen (header-only), no
 # LibTorch: the module uses neither the engine nor the server (the layout in docs/ARCHITECTURE.md).
 find_package(Boost 1.74 REQUIRED)

@@ -1,4 +1,4 @@
-// Auto-Validate-by-History (docs/ALGORITHMS.md): learning a program (a conjunction of Q(M, k)
+// Auto-Validate-by-History (docs/METHODS.md): learning a program (a conjunction of Q(M, k)
 // constraints) for each column from the column's past runs, and validating a new run with it.
 //
 // Learning one column from its history (oldest run first):
@@ -7,7 +7,7 @@
 //    is dropped: its mu and sigma would be meaningless.
 // 2. The series is made stationary (FindStationaryTransform); a metric with no stationary
 //    transform is dropped. Each drop is recorded in ColumnProgram::notes.
-// 3. Candidates Q(M, k) for k on the grid, with the bound kind and side docs/ALGORITHMS.md gives M
+// 3. Candidates Q(M, k) for k on the grid, with the bound kind and side docs/METHODS.md gives M
 //    (BoundAndSideFor). A constant (transformed) history gives one candidate, an invariant, FPR 0.
 // 4. The synthetic issues of issues.h are generated from the latest run; each broken column
 //    stands in for the next run, so its pairwise metrics are taken against the latest run and its
@@ -57,7 +57,7 @@ struct AvhOptions {
   std::size_t min_history_runs = 8;  // fewer runs is INVALID_ARGUMENT
 };
 
-// The bound kind and side docs/ALGORITHMS.md assigns to a metric: Cantelli upper for distances,
+// The bound kind and side docs/METHODS.md assigns to a metric: Cantelli upper for distances,
 // Cantelli lower for p-values, Normal two-sided for counts, means, lengths and categorical ratios,
 // Chebyshev two-sided for min, max, median, sum, range and numeric ratios.
 struct BoundAndSide {

@@ -1,4 +1,4 @@
-// The anchors AVH is compared with (docs/ALGORITHMS.md, "Anchors the evaluation compares with"),
+// The anchors AVH is compared with (docs/METHODS.md, "Anchors the evaluation compares with"),
 // each a per-column validator learned from the same history as AVH and applied to a new run:
 //
 //   name                     checks                                           default threshold

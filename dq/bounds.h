@@ -1,5 +1,5 @@
 // False-positive-rate bounds and the Q(M, k) constraint of Auto-Validate-by-History
-// (docs/ALGORITHMS.md, "Constraints Q(M, k) and their false-positive bounds").
+// (docs/METHODS.md, "Constraints Q(M, k) and their false-positive bounds").
 //
 // A constraint Q(M, k) accepts a new value of metric M when it lies within mu +- k*sigma (+- a
 // small slack) of M's history, where mu and sigma are the history's mean and population standard

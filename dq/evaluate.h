@@ -1,4 +1,4 @@
-// The evaluation harness (docs/ALGORITHMS.md, "Evaluation"): AVH against the baselines of
+// The evaluation harness (docs/METHODS.md, "Evaluation"): AVH against the baselines of
 // baselines.h on one recurring pipeline, on the same runs.
 //
 // Protocol (runs in time order, r_0 .. r_{T-1}; N = history_runs):

@@ -1,4 +1,4 @@
-// Synthetic data-quality issues for AVH's recall estimate (docs/ALGORITHMS.md, "Synthetic issues
+// Synthetic data-quality issues for AVH's recall estimate (docs/METHODS.md, "Synthetic issues
 // (recall estimate)"): from the latest run's column, 27 broken variants of a numeric column and 33
 // of a categorical one. A learned constraint "covers" an issue when it rejects the broken run, so
 // the variants are what program selection maximises coverage of.
@@ -73,7 +73,7 @@ struct IssueSpec {
   std::string name;     // "unit_change x100 p=0.1", "volume x0.5", "casing upper p=1"
 };
 
-// The variants of docs/ALGORITHMS.md in a fixed order: 27 for numeric, 33 for categorical columns.
+// The variants of docs/METHODS.md in a fixed order: 27 for numeric, 33 for categorical columns.
 const std::vector<IssueSpec>& IssueSpecsFor(ColumnType type);
 
 // The splitmix64 generator (Steele, Lea, Flood 2014): tiny, fast, and the same on every machine.

@@ -1,4 +1,4 @@
-// AVH's metric library (docs/ALGORITHMS.md, "Metrics"): 14 metrics of a numeric column and 20 of a
+// AVH's metric library (docs/METHODS.md, "Metrics"): 14 metrics of a numeric column and 20 of a
 // categorical one, each a single number per run. Pairwise metrics compare the current run with
 // the previous one; single-run metrics describe the current run alone. Nulls count towards Count
 // and complete_ratio and are then dropped.
@@ -8,7 +8,7 @@
 // - Logarithms are natural (nats), as scipy's entropy and jensenshannon default to.
 // - Numeric JS_div is the Jensen–Shannon *divergence* (no square root); categorical JS is the
 //   Jensen–Shannon *distance*, the square root of the divergence (scipy's jensenshannon), as
-//   docs/ALGORITHMS.md names them; the two are kept apart by name (num_js_div, cat_js_distance).
+//   docs/METHODS.md names them; the two are kept apart by name (num_js_div, cat_js_distance).
 // - Numeric JS_div and KL_div: 10 equal-width bins spanning the current run's [min, max] (the
 //   last bin closed on the right, like numpy.histogram; a run whose values are all equal gets
 //   [v - 0.5, v + 0.5]). The previous run is counted in the same bins, values outside them

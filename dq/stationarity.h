@@ -1,4 +1,4 @@
-// Stationarity of a metric's history for Auto-Validate-by-History (docs/ALGORITHMS.md,
+// Stationarity of a metric's history for Auto-Validate-by-History (docs/METHODS.md,
 // "Stationarity and differencing"): the augmented Dickey-Fuller (ADF) test, MacKinnon's critical
 // values and p-value, and the search for a transform (differencing, log, log-differencing) under
 // which the history is stationary, so that the mu +- k*sigma constraints of bounds.h apply to it.
@@ -127,7 +127,7 @@ struct TransformSearchOptions {
   // Applied to every candidate; an explicit max_lag is lowered to what a shorter (differenced)
   // series allows, n/2 - 2, rather than failing the search.
   AdfOptions adf;
-  int max_diff_lag = 10;  // differencing lags tried: 1..max_diff_lag (docs/ALGORITHMS.md: 10)
+  int max_diff_lag = 10;  // differencing lags tried: 1..max_diff_lag (docs/METHODS.md: 10)
 };
 
 struct TransformSearchResult {

@@ -1,4 +1,4 @@
-// The AVH history (docs/ALGORITHMS.md) persisted in one SQLite file: per pipeline, its runs
+// The AVH history (docs/METHODS.md) persisted in one SQLite file: per pipeline, its runs
 // in time order, every metric value of every column of every run, and the programs learned from
 // that history. AVH learns a column's program from the last N runs' metric series, so the store's
 // main read is MetricSeries(); its main write is AddRun(), one transaction per run.

@@ -1,6 +1,6 @@
 // One run of a recurring pipeline: a table held by column. A column is either numeric (finite
 // doubles) or categorical (strings); either kind may hold nulls. AVH validates each column on its
-// own (docs/ALGORITHMS.md, "Auto-Validate-by-History"), so the table is little more than named
+// own (docs/METHODS.md, "Auto-Validate-by-History"), so the table is little more than named
 // columns of equal length.
 #pragma once
 

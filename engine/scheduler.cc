@@ -271,42 +271,14 @@ std::function<bool(int)> Scheduler::AttachStream(Active& a) {
   return [stream](int token) { return stream->Push(token); };
 }
 
-Scheduler::Admission Scheduler::StartGenerate(const std::shared_ptr<Job>& job) {
+Scheduler::Admission Scheduler::StartPrepared(const std::shared_ptr<Job>& job) {
   if (!job->prepared->ok()) {
     Fail(*job, job->prepared->status());
     return Admission::kAnswered;
   }
+  const bool opening = job->kind == Job::Kind::kCreateSession;
   PreparedPrompt& prompt = **job->prepared;
-  const Admission pages = ReservePages(*job, -1, static_cast<int64_t>(prompt.ids.size()));
-  if (pages != Admission::kStarted) return pages;
-  const GenerateRequest& req = job->request;
-  Active& a = Activate(job, req.cache_policy.value_or(pipeline_->options().cache_policy).name);
-  a.prompt = std::move(prompt);
-  job->prepared.reset();
-  SequenceSpec spec = pipeline_->SpecFor(req, a.prompt);
-  spec.on_token = AttachStream(a);
-  auto id = generator_->Queue(std::move(spec));
-  if (!id.ok()) {
-    active_.pop_back();
-    Fail(*job, id.status());
-    return Admission::kAnswered;
-  }
-  a.id = *id;
-  if (metrics_) {
-    metrics_->CountPromptTokens(
-        static_cast<int64_t>(a.prompt.ids.size()) - a.prompt.visual_tokens,
-        a.prompt.visual_tokens);
-  }
-  return Admission::kStarted;
-}
-
-Scheduler::Admission Scheduler::StartOpening(const std::shared_ptr<Job>& job) {
-  if (!job->prepared->ok()) {
-    Fail(*job, job->prepared->status());
-    return Admission::kAnswered;
-  }
-  PreparedPrompt& prompt = **job->prepared;
-  while (sessions_.Full()) {
+  while (opening && sessions_.Full()) {
     const std::string lru = sessions_.LeastRecentlyUsedIdle();
     if (lru.empty()) {
       Fail(*job, absl::ResourceExhaustedError(absl::StrCat(
@@ -322,7 +294,11 @@ Scheduler::Admission Scheduler::StartOpening(const std::shared_ptr<Job>& job) {
   a.prompt = std::move(prompt);
   job->prepared.reset();
   SequenceSpec spec = pipeline_->SpecFor(req, a.prompt);
-  spec.prefill_only = true;
+  if (opening) {
+    spec.prefill_only = true;  // the session is made when its prefill finishes
+  } else {
+    spec.on_token = AttachStream(a);
+  }
   auto id = generator_->Queue(std::move(spec));
   if (!id.ok()) {
     active_.pop_back();
@@ -330,6 +306,11 @@ Scheduler::Admission Scheduler::StartOpening(const std::shared_ptr<Job>& job) {
     return Admission::kAnswered;
   }
   a.id = *id;
+  if (metrics_ && !opening) {
+    metrics_->CountPromptTokens(
+        static_cast<int64_t>(a.prompt.ids.size()) - a.prompt.visual_tokens,
+        a.prompt.visual_tokens);
+  }
   return Admission::kStarted;
 }
 
@@ -382,8 +363,8 @@ Scheduler::Admission Scheduler::AdmitOne(const std::shared_ptr<Job>& job) {
     return Admission::kAnswered;
   }
   switch (job->kind) {
-    case Job::Kind::kGenerate: return StartGenerate(job);
-    case Job::Kind::kCreateSession: return StartOpening(job);
+    case Job::Kind::kGenerate:
+    case Job::Kind::kCreateSession: return StartPrepared(job);
     case Job::Kind::kSessionGenerate: return StartTurn(job);
     default: AnswerSessionCall(job); return Admission::kAnswered;
   }

@@ -131,8 +131,8 @@ class Scheduler {
   // Admits the job at the front of `waiting`: false when it must wait for pages.
   enum class Admission { kStarted, kAnswered, kWait };
   Admission AdmitOne(const std::shared_ptr<Job>& job);
-  Admission StartGenerate(const std::shared_ptr<Job>& job);
-  Admission StartOpening(const std::shared_ptr<Job>& job);
+  // A job whose media a worker prepared: a one-shot request, or a session's opening.
+  Admission StartPrepared(const std::shared_ptr<Job>& job);
   Admission StartTurn(const std::shared_ptr<Job>& job);
   void AnswerSessionCall(const std::shared_ptr<Job>& job);
   // Pages for a prompt of `tokens` (and its first generated token) on `seq` (-1: a new one):

@@ -17,7 +17,7 @@
 namespace vlc::kvcache {
 namespace {
 
-// Rows VL-Cache scores with when no text follows the media (docs/ALGORITHMS.md, "Observation
+// Rows VL-Cache scores with when no text follows the media (docs/METHODS.md, "Observation
 // during prefill").
 constexpr int64_t kFallbackScoringRows = 32;
 

@@ -1,6 +1,6 @@
 // Cache policies: plain functions from a prompt's shape and its prefill observations to a keep
 // plan. VL-Cache (sparsity-aware per-layer budgets, post-vision attention scores) and the
-// baselines of docs/ALGORITHMS.md ("VL-Cache and the baseline policies"), all under the same
+// baselines of docs/METHODS.md ("VL-Cache and the baseline policies"), all under the same
 // accounting: a budget ratio alpha keeps sum_l k[l] == max(1, round(alpha * m)) * L prompt tokens
 // in total (the paper's unrenormalised VL-Cache excepted, whose total may drift).
 #pragma once

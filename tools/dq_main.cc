@@ -1,4 +1,4 @@
-// vlcache-dq: Auto-Validate-by-History from the command line (docs/ALGORITHMS.md).
+// vlcache-dq: Auto-Validate-by-History from the command line (docs/METHODS.md).
 //   vlcache-dq learn    --pipeline sales --db dq.sqlite runs/2024-01.csv runs/2024-02.csv ...
 //   vlcache-dq validate --pipeline sales --db dq.sqlite runs/2024-08.csv [--json] [--append]
 //   vlcache-dq eval     --table weather.csv --partition-by date --partition-format month
@@ -261,7 +261,7 @@ int main(int argc, char** argv) {
   std::string table_path, partition_by, period = "day", json_path;
   EvalOptions eval_options;
   auto* eval = app.add_subcommand(
-      "eval", "Evaluate AVH and the baselines on one table split into runs (docs/ALGORITHMS.md)");
+      "eval", "Evaluate AVH and the baselines on one table split into runs (docs/METHODS.md)");
   eval->add_option("--table", table_path, "The whole table: .csv or .json")->required();
   eval->add_option("--partition-by", partition_by,
                    "Date column (YYYY-MM-DD or YYYY/MM/DD...) that splits the table into runs")

@@ -14,7 +14,7 @@
 // (`correct_items`), the others with what was expected and what came out (`wrong`), and the
 // share of items answered right but not ended there (`answer_then_more`: "2 3 2" for "2").
 // `--sparsity` also prints each layer's attention sparsity over the post-vision queries
-// (docs/ALGORITHMS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
+// (docs/METHODS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
 #include <ATen/ATen.h>
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// FPR bounds and Q(M, k) constraints of AVH (docs/ALGORITHMS.md, "Auto-Validate-by-History").
+// FPR bounds and Q(M, k) constraints of AVH (docs/METHODS.md, "Auto-Validate-by-History").
 // Normal tail values: scipy 1.17.1, 2 * scipy.stats.norm.sf(k) (the upper tail computed directly,
 // as boost's complement() does).
 #include "dq/bounds.h"

@@ -1,4 +1,4 @@
-// The metric library of docs/ALGORITHMS.md ("Metrics"), metric by metric: small vectors whose
+// The metric library of docs/METHODS.md ("Metrics"), metric by metric: small vectors whose
 // values are worked out by hand in the comments, then real runs against the AVH authors'
 // definitions evaluated with numpy/scipy.
 #include "dq/metrics.h"

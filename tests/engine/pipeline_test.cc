@@ -43,14 +43,7 @@ class PipelineTest : public ::testing::Test {
     delete dir_;
   }
 
-  static std::string Png(int w, int h, int seed) {
-    cv::Mat img(h, w, CV_8UC3);
-    cv::RNG rng(seed);  // a local generator: the same seed always draws the same image
-    rng.fill(img, cv::RNG::UNIFORM, 0, 256);
-    std::vector<uchar> buf;
-    cv::imencode(".png", img, buf);
-    return std::string(buf.begin(), buf.end());
-  }
+  static std::string Png(int w, int h, int seed) { return tools::RandomPng(w, h, seed); }
 
   static std::string VideoFile(int frames) {
     const std::string path = *dir_ + "/clip.avi";

@@ -35,6 +35,8 @@ class RecordingSink : public MetricsSink {
 
 std::string Png(int seed) { return tools::RandomPng(40, 30, seed); }
 
+struct PoolFit;
+
 class SchedulerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -127,6 +129,8 @@ class SchedulerTest : public ::testing::Test {
     return e.status;
   }
 
+  PoolFit StartWithSmallPool(bool exact);
+
   static std::string* dir_;
   ManualClock clock_;
   RecordingSink sink_;
@@ -197,14 +201,21 @@ PoolFit OneRequestPool(const Pipeline& p, const GenerateRequest& r) {
   return fit;
 }
 
-TEST_F(SchedulerTest, RequestsQueueBehindAFullPoolAndTheirMediaAreEncodedOnce) {
+// Restarts the engine on a pool sized by OneRequestPool: for one request and not two, or
+// (`exact`) for one request and nothing else.
+PoolFit SchedulerTest::StartWithSmallPool(bool exact) {
   StartEngine();
   const PoolFit fit = OneRequestPool(*pipeline_, ImageRequest(1, 1));
   scheduler_->Stop();
   PipelineOptions small;
-  small.kv_cache_bytes = fit.pool_bytes;
+  small.kv_cache_bytes = exact ? fit.exact_bytes : fit.pool_bytes;
   small.kv_page_tokens = fit.page_tokens;
   StartEngine(small);
+  return fit;
+}
+
+TEST_F(SchedulerTest, RequestsQueueBehindAFullPoolAndTheirMediaAreEncodedOnce) {
+  const PoolFit fit = StartWithSmallPool(/*exact=*/false);
   const int64_t encodes_before = pipeline_->vision_encodes();
   std::vector<std::shared_ptr<Job>> jobs;
   for (int i = 0; i < 4; ++i) jobs.push_back(Submit(Job::Kind::kGenerate, ImageRequest(i, fit.max_new)));
@@ -229,13 +240,7 @@ TEST_F(SchedulerTest, RequestsQueueBehindAFullPoolAndTheirMediaAreEncodedOnce) {
 }
 
 TEST_F(SchedulerTest, AnIdleSessionGivesItsPagesToARequestThatNeedsThem) {
-  StartEngine();
-  const PoolFit fit = OneRequestPool(*pipeline_, ImageRequest(1, 1));
-  scheduler_->Stop();
-  PipelineOptions small;
-  small.kv_cache_bytes = fit.exact_bytes;
-  small.kv_page_tokens = fit.page_tokens;
-  StartEngine(small);
+  const PoolFit fit = StartWithSmallPool(/*exact=*/true);
   const std::string idle = CreateSession(1);
   const StreamEvent e = Final(Submit(Job::Kind::kGenerate, ImageRequest(2, fit.max_new)));
   ASSERT_TRUE(e.status.ok()) << e.status;

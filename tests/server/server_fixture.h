@@ -77,14 +77,7 @@ inline void RemoveSuiteDir(std::string** dir) {
   *dir = nullptr;
 }
 
-inline std::string Png(int w, int h, int seed) {
-  cv::Mat img(h, w, CV_8UC3);
-  cv::RNG rng(seed);  // a local generator: the same seed always draws the same image
-  rng.fill(img, cv::RNG::UNIFORM, 0, 256);
-  std::vector<uchar> buf;
-  cv::imencode(".png", img, buf);
-  return std::string(buf.begin(), buf.end());
-}
+inline std::string Png(int w, int h, int seed) { return tools::RandomPng(w, h, seed); }
 
 inline std::string Slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
