@@ -13,10 +13,8 @@
 namespace vlc::engine {
 
 // Rows of x up to which DecodeLinear uses the streaming kernel: a decode step, and a prefill
-// chunk of up to 64 tokens that rides in it. Measured here against OpenBLAS, whose GEMM packs
-// the whole weight matrix on every call: the kernel was faster up to 64 rows on a 2816 x 1024
-// matrix (1.97 against 2.66 ms; even at 96 in another run) and up to 256 on 11008 x 4096;
-// further up the GEMM can win.
+// chunk of up to 64 tokens that rides in it. OpenBLAS's GEMM packs the whole weight matrix on
+// every call, which costs most at few rows; far above this the GEMM's blocking wins.
 inline constexpr int64_t kStreamingLinearMaxRows = 80;
 
 // x [rows, in] (float32), w [out, in] (float32, contiguous), b [out] or undefined -> [rows, out].
