@@ -303,10 +303,16 @@ int64_t Generator::PagesForNextStep() const {
   return total;
 }
 
-int64_t Generator::PagesToFinishPrefills() const {
+int64_t Generator::PagesToFinish() const {
   int64_t total = 0;
   for (const auto& [id, r] : running_) {
-    if (r.prefill) total += cache_->PagesNeeded(id, r.prefill->embeds.size(0) - r.prefill->done + 1);
+    // Every sampled token but the last is fed to the cache: at most max_new_tokens more feeds.
+    int64_t tokens = r.spec.prefill_only
+                         ? 0
+                         : std::max<int64_t>(0, r.spec.sampling.max_new_tokens -
+                                                    static_cast<int64_t>(r.result.tokens.size()));
+    if (r.prefill) tokens += r.prefill->embeds.size(0) - r.prefill->done;
+    total += cache_->PagesNeeded(id, tokens);
   }
   return total;
 }

@@ -109,9 +109,10 @@ class Generator {
   // recently admitted sequences (RESOURCE_EXHAUSTED) until the rest fit; a caller with pages to
   // give back (idle sessions) frees them first.
   int64_t PagesForNextStep() const;
-  // Pages the prefilling sequences still take for the rest of their prompts (and their first
-  // token): what an admission must leave free for them.
-  int64_t PagesToFinishPrefills() const;
+  // Pages the running sequences may still take: the rest of their prompts and every token up to
+  // their max_new_tokens (a compressing sequence counted at its uncompressed size until its prefill
+  // ends). What an admission must leave free so that no admitted sequence runs out mid-decode.
+  int64_t PagesToFinish() const;
 
   // Results of sequences that finished since the last call; their cache entries are freed.
   std::vector<std::pair<SeqId, SequenceResult>> TakeFinished();

@@ -229,16 +229,24 @@ void Scheduler::AnswerSessionCall(const std::shared_ptr<Job>& job) {
 
 Scheduler::Admission Scheduler::ReservePages(Job& job, SeqId seq, int64_t tokens) {
   const auto* cache = pipeline_->cache();
-  const int64_t need = cache->PagesNeeded(seq, tokens + 1);
-  if (need > pipeline_->pool().num_pages()) {
+  const int64_t prompt_pages = cache->PagesNeeded(seq, tokens + 1);
+  if (prompt_pages > pipeline_->pool().num_pages()) {
     Fail(job, absl::ResourceExhaustedError(absl::StrCat(
-                  "the prompt needs ", need, " KV pages but the whole pool has ",
+                  "the prompt needs ", prompt_pages, " KV pages but the whole pool has ",
                   pipeline_->pool().num_pages(),
                   "; send less media or raise --kv-cache-bytes")));
     return Admission::kAnswered;
   }
-  // Sequences admitted before this one may not have taken their prompt's pages yet.
-  const int64_t reserved = generator_->PagesToFinishPrefills();
+  // The request is admitted with room for its prompt and all the tokens it may generate, beside
+  // what the running sequences may still take, so that an admitted request is never stopped for
+  // want of pages: under memory pressure requests wait in the queue instead. A request whose
+  // answer could outgrow the whole pool runs with the whole pool.
+  const int64_t growth = job.kind == Job::Kind::kCreateSession
+                             ? 0
+                             : std::max(0, job.request.sampling.max_new_tokens - 1);
+  const int64_t need =
+      std::min(cache->PagesNeeded(seq, tokens + 1 + growth), pipeline_->pool().num_pages());
+  const int64_t reserved = generator_->PagesToFinish();
   if (need + reserved <= pipeline_->pool().free_pages() || EvictFor(need + reserved)) {
     return Admission::kStarted;
   }

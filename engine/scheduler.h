@@ -135,9 +135,10 @@ class Scheduler {
   Admission StartPrepared(const std::shared_ptr<Job>& job);
   Admission StartTurn(const std::shared_ptr<Job>& job);
   void AnswerSessionCall(const std::shared_ptr<Job>& job);
-  // Pages for a prompt of `tokens` (and its first generated token) on `seq` (-1: a new one):
-  // kStarted when they are free now (evicting idle sessions if needed), kWait when running
-  // sequences hold them, kAnswered (the job failed) when the whole pool is too small.
+  // Pages for a prompt of `tokens` on `seq` (-1: a new one) and the tokens the job may generate,
+  // beside what the running sequences may still take: kStarted when they are free now (evicting
+  // idle sessions if needed), kWait when running sequences hold them, kAnswered (the job failed)
+  // when the whole pool cannot hold the prompt.
   Admission ReservePages(Job& job, SeqId seq, int64_t tokens);
   Active& Activate(const std::shared_ptr<Job>& job, std::string policy);
   // The job's token stream, and the generator's callback that feeds it.

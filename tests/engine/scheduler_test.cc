@@ -179,8 +179,8 @@ TEST_F(SchedulerTest, TheLeastRecentlyUsedIdleSessionMakesRoomForANewOne) {
 
 // A page size and pool for the tiny model's image request: one page per layer holds the whole
 // request (its prompt and max_new tokens), and the pool holds one such request but not two
-// (pool_bytes), or exactly one (exact_bytes). Admission reserves a prompt's pages, not its growth,
-// so a request that never grows past its prompt's pages makes the queueing exact.
+// (pool_bytes), or exactly one (exact_bytes). Admission reserves a request's prompt and its
+// max_new tokens, which fill exactly one page per layer here.
 struct PoolFit {
   int page_tokens = 0;
   int max_new = 3;
@@ -237,6 +237,35 @@ TEST_F(SchedulerTest, RequestsQueueBehindAFullPoolAndTheirMediaAreEncodedOnce) {
   EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted) << big.status;
   EXPECT_NE(big.status.message().find("whole pool"), std::string::npos) << big.status;
   EXPECT_TRUE(Final(Submit(Job::Kind::kGenerate, ImageRequest(12, 1))).status.ok());
+}
+
+// A pool that holds one request at full length and the prompt of a second, but not both answers:
+// admission reserves each request's growth, so the second waits for the first instead of starting
+// and being stopped mid-answer when the pages run out; both finish.
+TEST_F(SchedulerTest, AdmissionReservesTheAnswerSoNoAdmittedRequestRunsOutOfPages) {
+  StartEngine();
+  const int max_new = 24, page_tokens = 4;
+  auto prompt = pipeline_->Prepare(ImageRequest(1, max_new));
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  const int64_t n = static_cast<int64_t>(prompt->ids.size());
+  const int64_t layers = pipeline_->model().config().text.num_hidden_layers;
+  const int64_t token_bytes = pipeline_->pool().capacity_bytes() / pipeline_->pool().num_pages() /
+                              pipeline_->options().kv_page_tokens;
+  auto pages = [&](int64_t tokens) { return (tokens + page_tokens - 1) / page_tokens; };
+  scheduler_->Stop();
+  PipelineOptions small;
+  small.kv_page_tokens = page_tokens;
+  small.kv_cache_bytes =
+      layers * (pages(n + max_new) + pages(n) + 1) * page_tokens * token_bytes;
+  StartEngine(small);
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < 2; ++i) jobs.push_back(Submit(Job::Kind::kGenerate, ImageRequest(1, max_new)));
+  for (auto& job : jobs) {
+    const StreamEvent e = Final(job);
+    EXPECT_TRUE(e.status.ok()) << e.status;
+  }
+  EXPECT_EQ(sink_.max_batch.load(), 1) << "the second request waited for the first one's pages";
+  EXPECT_EQ(pipeline_->pool().free_pages(), pipeline_->pool().num_pages());
 }
 
 TEST_F(SchedulerTest, AnIdleSessionGivesItsPagesToARequestThatNeedsThem) {

@@ -31,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "common/fs.h"
+#include "common/http_get.h"
 #include "tools/make_tiny.h"
 #include "vlcache/v1/inference.grpc.pb.h"
 
@@ -115,33 +116,10 @@ inline StreamResult ReadStream(grpc::ClientReaderInterface<pb::GenerateResponse>
   return r;
 }
 
-// HTTP/1.0 GET of http://host_port/path (host_port: "127.0.0.1:9100"); returns the body of a 200
-// answer (HTTP/1.1 or HTTP/1.0: Go servers such as Prometheus answer in the request's version),
-// or "" for anything else.
+// The body of a 200 answer to GET http://host_port/path, or "" for anything else.
 inline std::string HttpGet(const std::string& host_port, const std::string& path) {
-  const size_t colon = host_port.rfind(':');
-  if (colon == std::string::npos) return "";
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(std::atoi(host_port.c_str() + colon + 1)));
-  ::inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &addr.sin_addr);
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + host_port + "\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), 0) == static_cast<ssize_t>(request.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, n);
-    }
-  }
-  ::close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  const bool ok =
-      response.rfind("HTTP/1.1 200 ", 0) == 0 || response.rfind("HTTP/1.0 200 ", 0) == 0;
-  if (!ok || body == std::string::npos) return "";
-  return response.substr(body + 4);
+  auto body = HttpGetBody(host_port, path);
+  return body.ok() ? *std::move(body) : "";
 }
 
 // The sum of the sample lines of metric `name` whose labels include every one of `labels`
