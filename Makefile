@@ -14,6 +14,7 @@ all: build
 
 deps:
 	@./scripts/install-deps.sh
+	@./scripts/python-venv.sh $(BUILD)/venv
 
 $(BUILD)/CMakeCache.txt:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null

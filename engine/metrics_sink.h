@@ -26,7 +26,17 @@ class MetricsSink {
   virtual void SetSessionsActive(int64_t n) {}
   virtual void CountEviction(const std::string& reason) {}
   virtual void SetBatchSize(int64_t n) {}
+  // Requests accepted and not yet admitted (waiting for media preparation, a batch slot or
+  // pages), and requests admitted (prefilling or decoding).
   virtual void SetQueueDepth(int64_t n) {}
+  virtual void SetRunning(int64_t n) {}
+  // The KV pool's shape, once: tokens per page and pages (every layer's pages together).
+  virtual void SetKvCacheShape(int64_t page_tokens, int64_t pages) {}
+  // A finished request's cache under `policy`: bytes its pages held and what the uncompressed
+  // cache would hold for the same tokens.
+  virtual void CountKvBytes(const std::string& policy, int64_t kept, int64_t full) {}
+  // A call naming a session found it (a hit) or not (a miss: unknown, expired or evicted).
+  virtual void CountSessionLookup(bool hit) {}
   // A request's media prepared on a worker: decode, preprocess and vision tower.
   virtual void ObserveMediaPrepared(double seconds, int64_t pictures) {}
   // One event as key=value fields ("event=session_evicted session=... reason=ttl").

@@ -81,6 +81,9 @@ void Scheduler::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (started_ || stop_) return;
   started_ = true;
+  if (metrics_) {
+    metrics_->SetKvCacheShape(pipeline_->options().kv_page_tokens, pipeline_->pool().num_pages());
+  }
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -174,6 +177,7 @@ void Scheduler::PublishGauges() {
   metrics_->SetKvBytes(pool.used_bytes(), pool.capacity_bytes(), full);
   metrics_->SetBatchSize(static_cast<int64_t>(generator_->LastStepBatch()));
   metrics_->SetQueueDepth(pending_.load());
+  metrics_->SetRunning(running_count_);
 }
 
 SessionView Scheduler::View(const std::string& id, const Session& s) const {
@@ -215,6 +219,7 @@ void Scheduler::AnswerSessionCall(const std::shared_ptr<Job>& job) {
   StreamEvent e;
   e.final = true;
   auto s = sessions_.Find(job->session_id, job->owner);
+  if (metrics_) metrics_->CountSessionLookup(s.ok());
   if (!s.ok()) {
     e.status = s.status();
   } else if (job->kind == Job::Kind::kGetSession) {
@@ -324,11 +329,14 @@ Scheduler::Admission Scheduler::StartPrepared(const std::shared_ptr<Job>& job) {
 
 Scheduler::Admission Scheduler::StartTurn(const std::shared_ptr<Job>& job) {
   auto found = sessions_.Find(job->session_id, job->owner);
+  // A turn that waits for pages is looked up again; it is counted once, when it is answered or
+  // started.
   absl::Status st = found.status();
   if (st.ok() && (*found)->busy) {
     st = absl::FailedPreconditionError("a turn is already running on this session");
   }
   if (!st.ok()) {
+    if (metrics_) metrics_->CountSessionLookup(found.ok());
     Fail(*job, st);
     return Admission::kAnswered;
   }
@@ -339,7 +347,9 @@ Scheduler::Admission Scheduler::StartTurn(const std::shared_ptr<Job>& job) {
   session.busy = true;  // not a candidate for eviction while its pages are found
   const Admission pages = ReservePages(*job, session.seq, static_cast<int64_t>(ids.size()));
   session.busy = false;
+  if (pages == Admission::kAnswered && metrics_) metrics_->CountSessionLookup(true);
   if (pages != Admission::kStarted) return pages;
+  if (metrics_) metrics_->CountSessionLookup(true);
   const GenerateRequest& req = job->request;
   Active& a = Activate(job, session.policy);
   a.prompt.ids = ids;
@@ -497,6 +507,7 @@ int Scheduler::FinishSequences() {
         metrics_->ObservePrefill(res.prefill_ms / 1e3);
         metrics_->CountGeneratedTokens(e.usage.generated_tokens);
         metrics_->ObserveEndToEnd(total_ms / 1e3);
+        metrics_->CountKvBytes(a.policy, e.usage.kv_bytes, e.usage.kv_bytes_full);
         if (a.policy != "full" && !e.usage.layer_budgets.empty() &&
             job.kind == Job::Kind::kGenerate) {
           std::vector<double> ratios;

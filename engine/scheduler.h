@@ -114,6 +114,8 @@ class Scheduler {
   void Start();
   // Fails the jobs still queued, preparing or running with UNAVAILABLE and joins the threads.
   void Stop();
+  // Sessions held now (any thread).
+  int64_t num_sessions() const { return sessions_.count(); }
 
   // RESOURCE_EXHAUSTED when max_queue jobs wait already; UNAVAILABLE once stopped.
   absl::Status Submit(std::shared_ptr<Job> job);

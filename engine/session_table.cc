@@ -36,7 +36,8 @@ std::string SessionTable::Insert(Session s) {
   while (sessions_.count(id)) id = NewSessionId();
   s.last_used = clock_->Now();
   sessions_.emplace(id, std::move(s));
-  if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+  count_ = static_cast<int64_t>(sessions_.size());
+  if (metrics_) metrics_->SetSessionsActive(count_);
   return id;
 }
 
@@ -89,7 +90,8 @@ kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
       metrics_->CountEviction(SessionEndName(why));
     }
   }
-  if (metrics_) metrics_->SetSessionsActive(static_cast<int64_t>(sessions_.size()));
+  count_ = static_cast<int64_t>(sessions_.size());
+  if (metrics_) metrics_->SetSessionsActive(count_);
   return seq;
 }
 

@@ -4,6 +4,7 @@
 // and whoever removes a session here closes its sequence there.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -60,6 +61,8 @@ class SessionTable {
   bool Full() const { return static_cast<int>(sessions_.size()) >= options_.max_sessions; }
   size_t size() const { return sessions_.size(); }
   bool empty() const { return sessions_.empty(); }
+  // The number of sessions, readable from any thread.
+  int64_t count() const { return count_.load(); }
   const std::map<std::string, Session>& all() const { return sessions_; }
   const Clock* clock() const { return clock_; }
 
@@ -68,6 +71,7 @@ class SessionTable {
   const Clock* clock_;
   MetricsSink* metrics_;
   std::map<std::string, Session> sessions_;
+  std::atomic<int64_t> count_{0};
   std::map<std::string, std::string> gone_;  // session id -> why it is gone (bounded)
   std::deque<std::string> gone_order_;
 };

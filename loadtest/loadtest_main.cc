@@ -197,7 +197,9 @@ class Run {
     } else {
       backlog_.push_back({unit, task});
     }
-    if (rate_ > 0) {
+    if (o_.num_requests > 0 && sent_ >= o_.num_requests) {
+      arrivals_over_ = true;  // the last one: the run ends when the work in flight does
+    } else if (rate_ > 0) {
       std::gamma_distribution<double> gap(o_.burstiness, 1.0 / (rate_ * o_.burstiness));
       next_arrival_ += FromSeconds(gap(rng_));
       if (next_arrival_ < start_) next_arrival_ = start_;

@@ -217,6 +217,10 @@ std::vector<OptionSpec> Options() {
       "--session-ttl-seconds", "Idle sessions expire after this many seconds",
       +[](ServerConfig& c) -> double& { return c.session_ttl_seconds; }, 0,
       std::numeric_limits<double>::infinity()));
+  o.push_back(DoubleOption(
+      "--drain-timeout",
+      "Seconds the calls in flight at SIGTERM may take to finish (new ones are refused)",
+      +[](ServerConfig& c) -> double& { return c.drain_timeout_seconds; }, 0, 3600));
   // The engine
   o.push_back(BytesOption(
       "--kv-cache-bytes", "KV page pool size, allocated at load (integer or 512M, 2G, ...)",
@@ -473,6 +477,10 @@ absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::
   std::string config_file;
   app.add_option("--config", config_file, "YAML file of options (keys as the flags, snake_case)")
       ->type_name("FILE");
+  bool check_only = false;
+  app.add_flag("--check-config", check_only,
+               "Validate the flags, environment and YAML file, print the settings and where each "
+               "came from, and exit (0: valid, 2: not); the model is not read");
 
   try {
     app.parse(argc, argv);
@@ -547,6 +555,16 @@ absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::
   if (absl::Status s = cfg.pipeline.cache_policy.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(named("--kv-policy"), ", ", named("--kv-budget"), ": ", s.message()));
+  }
+  if (check_only) {
+    std::string report = "configuration valid\n";
+    for (const auto& spec : specs) {
+      absl::StrAppend(&report, YamlKey(spec.flag), ": ", spec.show(cfg), "  # ",
+                      source[spec.flag], "\n");
+    }
+    if (!cfg.auth_token.empty()) absl::StrAppend(&report, "# auth token: set (VLC_AUTH_TOKEN)\n");
+    if (help_text) *help_text = report;
+    if (exit_now) *exit_now = true;
   }
   return cfg;
 }

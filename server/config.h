@@ -23,6 +23,7 @@ struct ServerConfig {
   int max_running = 16;                     // --max-running: sequences decoded together
   int max_sessions = 256;                   // --max-sessions
   double session_ttl_seconds = 600;         // --session-ttl-seconds: idle sessions expire
+  double drain_timeout_seconds = 30;        // --drain-timeout: calls in flight at SIGTERM finish
   int media_workers = 0;                    // --media-workers: 0 = half the cores (1 to 4)
   // The engine's options: limits, KV cache, default policy (see engine/pipeline.h).
   engine::PipelineOptions pipeline;         // --device, --dtype, --kv-cache-bytes,
@@ -50,8 +51,8 @@ struct ServerConfig {
 };
 
 // Parses argv, the environment and the YAML file. Returns the config, or INVALID_ARGUMENT with a
-// message naming the option; `--help` output goes to `help_text` with an OK status and
-// `*exit_now` set.
+// message naming the option; `--help` output, and with `--check-config` the settings and where
+// each came from, go to `help_text` with an OK status and `*exit_now` set.
 absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::string* help_text,
                                         bool* exit_now);
 

@@ -81,10 +81,13 @@ std::string CodeName(const absl::Status& s) { return absl::StatusCodeToString(s.
 }  // namespace
 
 DataQualityService::DataQualityService(const ServerConfig& config, LockedStore* store,
-                                       Metrics* metrics, std::vector<std::string> tokens)
-    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), store_(store) {}
+                                       Metrics* metrics, std::vector<std::string> tokens,
+                                       DrainGate* gate)
+    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), store_(store), gate_(gate) {}
 
-absl::Status DataQualityService::Authorize(grpc::ServerContext* context) const {
+absl::Status DataQualityService::Authorize(grpc::ServerContext* context,
+                                           DrainGate::Call* call) const {
+  if (absl::Status st = call->Admit(); !st.ok()) return st;
   return AuthorizeBearer(*context, tokens_).status();
 }
 
@@ -150,7 +153,8 @@ absl::Status DataQualityService::DoAddRuns(const pb::AddRunsRequest& request,
 grpc::Status DataQualityService::AddRuns(grpc::ServerContext* context,
                                          const pb::AddRunsRequest* request,
                                          pb::AddRunsResponse* response) {
-  absl::Status st = Authorize(context);
+  DrainGate::Call call(gate_);
+  absl::Status st = Authorize(context, &call);
   if (st.ok()) st = DoAddRuns(*request, response);
   int learned = 0;
   for (const auto& c : response->columns()) learned += c.learned() ? 1 : 0;
@@ -223,7 +227,8 @@ absl::Status DataQualityService::DoValidate(const pb::ValidateRequest& request,
 grpc::Status DataQualityService::Validate(grpc::ServerContext* context,
                                           const pb::ValidateRequest* request,
                                           pb::ValidateResponse* response) {
-  absl::Status st = Authorize(context);
+  DrainGate::Call call(gate_);
+  absl::Status st = Authorize(context, &call);
   if (st.ok()) st = DoValidate(*request, response);
   std::vector<std::string> failed;
   for (const auto& c : response->columns()) {
@@ -269,7 +274,8 @@ absl::Status DataQualityService::DoGetProgram(const pb::GetProgramRequest& reque
 grpc::Status DataQualityService::GetProgram(grpc::ServerContext* context,
                                             const pb::GetProgramRequest* request,
                                             pb::GetProgramResponse* response) {
-  absl::Status st = Authorize(context);
+  DrainGate::Call call(gate_);
+  absl::Status st = Authorize(context, &call);
   if (st.ok()) st = DoGetProgram(*request, response);
   return Done(
       "GetProgram", request->pipeline(), st,
@@ -294,7 +300,8 @@ absl::Status DataQualityService::DoListPipelines(pb::ListPipelinesResponse* resp
 grpc::Status DataQualityService::ListPipelines(grpc::ServerContext* context,
                                                const pb::ListPipelinesRequest*,
                                                pb::ListPipelinesResponse* response) {
-  absl::Status st = Authorize(context);
+  DrainGate::Call call(gate_);
+  absl::Status st = Authorize(context, &call);
   if (st.ok()) st = DoListPipelines(response);
   return Done("ListPipelines", "", st, absl::StrCat(" pipelines=", response->pipelines_size()));
 }

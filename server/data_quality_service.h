@@ -27,6 +27,7 @@
 
 #include "server/config.h"
 #include "server/dq_history.h"
+#include "server/drain_gate.h"
 #include "server/metrics.h"
 #include "vlcache/v1/data_quality.grpc.pb.h"
 
@@ -35,9 +36,10 @@ namespace vlc::server {
 class DataQualityService final : public vlcache::v1::DataQuality::Service {
  public:
   // `store` is the opened --dq-db file (not owned; shared with the telemetry watch); `tokens` the
-  // accepted bearer tokens (none: no auth).
+  // accepted bearer tokens (none: no auth); `gate` (may be null) admits calls until the server
+  // drains.
   DataQualityService(const ServerConfig& config, LockedStore* store, Metrics* metrics,
-                     std::vector<std::string> tokens);
+                     std::vector<std::string> tokens, DrainGate* gate = nullptr);
 
   grpc::Status AddRuns(grpc::ServerContext* context, const vlcache::v1::AddRunsRequest* request,
                        vlcache::v1::AddRunsResponse* response) override;
@@ -51,7 +53,7 @@ class DataQualityService final : public vlcache::v1::DataQuality::Service {
                              vlcache::v1::ListPipelinesResponse* response) override;
 
  private:
-  absl::Status Authorize(grpc::ServerContext* context) const;
+  absl::Status Authorize(grpc::ServerContext* context, DrainGate::Call* call) const;
   // Counts and logs the call (one line: method, pipeline, code, `fields`, the error message).
   grpc::Status Done(const char* method, const std::string& pipeline, const absl::Status& status,
                     const std::string& fields = "");
@@ -70,6 +72,7 @@ class DataQualityService final : public vlcache::v1::DataQuality::Service {
   Metrics* metrics_;
   std::vector<std::string> tokens_;
   LockedStore* store_;
+  DrainGate* gate_;
 };
 
 }  // namespace vlc::server

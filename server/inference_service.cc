@@ -110,8 +110,9 @@ absl::StatusOr<std::shared_ptr<Job>> NewSessionTurnJob(const pb::SessionGenerate
 }
 
 InferenceService::InferenceService(const ServerConfig& config, Metrics* metrics,
-                                   std::vector<std::string> tokens, TelemetryWatch* watch)
-    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), watch_(watch) {}
+                                   std::vector<std::string> tokens, TelemetryWatch* watch,
+                                   DrainGate* gate)
+    : config_(config), metrics_(metrics), tokens_(std::move(tokens)), watch_(watch), gate_(gate) {}
 
 void InferenceService::Attach(const engine::Pipeline* pipeline, engine::Scheduler* scheduler) {
   scheduler_.store(scheduler);
@@ -125,9 +126,12 @@ absl::Status InferenceService::Ready() const {
       ") is still loading; retry when grpc.health.v1.Health reports SERVING"));
 }
 
-absl::StatusOr<std::string> InferenceService::Authorize(grpc::ServerContext* context) const {
-  // Every RPC starts here, so this is also where a request that comes too early is answered.
+absl::StatusOr<std::string> InferenceService::Authorize(grpc::ServerContext* context,
+                                                        DrainGate::Call* call) const {
+  // Every RPC starts here, so this is also where a request that comes too early (loading) or too
+  // late (draining) is answered.
   VLC_RETURN_IF_ERROR(Ready());
+  VLC_RETURN_IF_ERROR(call->Admit());
   return AuthorizeBearer(*context, tokens_);
 }
 
@@ -217,7 +221,8 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                  st.error_message());
     return st;
   };
-  auto owner = Authorize(context);
+  DrainGate::Call call(gate_);
+  auto owner = Authorize(context, &call);
   if (!owner.ok()) return fail(owner.status());
   auto req = ToEngineRequest(*request, config_);
   if (!req.ok()) return fail(req.status());
@@ -254,7 +259,8 @@ grpc::Status InferenceService::CreateSession(grpc::ServerContext* context,
                  response->session_id(), CodeName(st), st.error_message());
     return st;
   };
-  auto owner = Authorize(context);
+  DrainGate::Call call(gate_);
+  auto owner = Authorize(context, &call);
   if (!owner.ok()) return done(owner.status());
   auto job = NewCreateSessionJob(*request, config_);
   if (!job.ok()) return done(job.status());
@@ -274,7 +280,8 @@ grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
     Record("SessionGenerate", st);
     return st;
   };
-  auto owner = Authorize(context);
+  DrainGate::Call call(gate_);
+  auto owner = Authorize(context, &call);
   if (!owner.ok()) return fail(owner.status());
   auto job = NewSessionTurnJob(*request, config_);
   if (!job.ok()) return fail(job.status());
@@ -286,7 +293,8 @@ grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
 absl::StatusOr<StreamEvent> InferenceService::SessionCall(grpc::ServerContext* context,
                                                            Job::Kind kind,
                                                            const std::string& session_id) {
-  auto owner = Authorize(context);
+  DrainGate::Call call(gate_);
+  auto owner = Authorize(context, &call);
   if (!owner.ok()) return owner.status();
   auto job = std::make_shared<Job>();
   job->kind = kind;
@@ -319,7 +327,8 @@ grpc::Status InferenceService::DeleteSession(grpc::ServerContext* context,
 grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
                                             const pb::GetModelInfoRequest*,
                                             pb::ModelInfo* out) {
-  if (auto owner = Authorize(context); !owner.ok()) {
+  DrainGate::Call call(gate_);
+  if (auto owner = Authorize(context, &call); !owner.ok()) {
     Record("GetModelInfo", ToGrpc(owner.status()));
     return ToGrpc(owner.status());
   }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "server/drain_gate.h"
 #include "server/config.h"
 #include "engine/scheduler.h"
 #include "server/metrics.h"
@@ -44,8 +45,9 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   // "down".
   // `watch` (may be null: no --dq-db) receives a telemetry row for every successful Generate and
   // SessionGenerate.
+  // `gate` (may be null: never drains) admits calls until the server drains.
   InferenceService(const ServerConfig& config, Metrics* metrics, std::vector<std::string> tokens,
-                   TelemetryWatch* watch = nullptr);
+                   TelemetryWatch* watch = nullptr, DrainGate* gate = nullptr);
   // The loaded pipeline and its running scheduler; from now on requests are served.
   void Attach(const engine::Pipeline* pipeline, engine::Scheduler* scheduler);
   bool ready() const { return pipeline_.load() != nullptr; }
@@ -69,8 +71,9 @@ class InferenceService final : public vlcache::v1::Inference::Service {
                              vlcache::v1::DeleteSessionResponse* response) override;
 
  private:
-  // OK with the caller's identity (its token; "" when auth is off), or UNAUTHENTICATED.
-  absl::StatusOr<std::string> Authorize(grpc::ServerContext* context) const;
+  // OK with the caller's identity (its token; "" when auth is off), counting `call` in flight;
+  // UNAVAILABLE while the model loads or the server drains; UNAUTHENTICATED.
+  absl::StatusOr<std::string> Authorize(grpc::ServerContext* context, DrainGate::Call* call) const;
   // Submits `job` and relays its events: deltas to `writer` (when given), the final one returned.
   absl::StatusOr<StreamEvent> RunJob(grpc::ServerContext* context, std::shared_ptr<Job> job,
                                      grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
@@ -90,6 +93,7 @@ class InferenceService final : public vlcache::v1::Inference::Service {
   Metrics* metrics_;
   std::vector<std::string> tokens_;
   TelemetryWatch* watch_;
+  DrainGate* gate_;
 };
 
 }  // namespace vlc::server

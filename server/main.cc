@@ -119,15 +119,19 @@ int main(int argc, char** argv) {
       watch_options.max_rows = static_cast<size_t>(config.dq_watch_max_rows);
       watch =
           std::make_unique<server::TelemetryWatch>(dq_store.get(), metrics.get(), watch_options);
+      if (metrics) metrics->DeclareDqPipeline(server::kRequestsPipeline);
     }
   }
-  server::InferenceService service(config, metrics.get(), tokens, watch.get());
+  // Admits calls until SIGTERM starts the drain.
+  server::DrainGate gate;
+  server::InferenceService service(config, metrics.get(), tokens, watch.get(), &gate);
   // DataQuality needs no model: it answers as soon as the port is open (its health status,
   // "vlcache.v1.DataQuality", is SERVING from then on, while the overall one waits for the model).
   std::unique_ptr<server::DataQualityService> dq_service;
   if (dq_store) {
     dq_service =
-        std::make_unique<server::DataQualityService>(config, dq_store.get(), metrics.get(), tokens);
+        std::make_unique<server::DataQualityService>(config, dq_store.get(), metrics.get(), tokens,
+                                                     &gate);
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -164,6 +168,9 @@ int main(int argc, char** argv) {
   if (dq_service) {
     grpc_server->GetHealthCheckService()->SetServingStatus("vlcache.v1.DataQuality", true);
   }
+  // "liveness" says only that the process answers: SERVING while it loads and while it drains,
+  // so that a liveness probe never kills a server for doing either.
+  grpc_server->GetHealthCheckService()->SetServingStatus(server::kLivenessService, true);
   std::string addresses = "grpc=" + Host(config.listen) + ":" + std::to_string(port);
   if (metrics) {
     addresses += " metrics=" + Host(config.metrics_listen) + ":" + std::to_string(metrics->port());
@@ -212,7 +219,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   spdlog::info("event=stopping signal={}", sig);
-  grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  grpc_server->GetHealthCheckService()->SetServingStatus(false);  // every service, then:
+  grpc_server->GetHealthCheckService()->SetServingStatus(server::kLivenessService, true);
+  gate.StartDraining();
   if (!service.ready()) {
     // Stopped while loading: nothing was acknowledged, so nothing is owed; do not wait for the
     // loader (a large checkpoint can take minutes).
@@ -220,7 +229,31 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   }
   loader.join();
-  scheduler->Stop();  // answers every waiting and running request
+  // The drain: calls already admitted (streaming, queued, or on their way to the engine) run to
+  // their end, up to --drain-timeout; new ones were refused from the signal on. A second signal
+  // ends the wait.
+  const auto drain_deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(std::llround(config.drain_timeout_seconds * 1e3)));
+  spdlog::info("event=draining calls_in_flight={} timeout_s={}", gate.in_flight(),
+               config.drain_timeout_seconds);
+  bool drained = false;
+  while (!(drained = gate.WaitIdle(std::min(drain_deadline, std::chrono::steady_clock::now() +
+                                                                std::chrono::milliseconds(100))))) {
+    if (std::chrono::steady_clock::now() >= drain_deadline) break;
+    const timespec zero{0, 0};
+    if (sigtimedwait(&signals, nullptr, &zero) > 0) {
+      spdlog::warn("event=drain_interrupted calls_in_flight={}", gate.in_flight());
+      break;
+    }
+  }
+  if (!drained) {
+    spdlog::warn("event=drain_incomplete calls_in_flight={} (stopped: they end UNAVAILABLE)",
+                 gate.in_flight());
+  }
+  spdlog::info("event=drained sessions_held={} (their KV caches end with the process)",
+               scheduler->num_sessions());
+  scheduler->Stop();  // answers every request still waiting or running
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (watch) watch->Stop();  // after the handlers: the rows they recorded are counted as dropped
   return 0;

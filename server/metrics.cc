@@ -19,6 +19,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -34,13 +37,21 @@ using prometheus::Family;
 using prometheus::Gauge;
 using prometheus::Histogram;
 
-// Latencies from a millisecond (one decode step of a small model) to a minute (a long video
-// prompt on a CPU), in a 1-2.5-5 series so that quantile estimates stay within a factor 2.5.
+// Latencies from a tenth of a millisecond (a decode step of a small model on a GPU) to two
+// minutes (a long video prompt queued on a CPU), in a 1-2.5-5 series so that quantile estimates
+// stay within a factor 2.5 on either device.
 const Histogram::BucketBoundaries& LatencyBuckets() {
   static const Histogram::BucketBoundaries kBuckets = {
-      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60};
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+      0.25,   0.5,     1,      2.5,   5,      10,    25,   60,    120};
   return kBuckets;
 }
+
+// Data-quality series carry the users' pipeline and column names; past these many distinct values
+// new ones are counted under kOtherLabel, so that no client can grow the series without bound.
+constexpr size_t kMaxDqPipelines = 32;
+constexpr size_t kMaxDqColumnsPerPipeline = 64;
+constexpr char kOtherLabel[] = "_other";
 
 // Fractions of the KV cache kept: fine at the low end, where the budgets of interest lie
 // (the paper's 1% .. 20%), coarse above.
@@ -146,8 +157,18 @@ struct Metrics::Impl {
   Family<Counter>* evictions = nullptr;
   Gauge* batch_size = nullptr;
   Gauge* queue_depth = nullptr;
+  Gauge* running = nullptr;
+  Gauge* kv_usage = nullptr;
+  Family<Gauge>* kv_info = nullptr;
+  Family<Counter>* kv_bytes = nullptr;
+  Counter* session_hits = nullptr;
+  Counter* session_misses = nullptr;
   Family<Counter>* dq_checks = nullptr;
   Family<Counter>* dq_violations = nullptr;
+
+  // The pipeline and column labels given out so far (see kMaxDqPipelines).
+  std::mutex dq_mu;
+  std::map<std::string, std::set<std::string>> dq_labels;
 
   int listen_fd = -1;
   int port = 0;
@@ -284,6 +305,9 @@ struct Metrics::Impl {
                      .Name("vlcache_session_evictions_total")
                      .Help("Sessions evicted, by reason")
                      .Register(r);
+    // The reasons (engine/session_table.h) exist from the start, so a rate over them is 0, not
+    // empty, until the first eviction.
+    for (const char* reason : {"ttl", "kv_pages", "max_sessions"}) evictions->Add({{"reason", reason}});
     batch_size = &prometheus::BuildGauge()
                       .Name("vlcache_batch_size")
                       .Help("Sequences in the last decode step")
@@ -291,9 +315,36 @@ struct Metrics::Impl {
                       .Add({});
     queue_depth = &prometheus::BuildGauge()
                        .Name("vlcache_queue_depth")
-                       .Help("Requests waiting for admission")
+                       .Help("Requests accepted and waiting for admission (media, a batch slot "
+                             "or KV pages)")
                        .Register(r)
                        .Add({});
+    running = &prometheus::BuildGauge()
+                   .Name("vlcache_requests_running")
+                   .Help("Requests admitted to the engine: prefilling or decoding")
+                   .Register(r)
+                   .Add({});
+    kv_usage = &prometheus::BuildGauge()
+                    .Name("vlcache_kv_cache_usage_ratio")
+                    .Help("Fraction of the KV page pool in use, 0 to 1")
+                    .Register(r)
+                    .Add({});
+    kv_info = &prometheus::BuildGauge()
+                   .Name("vlcache_kv_cache_info")
+                   .Help("The KV page pool: tokens per page (block_size) and pages (num_blocks)")
+                   .Register(r);
+    kv_bytes = &prometheus::BuildCounter()
+                    .Name("vlcache_kv_request_bytes_total")
+                    .Help("KV cache bytes of finished requests by policy: what their pages "
+                          "held (kept) and what the uncompressed cache would hold (full)")
+                    .Register(r);
+    auto& lookups = prometheus::BuildCounter()
+                        .Name("vlcache_session_lookups_total")
+                        .Help("Calls naming a session, by whether it was there (hit) or not "
+                              "(miss: unknown, expired or evicted)")
+                        .Register(r);
+    session_hits = &lookups.Add({{"result", "hit"}});
+    session_misses = &lookups.Add({{"result", "miss"}});
     // Pipelines and columns are the users' names, so these series appear with their first check.
     dq_checks = &prometheus::BuildCounter()
                      .Name("vlcache_dq_checks_total")
@@ -362,6 +413,7 @@ void Metrics::CountGeneratedTokens(int64_t n) {
 }
 
 void Metrics::SetKvBytes(int64_t used, int64_t capacity, int64_t full_equivalent) {
+  impl_->kv_usage->Set(capacity > 0 ? static_cast<double>(used) / static_cast<double>(capacity) : 0);
   impl_->kv_used->Set(static_cast<double>(used));
   impl_->kv_capacity->Set(static_cast<double>(capacity));
   impl_->kv_full->Set(static_cast<double>(full_equivalent));
@@ -380,15 +432,59 @@ void Metrics::CountEviction(const std::string& reason) {
 
 void Metrics::SetBatchSize(int64_t n) { impl_->batch_size->Set(static_cast<double>(n)); }
 void Metrics::SetQueueDepth(int64_t n) { impl_->queue_depth->Set(static_cast<double>(n)); }
+void Metrics::SetRunning(int64_t n) { impl_->running->Set(static_cast<double>(n)); }
+
+void Metrics::SetKvCacheShape(int64_t page_tokens, int64_t pages) {
+  impl_->kv_info->Add({{"block_size", std::to_string(page_tokens)},
+                       {"num_blocks", std::to_string(pages)}})
+      .Set(1);
+}
+
+void Metrics::CountKvBytes(const std::string& policy, int64_t kept, int64_t full) {
+  impl_->kv_bytes->Add({{"policy", policy}, {"state", "kept"}}).Increment(static_cast<double>(kept));
+  impl_->kv_bytes->Add({{"policy", policy}, {"state", "full"}}).Increment(static_cast<double>(full));
+}
+
+void Metrics::CountSessionLookup(bool hit) {
+  (hit ? impl_->session_hits : impl_->session_misses)->Increment();
+}
+
+std::pair<std::string, std::string> Metrics::DqLabels(const std::string& pipeline,
+                                                      const std::string& column) {
+  std::lock_guard<std::mutex> lock(impl_->dq_mu);
+  auto& known = impl_->dq_labels;
+  auto it = known.find(pipeline);
+  if (it == known.end()) {
+    if (known.size() >= kMaxDqPipelines) return {kOtherLabel, column.empty() ? "" : kOtherLabel};
+    it = known.emplace(pipeline, std::set<std::string>{}).first;
+  }
+  if (column.empty()) return {pipeline, ""};
+  auto& columns = it->second;
+  if (columns.count(column) == 0) {
+    if (columns.size() >= kMaxDqColumnsPerPipeline) return {pipeline, kOtherLabel};
+    columns.insert(column);
+  }
+  return {pipeline, column};
+}
+
+void Metrics::DeclareDqPipeline(const std::string& pipeline) {
+  const auto labels = DqLabels(pipeline, "");
+  for (const char* verdict : {"pass", "fail"}) {
+    impl_->dq_checks->Add({{"pipeline", labels.first}, {"verdict", verdict}});
+  }
+}
 
 void Metrics::CountDqCheck(const std::string& pipeline, bool passed) {
-  impl_->dq_checks->Add({{"pipeline", pipeline}, {"verdict", passed ? "pass" : "fail"}})
+  const auto labels = DqLabels(pipeline, "");
+  impl_->dq_checks->Add({{"pipeline", labels.first}, {"verdict", passed ? "pass" : "fail"}})
       .Increment();
 }
 
 void Metrics::CountDqViolation(const std::string& pipeline, const std::string& column,
                                const std::string& metric) {
-  impl_->dq_violations->Add({{"pipeline", pipeline}, {"column", column}, {"metric", metric}})
+  const auto labels = DqLabels(pipeline, column);
+  impl_->dq_violations
+      ->Add({{"pipeline", labels.first}, {"column", labels.second}, {"metric", metric}})
       .Increment();
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -47,6 +48,10 @@ class Metrics final : public engine::MetricsSink {
   // vlcache_batch_size (sequences in the last decode step), vlcache_queue_depth
   void SetBatchSize(int64_t n) override;
   void SetQueueDepth(int64_t n) override;
+  void SetRunning(int64_t n) override;
+  void SetKvCacheShape(int64_t page_tokens, int64_t pages) override;
+  void CountKvBytes(const std::string& policy, int64_t kept, int64_t full) override;
+  void CountSessionLookup(bool hit) override;
   // vlcache_media_prepare_seconds, vlcache_vision_encoded_pictures_total
   void ObserveMediaPrepared(double seconds, int64_t pictures) override;
   // One log line (spdlog, the server's format).
@@ -54,11 +59,19 @@ class Metrics final : public engine::MetricsSink {
   // vlcache_dq_checks_total{pipeline, verdict="pass"|"fail"}: runs validated against their
   // pipeline's history (users' pipelines and the server's own "vlcache.requests");
   // vlcache_dq_violations_total{pipeline, column, metric}: constraints they broke.
+  // Creates the pipeline's check series at zero (the server's own telemetry pipeline, whose
+  // checks an alert and a dashboard panel watch before the first one happens).
+  void DeclareDqPipeline(const std::string& pipeline);
   void CountDqCheck(const std::string& pipeline, bool passed);
   void CountDqViolation(const std::string& pipeline, const std::string& column,
                         const std::string& metric);
 
  private:
+  // The labels a pipeline's (and a column's, when given) series are counted under: their own
+  // names for the first kMaxDqPipelines pipelines and kMaxDqColumnsPerPipeline columns of each,
+  // "_other" after (metrics.cc).
+  std::pair<std::string, std::string> DqLabels(const std::string& pipeline,
+                                               const std::string& column);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   Metrics();

@@ -158,6 +158,76 @@ TEST(Metrics, ScrapeShowsEveryFamilyWithTheRecordedValues) {
   }
 }
 
+// What a router and an autoscaler read: waiting and running requests, the pool's use as a
+// fraction and its shape; and what operators ask for: bytes kept against full per policy,
+// session hits and misses.
+TEST(Metrics, RouterAndCacheSeries) {
+  auto metrics = Metrics::Start("127.0.0.1:0");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  Metrics& m = **metrics;
+  m.SetQueueDepth(3);
+  m.SetRunning(2);
+  m.SetKvBytes(1024, 4096, 8192);
+  m.SetKvCacheShape(16, 256);
+  m.CountKvBytes("vlcache", 100, 1000);
+  m.CountKvBytes("vlcache", 50, 500);
+  m.CountKvBytes("full", 700, 700);
+  m.CountSessionLookup(true);
+  m.CountSessionLookup(true);
+  m.CountSessionLookup(false);
+  const std::string text = HttpGet(m.port(), "/metrics");
+  EXPECT_EQ(Sample(text, "vlcache_queue_depth"), 3);
+  EXPECT_EQ(Sample(text, "vlcache_requests_running"), 2);
+  EXPECT_DOUBLE_EQ(Sample(text, "vlcache_kv_cache_usage_ratio"), 0.25);
+  EXPECT_EQ(Sample(text, "vlcache_kv_cache_info", {"block_size=\"16\"", "num_blocks=\"256\""}),
+            1);
+  EXPECT_EQ(Sample(text, "vlcache_kv_request_bytes_total",
+                   {"policy=\"vlcache\"", "state=\"kept\""}),
+            150);
+  EXPECT_EQ(Sample(text, "vlcache_kv_request_bytes_total",
+                   {"policy=\"vlcache\"", "state=\"full\""}),
+            1500);
+  EXPECT_EQ(Sample(text, "vlcache_kv_request_bytes_total", {"policy=\"full\"", "state=\"kept\""}),
+            700);
+  EXPECT_EQ(Sample(text, "vlcache_session_lookups_total", {"result=\"hit\""}), 2);
+  EXPECT_EQ(Sample(text, "vlcache_session_lookups_total", {"result=\"miss\""}), 1);
+  // A GPU decode step and a queued video both land inside the buckets, not in +Inf alone.
+  m.ObserveInterToken(0.0003);
+  m.ObserveTtft(90);
+  const std::string after = HttpGet(m.port(), "/metrics");
+  EXPECT_EQ(Sample(after, "vlcache_inter_token_latency_seconds_bucket", {"le=\"0.0005\""}), 1);
+  EXPECT_EQ(Sample(after, "vlcache_inter_token_latency_seconds_bucket", {"le=\"0.0001\""}), 0);
+  EXPECT_EQ(Sample(after, "vlcache_time_to_first_token_seconds_bucket", {"le=\"120\""}), 1);
+}
+
+// Pipeline and column names come from clients: past a fixed number of each, new names are
+// counted under "_other", so the number of series stays bounded whatever clients send.
+TEST(Metrics, DataQualityLabelsAreCapped) {
+  auto metrics = Metrics::Start("127.0.0.1:0");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  Metrics& m = **metrics;
+  for (int p = 0; p < 100; ++p) m.CountDqCheck("pipeline" + std::to_string(p), true);
+  for (int c = 0; c < 200; ++c) m.CountDqViolation("pipeline0", "col" + std::to_string(c), "num_mean");
+  m.CountDqViolation("pipeline99", "col0", "num_mean");
+  const std::string text = HttpGet(m.port(), "/metrics");
+  int check_series = 0, violation_series = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    check_series += line.rfind("vlcache_dq_checks_total{", 0) == 0;
+    violation_series += line.rfind("vlcache_dq_violations_total{", 0) == 0;
+  }
+  EXPECT_EQ(check_series, 33) << "32 pipelines by name and one _other";
+  EXPECT_EQ(violation_series, 66) << "64 columns by name, one _other, one for _other pipelines";
+  EXPECT_EQ(Sample(text, "vlcache_dq_checks_total", {"pipeline=\"_other\""}), 68);
+  EXPECT_EQ(Sample(text, "vlcache_dq_checks_total", {"pipeline=\"pipeline5\""}), 1);
+  EXPECT_EQ(Sample(text, "vlcache_dq_violations_total",
+                   {"pipeline=\"pipeline0\"", "column=\"_other\""}),
+            136);
+  EXPECT_EQ(Sample(text, "vlcache_dq_violations_total",
+                   {"pipeline=\"_other\"", "column=\"_other\""}),
+            1);
+}
+
 TEST(Metrics, UnlabelledSeriesAreExposedBeforeAnyRequest) {
   auto metrics = Metrics::Start("127.0.0.1:0");
   ASSERT_TRUE(metrics.ok()) << metrics.status();

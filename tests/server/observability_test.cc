@@ -26,8 +26,10 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "clients/cpp/vlcache_client.h"
 #include "common/fs.h"
 #include "tests/server/server_fixture.h"
 #include "vlcache/v1/inference.grpc.pb.h"
@@ -423,6 +425,54 @@ TEST_F(ObservabilityTest, CancelledAndTimedOutStreamsReturnTheirPages) {
   ASSERT_TRUE(good.status.ok()) << Describe(good.status);
   EXPECT_EQ(good.token_ids, std::vector<int>(warm.token_ids.begin(), warm.token_ids.begin() + 6));
   EXPECT_EQ(WaitForKvUsedZero(), 0);
+}
+
+}  // namespace
+}  // namespace vlc::server
+
+namespace vlc::server {
+namespace {
+
+// The gauges a router and an autoscaler read follow the requests: with one batch slot, three long
+// requests are one running and two waiting, the pool is partly in use; once they are cancelled,
+// all three gauges return to zero. The pool's shape is published from the start.
+TEST_F(ObservabilityTest, RouterGaugesFollowQueuedRunningAndFinishedRequests) {
+  server_.Stop();
+  ASSERT_TRUE(server_.Start(dir_ + "/model", {"--max-running", "1"}));
+  const std::string first = server_.Metrics();
+  EXPECT_EQ(SumSamples(first, "vlcache_kv_cache_info", {"block_size=\"16\""}), 1);
+  client::ConnectOptions co;
+  co.target = server_.target();
+  auto c = client::Client::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<std::shared_ptr<client::StreamCall>> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back((*c)->StartGenerate(ImageRequest(kLongImageSeed, 3000), {}, nullptr));
+  }
+  auto gauges = [&](std::string* text) {
+    *text = server_.Metrics();
+    return std::make_tuple(SumSamples(*text, "vlcache_queue_depth"),
+                           SumSamples(*text, "vlcache_requests_running"),
+                           SumSamples(*text, "vlcache_kv_cache_usage_ratio"));
+  };
+  std::string text;
+  auto busy = gauges(&text);
+  for (int i = 0; i < 500 && busy != std::make_tuple(2.0, 1.0, std::get<2>(busy)); ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+    busy = gauges(&text);
+  }
+  EXPECT_EQ(std::get<0>(busy), 2) << "two requests waiting";
+  EXPECT_EQ(std::get<1>(busy), 1) << "one request running";
+  EXPECT_GT(std::get<2>(busy), 0);
+  EXPECT_LT(std::get<2>(busy), 1);
+  for (auto& call : calls) call->Cancel();
+  for (auto& call : calls) call->Wait();
+  auto idle = gauges(&text);
+  for (int i = 0; i < 500 && idle != std::make_tuple(0.0, 0.0, 0.0); ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+    idle = gauges(&text);
+  }
+  EXPECT_EQ(idle, std::make_tuple(0.0, 0.0, 0.0)) << text;
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The server's configuration: defaults, the precedence flag > environment > YAML file > default,
-// error messages that name the option and its source, and --help.
+// error messages that name the option and its source, --help and --check-config.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -94,6 +95,31 @@ TEST_F(ConfigTest, NoArgumentsGiveTheDocumentedDefaults) {
   EXPECT_TRUE(cfg->dq_db.empty());
   EXPECT_EQ(cfg->dq_watch_window_seconds, 3600);  // one hour
   EXPECT_EQ(cfg->dq_watch_max_rows, 10000);
+}
+
+// --check-config validates everything but the model and reports each setting with its source;
+// the real binary exits 0 on a valid configuration and 2 on an invalid one, naming the option.
+TEST_F(ConfigTest, CheckConfigReportsSettingsAndTheirSources) {
+  setenv("VLC_MAX_RUNNING", "8", 1);
+  const std::string yaml = WriteYaml("kv_cache_bytes: 64M\ndrain_timeout: 45\n");
+  std::string report;
+  bool exit_now = false;
+  auto cfg = Load({"--check-config", "--config", yaml, "--model", "/nowhere", "--max-queue", "7"},
+                  &report, &exit_now);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(exit_now);
+  EXPECT_TRUE(Mentions(report, "configuration valid"));
+  EXPECT_TRUE(Mentions(report, "max_queue: 7  # flag --max-queue"));
+  EXPECT_TRUE(Mentions(report, "max_running: 8  # environment variable VLC_MAX_RUNNING"));
+  EXPECT_TRUE(Mentions(report, "drain_timeout: 45"));
+  EXPECT_TRUE(Mentions(report, "# config file " + yaml + ", key kv_cache_bytes"));
+  EXPECT_TRUE(Mentions(report, "session_ttl_seconds: 600  # default"));
+  EXPECT_EQ(cfg->drain_timeout_seconds, 45);
+
+  const std::string bin = std::string(VLC_BIN_DIR) + "/vlcache-server";
+  EXPECT_EQ(std::system((bin + " --check-config --model /nowhere > /dev/null").c_str()), 0);
+  const int bad = std::system((bin + " --check-config --drain-timeout -1 2> /dev/null").c_str());
+  EXPECT_TRUE(WIFEXITED(bad) && WEXITSTATUS(bad) == 2);
 }
 
 TEST_F(ConfigTest, FlagsSetEveryOption) {

@@ -195,6 +195,24 @@ class ServerProcess {
   // After StartLoading: waits (60 s at most) for the "listening ..." line.
   ::testing::AssertionResult WaitListening() { return ExpectLine("listening"); }
 
+  // Sends `sig` to the server process.
+  void Signal(int sig) const {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+  // Waits (bounded polling, up to `limit`) for the process to end; its wait status, or -1 when it
+  // is still running at the limit.
+  int WaitExit(std::chrono::milliseconds limit) {
+    if (pid_ <= 0) return -1;
+    int status = 0;
+    const auto give_up = std::chrono::steady_clock::now() + limit;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() >= give_up) return -1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid_ = -1;
+    return status;
+  }
+
   // SIGTERM: the server drains and must exit 0; a hang past the grace period is a failure.
   void Stop() {
     stub_.reset();

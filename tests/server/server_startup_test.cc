@@ -1,7 +1,9 @@
-// Start-up and transport of the real server process: its ports open before the model is loaded,
-// health says NOT_SERVING and the API UNAVAILABLE until the model is ready, then SERVING; a model
-// that fails to load ends the process with an error; with a certificate it serves over TLS only. The load is held back by a named pipe standing in for
-// config.json: the server blocks reading it until the test writes the file's contents.
+// Start-up, shutdown and transport of the real server process: its ports open before the model is
+// loaded, health says NOT_SERVING and the API UNAVAILABLE until the model is ready, then SERVING;
+// a model that fails to load ends the process with an error; SIGTERM drains (the calls in flight
+// finish, new ones are refused) and the process exits 0; with a certificate it serves over TLS
+// only. The load is held back by a named pipe standing in for config.json: the server blocks
+// reading it until the test writes the file's contents.
 #include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -9,26 +11,34 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <future>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "clients/cpp/vlcache_client.h"
 #include "common/fs.h"
 #include "tests/server/server_fixture.h"
 
 namespace vlc::server {
 namespace {
 
-// grpc.health.v1.Health/Check for service "" through the generic stub: the request serializes to
-// no bytes and the reply is HealthCheckResponse{status}, field 1 as a varint, so 0x08 then the
-// status (1 SERVING, 2 NOT_SERVING). Returns that status, or -1 when the call failed.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
+// grpc.health.v1.Health/Check for `service` through the generic stub: the request is
+// HealthCheckRequest{service}, field 1 as a length-delimited string (no bytes for ""), and the
+// reply HealthCheckResponse{status}, field 1 as a varint, so 0x08 then the status (1 SERVING,
+// 2 NOT_SERVING). Returns that status, or -1 when the call failed.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service = "") {
   grpc::GenericStub generic(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Slice empty("");
-  grpc::ByteBuffer request(&empty, 1), response;
+  const std::string bytes =
+      service.empty() ? "" : std::string("\x0a") + static_cast<char>(service.size()) + service;
+  grpc::Slice body(bytes);
+  grpc::ByteBuffer request(&body, 1), response;
   std::promise<grpc::Status> done;
   generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
                     &response, [&done](grpc::Status s) { done.set_value(s); });
@@ -66,6 +76,7 @@ TEST_F(ServerStartupTest, NotServingWhileTheModelLoadsThenServing) {
   ASSERT_TRUE(server.StartLoading(model));
   // The server now waits on the pipe: loading, not ready.
   EXPECT_EQ(HealthStatus(server.channel()), 2) << "expected NOT_SERVING while loading";
+  EXPECT_EQ(HealthStatus(server.channel(), "liveness"), 1) << "alive while loading";
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -99,6 +110,78 @@ TEST_F(ServerStartupTest, StopsWhileLoadingWithoutWaitingForTheModel) {
   // The load never finishes (nobody writes the pipe); SIGTERM must still end the process
   // cleanly, which Stop checks (exit 0 within the grace period).
   server.Stop();
+}
+
+// SIGTERM with one long answer streaming and two more queued behind it (--max-running 1): health
+// turns NOT_SERVING at once, a new call is refused UNAVAILABLE saying the server drains, the three
+// acknowledged answers all finish with every token, and the process exits 0.
+TEST_F(ServerStartupTest, SigtermDrainsTheCallsInFlightAndRefusesNewOnes) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(dir_ + "/model", {"--max-running", "1", "--drain-timeout", "120"}));
+  client::ConnectOptions co;
+  co.target = server.target();
+  auto c = client::Client::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status();
+  struct Stream {
+    std::mutex mu;
+    client::Answer answer;
+    int tokens = 0;
+  };
+  std::vector<std::unique_ptr<Stream>> streams;
+  std::vector<std::shared_ptr<client::StreamCall>> calls;
+  for (int i = 0; i < 3; ++i) {
+    streams.push_back(std::make_unique<Stream>());
+    pb::GenerateRequest r;
+    // This image and question meet no EOS within thousands of tokens (integration_test.cc).
+    r.mutable_media()->add_images(Png(40, 30, 5));
+    r.set_prompt("what color is the triangle?");
+    r.mutable_sampling()->set_max_new_tokens(1500);
+    Stream* s = streams.back().get();
+    calls.push_back((*c)->StartGenerate(r, {}, [s](const pb::GenerateResponse& m) {
+      std::lock_guard<std::mutex> lock(s->mu);
+      s->answer.Add(m);
+      s->tokens += m.token_ids_size();
+    }));
+  }
+  auto tokens = [&](int i) {
+    std::lock_guard<std::mutex> lock(streams[i]->mu);
+    return streams[i]->tokens;
+  };
+  for (int i = 0; i < 2000 && tokens(0) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(tokens(0), 0) << "the first answer never started";
+  int before = 0;
+  for (int i = 0; i < 3; ++i) before += tokens(i);
+  server.Signal(SIGTERM);
+
+  int health = -1;
+  for (int i = 0; i < 500 && (health = HealthStatus(server.channel())) != 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(health, 2) << "expected NOT_SERVING while draining";
+  EXPECT_EQ(HealthStatus(server.channel(), "liveness"), 1) << "alive while draining";
+  pb::GenerateRequest late;
+  late.set_prompt("hello");
+  const grpc::Status refused = (*c)->Generate(late, {}, nullptr);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("draining"), std::string::npos)
+      << refused.error_message();
+
+  int after = 0;
+  for (int i = 0; i < 3; ++i) {
+    const grpc::Status st = calls[i]->Wait();
+    ASSERT_TRUE(st.ok()) << "answer " << i << ": " << st.error_message();
+    std::lock_guard<std::mutex> lock(streams[i]->mu);
+    ASSERT_TRUE(streams[i]->answer.has_usage) << i;
+    EXPECT_EQ(streams[i]->tokens, streams[i]->answer.usage.generated_tokens()) << i;
+    EXPECT_GT(streams[i]->tokens, 0) << i;
+    after += streams[i]->tokens;
+  }
+  EXPECT_GT(after, before) << "the answers went on after SIGTERM";
+  const int status = server.WaitExit(std::chrono::seconds(60));
+  ASSERT_NE(status, -1) << "the server did not exit after draining";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "wait status " << status;
 }
 
 TEST_F(ServerStartupTest, AModelThatFailsToLoadEndsTheProcessWithAnError) {
