@@ -180,6 +180,10 @@ std::vector<OptionSpec> Options() {
       "--model", "DIR", "Model directory (config.json, weights, tokenizer)",
       +[](ServerConfig& c) -> std::string& { return c.model_dir; }, NotEmpty));
   o.push_back(StringOption(
+      "--model-name", "NAME",
+      "The model's name in the Open Inference Protocol (default: the model folder's name)",
+      +[](ServerConfig& c) -> std::string& { return c.model_name; }, nullptr));
+  o.push_back(StringOption(
       "--listen", "HOST:PORT", "gRPC address; port 0 picks a free port",
       +[](ServerConfig& c) -> std::string& { return c.listen; },
       [](const std::string& t) { return ParseHostPort(t).status(); }));
@@ -526,6 +530,11 @@ absl::StatusOr<ServerConfig> LoadConfig(int argc, const char* const* argv, std::
     source[spec.flag] = where;
   }
   if (auto token = getenv_string("VLC_AUTH_TOKEN")) cfg.auth_token = *token;
+  if (cfg.model_name.empty()) {
+    std::string dir = cfg.model_dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    cfg.model_name = dir.substr(dir.find_last_of('/') + 1);
+  }
   cfg.pipeline.num_threads = cfg.threads;
 
   // Checks across options name each one and where its value came from.

@@ -15,6 +15,7 @@ namespace vlc::server {
 struct ServerConfig {
   // Serving
   std::string model_dir = "models/demo";    // --model, VLC_MODEL, model
+  std::string model_name;                   // --model-name; "": the model directory's base name
   std::string listen = "0.0.0.0:50051";     // --listen, VLC_LISTEN, listen (port 0: any free port)
   std::string metrics_listen = "0.0.0.0:9464";  // --metrics-listen ... ("" disables metrics)
   int threads = 0;                          // --threads: LibTorch threads, 0 = cores available

@@ -139,9 +139,9 @@ void InferenceService::Record(const std::string& method, const grpc::Status& sta
   if (metrics_) metrics_->CountRequest(method, CodeName(status));
 }
 
-absl::StatusOr<StreamEvent> InferenceService::RunJob(
-    grpc::ServerContext* context, std::shared_ptr<Job> job,
-    grpc::ServerWriter<pb::GenerateResponse>* writer) {
+absl::StatusOr<StreamEvent> InferenceService::RunJob(grpc::ServerContext* context,
+                                                     std::shared_ptr<Job> job,
+                                                     const WriteFn& write) {
   const auto wall_deadline = context->deadline();
   if (wall_deadline != std::chrono::system_clock::time_point::max()) {
     job->deadline = engine::Clock::Steady()->Now() +
@@ -169,11 +169,11 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
       continue;
     }
     if (e.final) break;
-    if (writer) {
+    if (write) {
       pb::GenerateResponse r;
       r.set_text(e.text);
       for (int t : e.token_ids) r.add_token_ids(t);
-      if (!writer->Write(r)) stop();
+      if (!write(r)) stop();
     }
   }
   if (!e.status.ok() && (deadline_hit || std::chrono::system_clock::now() >= wall_deadline)) {
@@ -184,10 +184,9 @@ absl::StatusOr<StreamEvent> InferenceService::RunJob(
 }
 
 grpc::Status InferenceService::StreamTurn(const char* method, grpc::ServerContext* context,
-                                          std::shared_ptr<Job> job,
-                                          grpc::ServerWriter<pb::GenerateResponse>* writer) {
+                                          std::shared_ptr<Job> job, const WriteFn& write) {
   const std::string id = job->request_id;
-  auto e = RunJob(context, job, writer);
+  auto e = RunJob(context, job, write);
   grpc::Status st = e.ok() ? grpc::Status::OK : ToGrpc(e.status());
   Record(method, st);
   if (!e.ok()) {
@@ -199,7 +198,7 @@ grpc::Status InferenceService::StreamTurn(const char* method, grpc::ServerContex
   last.set_text(e->text);
   for (int t : e->token_ids) last.add_token_ids(t);
   FillUsage(e->usage, e->queue_seconds, last.mutable_usage());
-  writer->Write(last);
+  write(last);
   const auto& u = e->usage;
   if (watch_) watch_->Record(TelemetryRow(method, u));
   spdlog::info(
@@ -214,23 +213,39 @@ grpc::Status InferenceService::StreamTurn(const char* method, grpc::ServerContex
 grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const pb::GenerateRequest* request,
                                         grpc::ServerWriter<pb::GenerateResponse>* writer) {
+  return GenerateFor(
+      "Generate", context, [request] { return request; },
+      [writer](const pb::GenerateResponse& r) { return writer->Write(r); });
+}
+
+grpc::Status InferenceService::GenerateFor(
+    const char* method, grpc::ServerContext* context,
+    const std::function<absl::StatusOr<const pb::GenerateRequest*>()>& convert,
+    const WriteFn& write) {
   auto fail = [&](const absl::Status& s) {
     grpc::Status st = ToGrpc(s);
-    Record("Generate", st);
-    spdlog::info("event=request method=Generate code={} message=\"{}\"", CodeName(st),
+    Record(method, st);
+    spdlog::info("event=request method={} code={} message=\"{}\"", method, CodeName(st),
                  st.error_message());
     return st;
   };
   DrainGate::Call call(gate_);
   auto owner = Authorize(context, &call);
   if (!owner.ok()) return fail(owner.status());
-  auto req = ToEngineRequest(*request, config_);
+  auto request = convert();
+  if (!request.ok()) return fail(request.status());
+  auto req = ToEngineRequest(**request, config_);
   if (!req.ok()) return fail(req.status());
   auto job = std::make_shared<Job>();
   job->request_id = NewRequestId();
   job->owner = *owner;
   job->request = std::move(*req);
-  return StreamTurn("Generate", context, job, writer);
+  return StreamTurn(method, context, job, write);
+}
+
+absl::Status InferenceService::AuthorizeOnly(grpc::ServerContext* context) const {
+  DrainGate::Call call(nullptr);
+  return Authorize(context, &call).status();
 }
 
 namespace {
@@ -266,7 +281,7 @@ grpc::Status InferenceService::CreateSession(grpc::ServerContext* context,
   if (!job.ok()) return done(job.status());
   (*job)->request_id = NewRequestId();
   (*job)->owner = *owner;
-  auto e = RunJob(context, *job, nullptr);
+  auto e = RunJob(context, *job, {});
   if (!e.ok()) return done(e.status());
   FillSession(e->session, response);
   return done(absl::OkStatus());
@@ -287,7 +302,8 @@ grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
   if (!job.ok()) return fail(job.status());
   (*job)->request_id = NewRequestId();
   (*job)->owner = *owner;
-  return StreamTurn("SessionGenerate", context, *job, writer);
+  return StreamTurn("SessionGenerate", context, *job,
+                    [writer](const pb::GenerateResponse& r) { return writer->Write(r); });
 }
 
 absl::StatusOr<StreamEvent> InferenceService::SessionCall(grpc::ServerContext* context,
@@ -300,7 +316,7 @@ absl::StatusOr<StreamEvent> InferenceService::SessionCall(grpc::ServerContext* c
   job->kind = kind;
   job->owner = *owner;
   job->session_id = session_id;
-  return RunJob(context, job, nullptr);
+  return RunJob(context, job, {});
 }
 
 grpc::Status InferenceService::GetSession(grpc::ServerContext* context,

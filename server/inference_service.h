@@ -5,13 +5,14 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "server/drain_gate.h"
-#include "server/config.h"
 #include "engine/scheduler.h"
+#include "server/config.h"
+#include "server/drain_gate.h"
 #include "server/metrics.h"
 #include "server/telemetry_watch.h"
 #include "vlcache/v1/inference.grpc.pb.h"
@@ -70,19 +71,35 @@ class InferenceService final : public vlcache::v1::Inference::Service {
                              const vlcache::v1::DeleteSessionRequest* request,
                              vlcache::v1::DeleteSessionResponse* response) override;
 
+  // Receives each message of a streamed answer (deltas, then the last with the usage); false when
+  // the client is gone (the request is then cancelled).
+  using WriteFn = std::function<bool(const vlcache::v1::GenerateResponse&)>;
+  // One generation for another front end of the service (the Open Inference Protocol), on the
+  // same path as Generate: the drain gate and authorization, then `convert` (the front end's
+  // request as ours, valid until the call returns; its error is the call's), validation,
+  // admission, deadline, cancellation, the metrics (counted under `method`) and the log line.
+  // Generate itself runs through it.
+  grpc::Status GenerateFor(
+      const char* method, grpc::ServerContext* context,
+      const std::function<absl::StatusOr<const vlcache::v1::GenerateRequest*>()>& convert,
+      const WriteFn& write);
+  // UNAVAILABLE while the model loads, UNAUTHENTICATED without a valid token, else OK (not
+  // counted in flight: for calls that only read the server's state).
+  absl::Status AuthorizeOnly(grpc::ServerContext* context) const;
+  const engine::Pipeline* pipeline() const { return pipeline_.load(); }
+
  private:
   // OK with the caller's identity (its token; "" when auth is off), counting `call` in flight;
   // UNAVAILABLE while the model loads or the server drains; UNAUTHENTICATED.
   absl::StatusOr<std::string> Authorize(grpc::ServerContext* context, DrainGate::Call* call) const;
-  // Submits `job` and relays its events: deltas to `writer` (when given), the final one returned.
+  // Submits `job` and relays its events: deltas to `write` (when given), the final one returned.
   absl::StatusOr<StreamEvent> RunJob(grpc::ServerContext* context, std::shared_ptr<Job> job,
-                                     grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
+                                     const WriteFn& write);
   // GetSession / DeleteSession: authorize, then one engine-thread job without media.
   absl::StatusOr<StreamEvent> SessionCall(grpc::ServerContext* context, Job::Kind kind,
                                           const std::string& session_id);
   grpc::Status StreamTurn(const char* method, grpc::ServerContext* context,
-                          std::shared_ptr<Job> job,
-                          grpc::ServerWriter<vlcache::v1::GenerateResponse>* writer);
+                          std::shared_ptr<Job> job, const WriteFn& write);
   void Record(const std::string& method, const grpc::Status& status);
   // OK once attached, else UNAVAILABLE saying the model is still loading.
   absl::Status Ready() const;

@@ -27,6 +27,7 @@
 #include "engine/scheduler.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
+#include "server/oip_service.h"
 #include "server/telemetry_watch.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -125,6 +126,8 @@ int main(int argc, char** argv) {
   // Admits calls until SIGTERM starts the drain.
   server::DrainGate gate;
   server::InferenceService service(config, metrics.get(), tokens, watch.get(), &gate);
+  // The Open Inference Protocol (KServe v2) beside our API, on the same generation path.
+  server::OipService oip(config, &service, &gate);
   // DataQuality needs no model: it answers as soon as the port is open (its health status,
   // "vlcache.v1.DataQuality", is SERVING from then on, while the overall one waits for the model).
   std::unique_ptr<server::DataQualityService> dq_service;
@@ -151,6 +154,7 @@ int main(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(config.listen, creds, &port);
   builder.RegisterService(&service);
+  builder.RegisterService(&oip);
   if (dq_service) builder.RegisterService(dq_service.get());
   // Room for two media files, or (with DataQuality) a few runs of the largest size.
   int64_t max_message = config.pipeline.limits.max_bytes * 2;

@@ -294,27 +294,45 @@ def dependency_closure(roots):
 
 
 class Image(unittest.TestCase):
-    def test_the_cpu_image_recipe(self):
-        # No container runtime here: check what the recipe says. Two stages; the runtime stage
-        # installs exactly runtime-packages.txt (no compiler, no -dev package), runs as a numeric
-        # non-root user, keeps its writable paths in volumes, and starts the server.
-        with open(os.path.join(DEPLOY, "docker", "Dockerfile.cpu")) as f:
+    def check_recipe(self, name, cuda_flag):
+        """Two stages; the first runs the project's set-up and build with `cuda_flag`; the
+        runtime stage installs from runtime-packages.txt (no compiler, no -dev package), runs as a
+        numeric non-root user, keeps its writable paths in volumes, holds the demo model and
+        starts the server. Returns the two stages' text."""
+        with open(os.path.join(DEPLOY, "docker", name)) as f:
             text = f.read()
         stages = re.split(r"(?m)^FROM ", text)[1:]
-        self.assertEqual(len(stages), 2)
+        self.assertEqual(len(stages), 2, name)
         build, runtime = stages
         self.assertIn("./scripts/install-deps.sh", build)
         self.assertIn("make build", build)
-        self.assertIn("-DVLC_WITH_CUDA=OFF", build)
+        self.assertIn(cuda_flag, build)
         self.assertIn("runtime-packages.txt", runtime)
-        self.assertNotRegex(runtime, r"-dev\b|build-essential|g\+\+|gcc|cmake")
+        self.assertNotRegex(runtime, r"-dev\b|build-essential|g\+\+|gcc|cmake|nvcc|cuda-toolkit")
         self.assertRegex(runtime, r"(?m)^USER 65532:65532$")
         self.assertIn('VOLUME ["/var/lib/vlcache", "/tmp"]', runtime)
         self.assertRegex(runtime, r'(?m)^ENTRYPOINT \["/usr/local/bin/vlcache-server"\]$')
         self.assertIn("COPY models/demo /opt/vlcache/models/demo", runtime)
+        return build, runtime
+
+    def test_the_cpu_image_recipe(self):
+        # No container runtime here: check what the recipe says.
+        self.check_recipe("Dockerfile.cpu", "-DVLC_WITH_CUDA=OFF")
         with open(os.path.join(DEPLOY, "docker", "runtime-packages.txt")) as f:
             for line in f:
                 self.assertFalse(line.strip().endswith("-dev"), line)
+
+    def test_the_cuda_image_recipe(self):
+        # The kernels built against PyTorch's LibTorch, found as scripts/device-check.sh finds it,
+        # for the image the GPU overlay names.
+        build, runtime = self.check_recipe("Dockerfile.cuda", "-DVLC_WITH_CUDA=ON")
+        self.assertIn("torch.utils.cmake_prefix_path", build)
+        with open(os.path.join(ROOT, "scripts", "device-check.sh")) as f:
+            self.assertIn("torch.utils.cmake_prefix_path", f.read())
+        self.assertIn("VLC_DEVICE=cuda", runtime)
+        with open(os.path.join(K8S, "overlays", "gpu", "kustomization.yaml")) as f:
+            gpu = yaml.safe_load(f)
+        self.assertEqual(gpu["images"][0]["newTag"], "cuda")
 
     def test_every_library_of_the_server_comes_from_a_runtime_package(self):
         server = os.path.join(BIN, "vlcache-server")

@@ -122,6 +122,15 @@ TEST_F(ConfigTest, CheckConfigReportsSettingsAndTheirSources) {
   EXPECT_TRUE(WIFEXITED(bad) && WEXITSTATUS(bad) == 2);
 }
 
+TEST_F(ConfigTest, TheModelNameDefaultsToTheModelFoldersName) {
+  auto cfg = Load({"--model", "/srv/models/demo/"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->model_name, "demo");
+  cfg = Load({"--model", "models/llava-1.5-7b-hf", "--model-name", "llava"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->model_name, "llava");
+}
+
 TEST_F(ConfigTest, FlagsSetEveryOption) {
   // Flags and values side by side read better than one per line.
   // clang-format off
