@@ -183,3 +183,33 @@ TEST_F(CppClientTest, SessionsThroughTheCallbackFormsAndTheBearerToken) {
 
 }  // namespace
 }  // namespace vlc::server
+
+namespace vlc::server {
+namespace {
+
+// The example program of docs/API.md, as a backend developer would run it, against the demo
+// model: it streams the README's answer, holds a two-turn session and deletes it.
+TEST(CppClientExample, RunsAgainstTheDemoModel) {
+  const std::string demo = std::string(VLC_SOURCE_DIR) + "/models/demo";
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(demo));
+  const std::string command = std::string(VLC_BIN_DIR) + "/vlcache-backend-example " +
+                              server.target() + " " + demo + "/example.png 2>&1";
+  FILE* p = ::popen(command.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[256];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = ::pclose(p);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_EQ(out.rfind("red\n(", 0), 0u) << out;
+  EXPECT_NE(out.find("what is at row 1 column 4? "), std::string::npos) << out;
+  EXPECT_NE(out.find("what color is the triangle? "), std::string::npos) << out;
+  const std::string metrics = server.Metrics();
+  EXPECT_EQ(SumSamples(metrics, "vlcache_requests_total",
+                       {"method=\"DeleteSession\"", "code=\"OK\""}),
+            1);
+}
+
+}  // namespace
+}  // namespace vlc::server
