@@ -20,6 +20,7 @@ PACKAGES=(
   python3-grpcio python3-protobuf             # the Python client, tested with Debian's python3
   prometheus                                  # a real Prometheus server and promtool, for tests
   python3-venv python3-yaml                   # the PyPI checkers' environment; manifest tests
+  python3-pip python3-setuptools              # the Python client package, built for Debian's python
 )
 
 missing=()

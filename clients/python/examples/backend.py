@@ -9,11 +9,9 @@ import os
 import pathlib
 import sys
 
-import grpc
-
 # Run from a checkout without installing: the client package sits one directory up.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from vlcache_client import Client  # noqa: E402
+from vlcache_client import Client, Error  # noqa: E402
 
 
 def main():
@@ -30,8 +28,8 @@ def main():
         try:
             for delta in stream:
                 print(delta, end="", flush=True)
-        except grpc.RpcError as e:
-            print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
+        except Error as e:
+            print(f"\nerror: {e.code.name}: {e.message}", file=sys.stderr)
             return 2
         print()
         u = stream.usage

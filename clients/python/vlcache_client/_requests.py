@@ -1,0 +1,78 @@
+"""Request messages from keyword arguments, shared by the synchronous and the asyncio client."""
+import pathlib
+
+from vlcache_client._stubs import dq, pb
+
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
+# Media can exceed gRPC's 4 MiB default; the server enforces its own limit.
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def read(item):
+    """Media may be given as encoded bytes or as a file path."""
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    return pathlib.Path(item).read_bytes()
+
+
+def media(images, video, frames):
+    m = pb.Media(images=[read(i) for i in images], video_frames=frames)
+    if video is not None:
+        m.video = read(video)
+    return m
+
+
+def sampling(params):
+    """Only the parameters given are set, so the server's defaults apply to the rest."""
+    unknown = set(params) - set(SAMPLING_FIELDS) - {"stop"}
+    if unknown:
+        raise TypeError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
+    s = pb.SamplingParams(**{k: v for k, v in params.items() if k != "stop" and v is not None})
+    s.stop.extend(params.get("stop") or ())
+    return s
+
+
+def cache(kv_policy, kv_budget):
+    c = pb.CacheParams(policy=kv_policy or "")
+    if kv_budget is not None:
+        c.budget = kv_budget
+    return c
+
+
+def generate(prompt, images, video, frames, kv_policy, kv_budget, params):
+    return pb.GenerateRequest(media=media(images, video, frames), prompt=prompt,
+                              sampling=sampling(params), cache=cache(kv_policy, kv_budget))
+
+
+def create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget):
+    return pb.CreateSessionRequest(media=media(images, video, frames), prompt_prefix=prompt_prefix,
+                                   cache=cache(kv_policy, kv_budget))
+
+
+def turn(session_id, prompt, params):
+    return pb.SessionGenerateRequest(session_id=session_id, prompt=prompt,
+                                     sampling=sampling(params))
+
+
+def runs(items):
+    """(key, csv) pairs, csv as text or bytes, as vlcache.v1.Run messages."""
+    return [dq.Run(key=k, csv=c.encode() if isinstance(c, str) else bytes(c)) for k, c in items]
+
+
+class Answer:
+    """What a streamed answer has given so far: `text` and, once it ended, `usage`."""
+
+    def __init__(self, call):
+        self._call = call
+        self.text = ""
+        self.usage = None
+
+    def _take(self, response):
+        """Records one message; returns its text delta ("" for none)."""
+        self.text += response.text
+        if response.HasField("usage"):
+            self.usage = response.usage
+        return response.text
+
+    def cancel(self):
+        self._call.cancel()
