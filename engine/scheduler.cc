@@ -290,6 +290,11 @@ Scheduler::Admission Scheduler::StartPrepared(const std::shared_ptr<Job>& job) {
     return Admission::kAnswered;
   }
   const bool opening = job->kind == Job::Kind::kCreateSession;
+  if (opening && !job->session_id.empty() && sessions_.Contains(job->session_id)) {
+    Fail(*job, absl::AlreadyExistsError(absl::StrCat(
+                   "a session with id '", job->session_id, "' exists; choose another id")));
+    return Admission::kAnswered;
+  }
   PreparedPrompt& prompt = **job->prepared;
   while (opening && sessions_.Full()) {
     const std::string lru = sessions_.LeastRecentlyUsedIdle();
@@ -432,7 +437,14 @@ void Scheduler::FinishOpening(Active& a, const SequenceResult& res) {
   s.visual_tokens = a.prompt.visual_tokens;
   s.has_prefix = !job.request.prompt.empty();
   s.history = a.prompt.ids;
-  const std::string id = sessions_.Insert(std::move(s));
+  auto inserted = sessions_.Insert(std::move(s), job.session_id);
+  if (!inserted.ok()) {
+    // Another opening with the same client-chosen id finished first: this one's cache goes.
+    generator_->Close(a.id);
+    Fail(job, inserted.status());
+    return;
+  }
+  const std::string id = *inserted;
   const Session& slot = sessions_.all().at(id);
   if (metrics_) {
     metrics_->ObservePrefill(res.prefill_ms / 1e3);

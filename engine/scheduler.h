@@ -84,7 +84,7 @@ struct Job {
   Kind kind = Kind::kGenerate;
   std::string request_id;
   GenerateRequest request;          // media and prompt prefix for kCreateSession
-  std::string session_id;           // session calls
+  std::string session_id;           // session calls; an opening: the id chosen ("": any)
   std::string owner;                // the caller's identity (its token) when auth is on
   std::shared_ptr<EventChannel> channel = std::make_shared<EventChannel>();
   std::atomic<bool> cancelled{false};

@@ -31,9 +31,16 @@ const char* SessionEndName(SessionEnd why) {
 SessionTable::SessionTable(SessionTableOptions options, const Clock* clock, MetricsSink* metrics)
     : options_(options), clock_(clock), metrics_(metrics) {}
 
-std::string SessionTable::Insert(Session s) {
-  std::string id = NewSessionId();
-  while (sessions_.count(id)) id = NewSessionId();
+absl::StatusOr<std::string> SessionTable::Insert(Session s, const std::string& wanted) {
+  std::string id = wanted;
+  if (id.empty()) {
+    id = NewSessionId();
+    while (sessions_.count(id)) id = NewSessionId();
+  } else if (sessions_.count(id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("a session with id '", id, "' exists; choose another id"));
+  }
+  gone_.erase(id);  // its name in gone_order_ is dropped with the oldest names
   s.last_used = clock_->Now();
   sessions_.emplace(id, std::move(s));
   count_ = static_cast<int64_t>(sessions_.size());

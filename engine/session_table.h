@@ -47,7 +47,10 @@ class SessionTable {
   SessionTable(SessionTableOptions options, const Clock* clock, MetricsSink* metrics);
 
   // A new session with an unguessable id (128 random bits); returns the id.
-  std::string Insert(Session s);
+  // Adds `s` under `id`, or a new random id when `id` is empty; ALREADY_EXISTS when a session
+  // has that id. A gone id may be given again.
+  absl::StatusOr<std::string> Insert(Session s, const std::string& id = "");
+  bool Contains(const std::string& id) const { return sessions_.count(id) > 0; }
   // NOT_FOUND saying why when it is gone or unknown, PERMISSION_DENIED when another caller owns it.
   absl::StatusOr<Session*> Find(const std::string& id, const std::string& owner);
   // Removes it, remembers why (`detail` adds to the message a late caller gets) and returns the

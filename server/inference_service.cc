@@ -1,7 +1,10 @@
 #include "server/inference_service.h"
 
+#include <algorithm>
+
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
@@ -71,6 +74,33 @@ engine::GenerateRequest Convert(const pb::GenerateRequest& req, const ServerConf
   return out;
 }
 
+absl::Status CheckSessionIdSyntax(const std::string& id) {
+  const bool ok = !id.empty() && id.size() <= 128 &&
+                  std::all_of(id.begin(), id.end(), [](char c) {
+                    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+                           c == '_' || c == '-';
+                  });
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "session_id '", id.substr(0, 140), "' is not 1 to 128 of A-Z a-z 0-9 . _ -"));
+}
+
+absl::StatusOr<std::string> SessionIdOfCall(const grpc::ServerContext& context,
+                                            const std::string& body) {
+  const auto& md = context.client_metadata();
+  const auto it = md.find(kSessionIdMetadata);
+  if (it == md.end()) return body;
+  const std::string header(it->second.data(), it->second.size());
+  if (body.empty()) return header;
+  if (header != body) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", kSessionIdMetadata, " metadata ('", header.substr(0, 140),
+        "') and the request's session_id ('", body.substr(0, 140),
+        "') name different sessions; a proxy routes on the metadata, so they must agree"));
+  }
+  return body;
+}
+
 }  // namespace
 
 absl::StatusOr<engine::GenerateRequest> ToEngineRequest(const pb::GenerateRequest& req,
@@ -90,8 +120,10 @@ absl::StatusOr<std::shared_ptr<Job>> NewCreateSessionJob(const pb::CreateSession
   engine::GenerateRequest req = Convert(as_generate, config);
   req.session_opening = true;  // its prompt is the optional prefix text
   VLC_RETURN_IF_ERROR(engine::ValidateRequest(req, config.pipeline.request_limits()));
+  if (!request.session_id().empty()) VLC_RETURN_IF_ERROR(CheckSessionIdSyntax(request.session_id()));
   auto job = std::make_shared<Job>();
   job->kind = Job::Kind::kCreateSession;
+  job->session_id = request.session_id();
   job->request = std::move(req);
   return job;
 }
@@ -277,7 +309,16 @@ grpc::Status InferenceService::CreateSession(grpc::ServerContext* context,
   DrainGate::Call call(gate_);
   auto owner = Authorize(context, &call);
   if (!owner.ok()) return done(owner.status());
-  auto job = NewCreateSessionJob(*request, config_);
+  auto id = SessionIdOfCall(*context, request->session_id());
+  if (!id.ok()) return done(id.status());
+  pb::CreateSessionRequest with_id;
+  const pb::CreateSessionRequest* r = request;
+  if (*id != request->session_id()) {  // the id came in the metadata only
+    with_id = *request;
+    with_id.set_session_id(*id);
+    r = &with_id;
+  }
+  auto job = NewCreateSessionJob(*r, config_);
   if (!job.ok()) return done(job.status());
   (*job)->request_id = NewRequestId();
   (*job)->owner = *owner;
@@ -298,8 +339,11 @@ grpc::Status InferenceService::SessionGenerate(grpc::ServerContext* context,
   DrainGate::Call call(gate_);
   auto owner = Authorize(context, &call);
   if (!owner.ok()) return fail(owner.status());
+  auto id = SessionIdOfCall(*context, request->session_id());
+  if (!id.ok()) return fail(id.status());
   auto job = NewSessionTurnJob(*request, config_);
   if (!job.ok()) return fail(job.status());
+  (*job)->session_id = *id;
   (*job)->request_id = NewRequestId();
   (*job)->owner = *owner;
   return StreamTurn("SessionGenerate", context, *job,
@@ -312,10 +356,12 @@ absl::StatusOr<StreamEvent> InferenceService::SessionCall(grpc::ServerContext* c
   DrainGate::Call call(gate_);
   auto owner = Authorize(context, &call);
   if (!owner.ok()) return owner.status();
+  auto id = SessionIdOfCall(*context, session_id);
+  if (!id.ok()) return id.status();
   auto job = std::make_shared<Job>();
   job->kind = kind;
   job->owner = *owner;
-  job->session_id = session_id;
+  job->session_id = *id;
   return RunJob(context, job, {});
 }
 

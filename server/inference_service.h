@@ -19,6 +19,12 @@
 
 namespace vlc::server {
 
+// The gRPC metadata that names a call's session, so that a proxy routes on it without reading
+// the body (the project's clients set it on every session call, and on CreateSession with the id
+// they choose). A call whose metadata and body name different sessions is INVALID_ARGUMENT; a
+// call with the metadata alone uses it.
+inline constexpr char kSessionIdMetadata[] = "x-session-id";
+
 using engine::Job;
 using engine::SessionView;
 using engine::StreamEvent;

@@ -1,6 +1,8 @@
 #include "clients/cpp/vlcache_client.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 #include <utility>
 
 namespace vlc::client {
@@ -79,8 +81,18 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectOptions& op
   return c;
 }
 
-void Client::Prepare(const CallOptions& options, grpc::ClientContext* context) const {
+std::string NewSessionId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  char id[33];
+  std::snprintf(id, sizeof id, "%016llx%016llx", static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(rng()));
+  return id;
+}
+
+void Client::Prepare(const CallOptions& options, grpc::ClientContext* context,
+                     const std::string& session_id) const {
   if (!token_.empty()) context->AddMetadata("authorization", "Bearer " + token_);
+  if (!session_id.empty()) context->AddMetadata(kSessionIdMetadata, session_id);
   if (options.deadline.count() > 0) {
     context->set_deadline(std::chrono::system_clock::now() + options.deadline);
   }
@@ -94,7 +106,9 @@ std::shared_ptr<StreamCall> Client::Start(std::unique_ptr<google::protobuf::Mess
       new StreamCall(std::move(on_response), std::move(on_done), &calls_));
   calls_.Add(call);
   call->request_ = std::move(request);
-  Prepare(options, &call->context_);
+  Prepare(options, &call->context_,
+          session ? static_cast<const pb::SessionGenerateRequest*>(call->request_.get())->session_id()
+                  : "");
   if (session) {
     stub_->async()->SessionGenerate(
         &call->context_, static_cast<const pb::SessionGenerateRequest*>(call->request_.get()),
@@ -161,7 +175,10 @@ void Client::StartCreateSession(const pb::CreateSessionRequest& request, const C
   auto* call = held.get();
   calls_.Add(std::move(held));
   call->request = request;
-  Prepare(options, &call->context);
+  // The client names the session, so that a proxy routing on the metadata sends its creation
+  // and every later call to the same replica.
+  if (call->request.session_id().empty()) call->request.set_session_id(NewSessionId());
+  Prepare(options, &call->context, call->request.session_id());
   stub_->async()->CreateSession(&call->context, &call->request, &call->reply,
                                 [this, call, done = std::move(done)](grpc::Status s) {
                                   done(std::move(s), std::move(call->reply));
@@ -175,7 +192,7 @@ void Client::StartDeleteSession(const pb::DeleteSessionRequest& request, const C
   auto* call = held.get();
   calls_.Add(std::move(held));
   call->request = request;
-  Prepare(options, &call->context);
+  Prepare(options, &call->context, request.session_id());
   stub_->async()->DeleteSession(&call->context, &call->request, &call->reply,
                                 [this, call, done = std::move(done)](grpc::Status s) {
                                   done(std::move(s));
@@ -211,7 +228,7 @@ grpc::Status Client::GetSession(const pb::GetSessionRequest& request, const Call
     auto* call = held.get();
     calls_.Add(std::move(held));
     call->request = request;
-    Prepare(options, &call->context);
+    Prepare(options, &call->context, request.session_id());
     stub_->async()->GetSession(&call->context, &call->request, &call->reply,
                                [this, call, reply, finish](grpc::Status s) {
                                  *reply = std::move(call->reply);

@@ -24,6 +24,13 @@ namespace vlc::client {
 
 namespace pb = vlcache::v1;
 
+// The metadata that names a call's session, for proxies that route on it. The client sets it on
+// every session call, and CreateSession sends a random session id of the client's choosing
+// (unless the request names one), so that the creation and the later calls hash alike.
+inline constexpr char kSessionIdMetadata[] = "x-session-id";
+// A random session id (32 hex digits).
+std::string NewSessionId();
+
 struct ConnectOptions {
   std::string target = "127.0.0.1:50051";  // HOST:PORT
   std::string token;                         // bearer token; empty: none
@@ -124,7 +131,8 @@ class Client {
 
  private:
   Client() = default;
-  void Prepare(const CallOptions& options, grpc::ClientContext* context) const;
+  void Prepare(const CallOptions& options, grpc::ClientContext* context,
+               const std::string& session_id = "") const;
   std::shared_ptr<StreamCall> Start(std::unique_ptr<google::protobuf::Message> request,
                                     bool session, const CallOptions& options,
                                     StreamCall::ResponseHandler on_response, StreamCall::DoneHandler on_done);

@@ -33,7 +33,12 @@ def sync_cases(pipeline):
         text, usage = c.generate_text("what is at row 1 column 4?", images=[IMAGE],
                                       max_new_tokens=16)
         check(text == "blue square" and usage.generated_tokens >= 2, f"collected answer {text!r}")
+        chosen = c.create_session(images=[IMAGE], kv_policy="full",
+                                  session_id=f"chosen-{sys.argv[3]}")
+        check(chosen.session_id == f"chosen-{sys.argv[3]}", f"client-chosen id {chosen.session_id}")
+        c.delete_session(chosen.session_id)
         session = c.create_session(images=[IMAGE], kv_policy="full")
+        check(len(session.session_id) == 32, f"the client's own id {session.session_id}")
         text, _ = c.ask(session.session_id, "what color is the triangle?", max_new_tokens=16).collect()
         check(text == "red", f"session turn {text!r}")
         check(c.get_session(session.session_id).turns == 1, "session turns")

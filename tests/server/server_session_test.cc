@@ -329,6 +329,82 @@ TEST_F(SessionServerTest, ACancelledTurnKeepsTheSession) {
   EXPECT_FALSE(next.token_ids.empty());
 }
 
+// Sessions a proxy can route: the client may name the session it creates, the x-session-id
+// metadata names a call's session (alone, or agreeing with the body), and a call whose metadata
+// and body disagree is refused before anything runs.
+TEST_F(SessionServerTest, ClientChosenIdsAndTheSessionIdMetadata) {
+  ASSERT_TRUE(Start());
+  pb::CreateSessionRequest named = SessionRequest(5);
+  named.set_session_id("conversation-42");
+  pb::SessionInfo info;
+  grpc::Status st = CreateSession(stub(), named, &info);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_EQ(info.session_id(), "conversation-42");
+  st = CreateSession(stub(), named, &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << Describe(st);
+  named.set_session_id("not a valid id!");
+  st = CreateSession(stub(), named, &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(st);
+  EXPECT_NE(st.error_message().find("A-Z a-z 0-9"), std::string::npos) << Describe(st);
+
+  // The metadata alone names the session to create, and the session of a later call.
+  {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, "");
+    ctx.AddMetadata("x-session-id", "from-metadata");
+    st = stub()->CreateSession(&ctx, SessionRequest(6), &info);
+    ASSERT_TRUE(st.ok()) << Describe(st);
+    EXPECT_EQ(info.session_id(), "from-metadata");
+  }
+  {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, "");
+    ctx.AddMetadata("x-session-id", "conversation-42");
+    pb::SessionInfo got;
+    st = stub()->GetSession(&ctx, pb::GetSessionRequest(), &got);
+    ASSERT_TRUE(st.ok()) << Describe(st);
+    EXPECT_EQ(got.session_id(), "conversation-42");
+  }
+  // Metadata and body that disagree: refused, and the session is untouched.
+  {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, "");
+    ctx.AddMetadata("x-session-id", "from-metadata");
+    pb::SessionGenerateRequest turn;
+    turn.set_session_id("conversation-42");
+    turn.set_prompt(kTurns[0]);
+    auto reader = stub()->SessionGenerate(&ctx, turn);
+    const StreamResult r = ReadStream(reader.get());
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(r.status);
+    EXPECT_NE(r.status.error_message().find("x-session-id"), std::string::npos);
+  }
+  {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, "");
+    ctx.AddMetadata("x-session-id", "from-metadata");
+    pb::DeleteSessionRequest del;
+    del.set_session_id("conversation-42");
+    pb::DeleteSessionResponse none;
+    st = stub()->DeleteSession(&ctx, del, &none);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(st);
+  }
+  pb::SessionInfo still;
+  ASSERT_TRUE(GetSession(stub(), "conversation-42", &still).ok());
+  EXPECT_EQ(still.turns(), 0);
+  // A deleted id can be given again.
+  pb::DeleteSessionRequest del;
+  del.set_session_id("conversation-42");
+  {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, "");
+    pb::DeleteSessionResponse none;
+    ASSERT_TRUE(stub()->DeleteSession(&ctx, del, &none).ok());
+  }
+  named.set_session_id("conversation-42");
+  st = CreateSession(stub(), named, &info);
+  EXPECT_TRUE(st.ok()) << Describe(st);
+}
+
 TEST_F(SessionServerTest, DeletedAndUnknownSessionsAreNotFound) {
   ASSERT_TRUE(Start());
   ExpectGone(stub(), "0123456789abcdef0123456789abcdef", "unknown");

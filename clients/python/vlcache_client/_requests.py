@@ -1,5 +1,6 @@
 """Request messages from keyword arguments, shared by the synchronous and the asyncio client."""
 import pathlib
+import secrets
 
 from vlcache_client._stubs import dq, pb
 
@@ -44,9 +45,23 @@ def generate(prompt, images, video, frames, kv_policy, kv_budget, params):
                               sampling=sampling(params), cache=cache(kv_policy, kv_budget))
 
 
-def create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget):
+# The metadata that names a call's session, for proxies that route on it (docs/API.md).
+SESSION_ID_METADATA = "x-session-id"
+
+
+def new_session_id():
+    """A session id of the client's choosing: the creation and every later call then carry the
+    same x-session-id, so a proxy hashing on it sends them all to one replica."""
+    return secrets.token_hex(16)
+
+
+def with_session(metadata, session_id):
+    return list(metadata) + [(SESSION_ID_METADATA, session_id)]
+
+
+def create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget, session_id):
     return pb.CreateSessionRequest(media=media(images, video, frames), prompt_prefix=prompt_prefix,
-                                   cache=cache(kv_policy, kv_budget))
+                                   cache=cache(kv_policy, kv_budget), session_id=session_id)
 
 
 def turn(session_id, prompt, params):

@@ -59,13 +59,14 @@ class AsyncClient:
     async def __aexit__(self, *exc):
         await self.close()
 
-    def _kw(self, timeout):
-        return {"metadata": self._metadata,
+    def _kw(self, timeout, session_id=None):
+        metadata = req.with_session(self._metadata, session_id) if session_id else self._metadata
+        return {"metadata": metadata,
                 "timeout": timeout if timeout is not None else self._timeout}
 
-    async def _unary(self, method, request, timeout):
+    async def _unary(self, method, request, timeout, session_id=None):
         try:
-            return await method(request, **self._kw(timeout))
+            return await method(request, **self._kw(timeout, session_id))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -78,21 +79,23 @@ class AsyncClient:
         return await self.generate(prompt, **kwargs).collect()
 
     async def create_session(self, images=(), video=None, frames=0, prompt_prefix="",
-                             kv_policy=None, kv_budget=None, timeout=None):
-        request = req.create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget)
-        return await self._unary(self._stub.CreateSession, request, timeout)
+                             kv_policy=None, kv_budget=None, session_id=None, timeout=None):
+        session_id = session_id or req.new_session_id()
+        request = req.create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget,
+                                     session_id)
+        return await self._unary(self._stub.CreateSession, request, timeout, session_id)
 
     def ask(self, session_id, prompt, timeout=None, **sampling):
         return AsyncStream(self._stub.SessionGenerate(req.turn(session_id, prompt, sampling),
-                                                      **self._kw(timeout)))
+                                                      **self._kw(timeout, session_id)))
 
     async def get_session(self, session_id, timeout=None):
         return await self._unary(self._stub.GetSession,
-                                 pb.GetSessionRequest(session_id=session_id), timeout)
+                                 pb.GetSessionRequest(session_id=session_id), timeout, session_id)
 
     async def delete_session(self, session_id, timeout=None):
         await self._unary(self._stub.DeleteSession,
-                          pb.DeleteSessionRequest(session_id=session_id), timeout)
+                          pb.DeleteSessionRequest(session_id=session_id), timeout, session_id)
 
     async def model_info(self, timeout=None):
         return await self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)

@@ -63,13 +63,14 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _kw(self, timeout):
-        return {"metadata": self._metadata,
+    def _kw(self, timeout, session_id=None):
+        metadata = req.with_session(self._metadata, session_id) if session_id else self._metadata
+        return {"metadata": metadata,
                 "timeout": timeout if timeout is not None else self._timeout}
 
-    def _unary(self, method, request, timeout):
+    def _unary(self, method, request, timeout, session_id=None):
         try:
-            return method(request, **self._kw(timeout))
+            return method(request, **self._kw(timeout, session_id))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -85,23 +86,26 @@ class Client:
         return self.generate(prompt, **kwargs).collect()
 
     def create_session(self, images=(), video=None, frames=0, prompt_prefix="", kv_policy=None,
-                       kv_budget=None, timeout=None):
-        """Encodes the media (and prefix) once; returns a vlcache.v1.SessionInfo."""
-        request = req.create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget)
-        return self._unary(self._stub.CreateSession, request, timeout)
+                       kv_budget=None, session_id=None, timeout=None):
+        """Encodes the media (and prefix) once; returns a vlcache.v1.SessionInfo. The session's id
+        is `session_id`, or one the client picks (see x-session-id in docs/API.md)."""
+        session_id = session_id or req.new_session_id()
+        request = req.create_session(images, video, frames, prompt_prefix, kv_policy, kv_budget,
+                                     session_id)
+        return self._unary(self._stub.CreateSession, request, timeout, session_id)
 
     def ask(self, session_id, prompt, timeout=None, **sampling):
         """One turn on a session; streams like generate()."""
         return Stream(self._stub.SessionGenerate(req.turn(session_id, prompt, sampling),
-                                                 **self._kw(timeout)))
+                                                 **self._kw(timeout, session_id)))
 
     def get_session(self, session_id, timeout=None):
         return self._unary(self._stub.GetSession, pb.GetSessionRequest(session_id=session_id),
-                           timeout)
+                           timeout, session_id)
 
     def delete_session(self, session_id, timeout=None):
         self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=session_id),
-                    timeout)
+                    timeout, session_id)
 
     def model_info(self, timeout=None):
         return self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
