@@ -53,6 +53,12 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// A call's end in its record: the status code's name and, when not OK, the server's message.
+void SetStatus(const grpc::Status& status, RequestRecord* rec) {
+  rec->code = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
+  rec->error = status.error_message();
+}
+
 Clock::duration FromSeconds(double s) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
@@ -282,8 +288,7 @@ class Run {
       loop_.Post([this, key, timing, end, status, rec = std::move(rec),
                   then = std::move(then)]() mutable {
         calls_.erase(key);
-        rec.code = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
-        rec.error = status.error_message();
+        SetStatus(status, &rec);
         rec.ttft_s = timing->first;
         rec.e2e_s = Seconds(timing->sent, end);
         rec.itl_s = std::move(timing->itl);
@@ -321,8 +326,7 @@ class Run {
           const auto end = Clock::now();
           loop_.Post([this, unit, task, sent, end, status, id = info.session_id(),
                       rec = std::move(rec)]() mutable {
-            rec.code = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
-            rec.error = status.error_message();
+            SetStatus(status, &rec);
             rec.e2e_s = Seconds(sent, end);
             Add(std::move(rec));
             if (status.ok()) {
@@ -355,8 +359,7 @@ class Run {
         req, CallOpts(), [this, sent, rec = std::move(rec)](grpc::Status status) mutable {
           const auto end = Clock::now();
           loop_.Post([this, sent, end, status, rec = std::move(rec)]() mutable {
-            rec.code = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
-            rec.error = status.error_message();
+            SetStatus(status, &rec);
             rec.e2e_s = Seconds(sent, end);
             Add(std::move(rec));
             EndUnit();

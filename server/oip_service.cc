@@ -245,19 +245,10 @@ void FillResponse(const ServerConfig& config, const ModelInferRequest& request,
   }
 }
 
+// "CODE: message", as a stream's error_message carries a failed request's status.
 std::string StatusLine(const grpc::Status& s) {
-  static const char* const kNames[] = {
-      "OK",           "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",     "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",    "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",          "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  const int code = static_cast<int>(s.error_code());
-  return absl::StrCat(code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN", ": ", s.error_message());
-}
-
-grpc::Status ToGrpcStatus(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  return absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())), ": ",
+                      s.error_message());
 }
 
 }  // namespace
@@ -374,7 +365,7 @@ grpc::Status OipService::ModelReady(grpc::ServerContext*,
                                     const inference::ModelReadyRequest* request,
                                     inference::ModelReadyResponse* response) {
   if (absl::Status s = CheckModel(request->name(), request->version()); !s.ok()) {
-    return ToGrpcStatus(s);
+    return ToGrpc(s);
   }
   response->set_ready(Ready());
   return grpc::Status::OK;
@@ -383,7 +374,7 @@ grpc::Status OipService::ModelReady(grpc::ServerContext*,
 grpc::Status OipService::ServerMetadata(grpc::ServerContext* context,
                                         const inference::ServerMetadataRequest*,
                                         inference::ServerMetadataResponse* response) {
-  if (absl::Status s = inference_->AuthorizeOnly(context); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = inference_->AuthorizeOnly(context); !s.ok()) return ToGrpc(s);
   response->set_name("vlcache");
   response->set_version(kVersion);
   response->add_extensions("model_stream_infer");
@@ -393,9 +384,9 @@ grpc::Status OipService::ServerMetadata(grpc::ServerContext* context,
 grpc::Status OipService::ModelMetadata(grpc::ServerContext* context,
                                        const inference::ModelMetadataRequest* request,
                                        inference::ModelMetadataResponse* response) {
-  if (absl::Status s = inference_->AuthorizeOnly(context); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = inference_->AuthorizeOnly(context); !s.ok()) return ToGrpc(s);
   if (absl::Status s = CheckModel(request->name(), request->version()); !s.ok()) {
-    return ToGrpcStatus(s);
+    return ToGrpc(s);
   }
   response->set_name(config_.model_name);
   response->add_versions(kVersion);
