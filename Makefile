@@ -9,6 +9,7 @@ CMAKE_FLAGS ?=
 MODEL ?= $(if $(wildcard models/demo/config.json),models/demo,$(BUILD)/models/tiny)
 LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
+HTTP_LISTEN ?= 127.0.0.1:8000
 
 all: build
 
@@ -41,7 +42,8 @@ serve: deps
 	@if [ "$(MODEL)" = "$(BUILD)/models/tiny" ] && [ ! -f $(BUILD)/models/tiny/config.json ]; then \
 	  echo "models/demo is not in this checkout yet: serving a tiny random model (answers are noise)"; \
 	  $(BUILD)/bin/vlcache-make-tiny --out $(BUILD)/models/tiny --seed 1; fi
-	@$(BUILD)/bin/vlcache-server --model $(MODEL) --listen $(LISTEN) --metrics-listen $(METRICS_LISTEN)
+	@$(BUILD)/bin/vlcache-server --model $(MODEL) --listen $(LISTEN) --metrics-listen $(METRICS_LISTEN) \
+	  --http-listen $(HTTP_LISTEN)
 
 clean:
 	@rm -rf $(BUILD)

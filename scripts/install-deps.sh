@@ -14,6 +14,7 @@ PACKAGES=(
   openssl                                    # the TLS test makes its own certificate
   libboost-math-dev libeigen3-dev            # data quality: chi-squared p-values, least squares
   libsqlite3-dev                             # data quality: the AVH history store (dq/store.h)
+  libcpp-httplib-dev                         # the Open Inference Protocol's HTTP/REST binding
   # the gRPC service
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libyaml-cpp-dev

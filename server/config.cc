@@ -193,6 +193,18 @@ std::vector<OptionSpec> Options() {
       [](const std::string& t) {
         return t.empty() ? absl::OkStatus() : ParseHostPort(t).status();
       }));
+  o.push_back(StringOption(
+      "--http-listen", "HOST:PORT",
+      "The Open Inference Protocol's HTTP/REST binding (KServe v2 and Triton's generate "
+      "extension); empty (the default) serves gRPC only",
+      +[](ServerConfig& c) -> std::string& { return c.http_listen; },
+      [](const std::string& t) {
+        return t.empty() ? absl::OkStatus() : ParseHostPort(t).status();
+      }));
+  o.push_back(IntOption(
+      "--http-threads",
+      "HTTP connections served at once (a streamed answer holds one for its whole length)",
+      +[](ServerConfig& c) -> int& { return c.http_threads; }, 1));
   o.push_back(IntOption(
       "--threads", "LibTorch intra-op threads; 0 uses the cores available",
       +[](ServerConfig& c) -> int& { return c.threads; }, 0));

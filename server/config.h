@@ -18,6 +18,8 @@ struct ServerConfig {
   std::string model_name;                   // --model-name; "": the model directory's base name
   std::string listen = "0.0.0.0:50051";     // --listen, VLC_LISTEN, listen (port 0: any free port)
   std::string metrics_listen = "0.0.0.0:9464";  // --metrics-listen ... ("" disables metrics)
+  std::string http_listen;                  // --http-listen: the OIP's HTTP/REST binding ("": off)
+  int http_threads = 64;                    // --http-threads: HTTP connections served at once
   int threads = 0;                          // --threads: LibTorch threads, 0 = cores available
   // Limits and scheduling
   int max_queue = 64;                       // --max-queue: requests waiting for admission

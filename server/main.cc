@@ -25,6 +25,7 @@
 #include "server/config.h"
 #include "server/data_quality_service.h"
 #include "engine/scheduler.h"
+#include "server/http_gateway.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/oip_service.h"
@@ -179,6 +180,26 @@ int main(int argc, char** argv) {
   if (metrics) {
     addresses += " metrics=" + Host(config.metrics_listen) + ":" + std::to_string(metrics->port());
   }
+  // The HTTP/REST binding reaches the services above through an in-process channel: the same
+  // auth, drain, admission and metrics as a gRPC call.
+  std::unique_ptr<server::HttpGateway> http;
+  if (!config.http_listen.empty()) {
+    server::HttpGateway::Options http_options;
+    http_options.listen = config.http_listen;
+    http_options.threads = config.http_threads;
+    http_options.max_body_bytes = static_cast<size_t>(max_message + (1 << 20));
+    grpc::ChannelArguments channel_args;
+    channel_args.SetMaxSendMessageSize(-1);
+    channel_args.SetMaxReceiveMessageSize(-1);
+    auto g = server::HttpGateway::Start(http_options, grpc_server->InProcessChannel(channel_args));
+    if (!g.ok()) {
+      std::cerr << "error: --http-listen: " << g.status().message() << "\n";
+      grpc_server->Shutdown(std::chrono::system_clock::now());
+      return 2;
+    }
+    http = std::move(*g);
+    addresses += " http=" + Host(config.http_listen) + ":" + std::to_string(http->port());
+  }
   if (watch) watch->Start();  // windows before the model is loaded are empty, hence skipped
   std::cout << "loading " << addresses << std::endl;
   spdlog::info("event=loading grpc_port={} model={} dq_db=\"{}\"", port, config.model_dir,
@@ -258,6 +279,7 @@ int main(int argc, char** argv) {
   spdlog::info("event=drained sessions_held={} (their KV caches end with the process)",
                scheduler->num_sessions());
   scheduler->Stop();  // answers every request still waiting or running
+  if (http) http->Stop();  // its calls went through the gate above: none is left running
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (watch) watch->Stop();  // after the handlers: the rows they recorded are counted as dropped
   return 0;

@@ -18,26 +18,11 @@ using inference::ModelInferResponse;
 
 namespace {
 
-constexpr char kVersion[] = "1";
-
-// The inputs this model takes, with their datatypes and shapes (-1: any count), as
-// ModelMetadata describes them.
-struct InputSpec {
-  const char* name;
-  const char* datatype;
-  int64_t shape;
-};
-constexpr InputSpec kInputs[] = {
-    {"text_input", "BYTES", 1},     {"stream", "BOOL", 1},
-    {"sampling_parameters", "BYTES", 1}, {"exclude_input_in_output", "BOOL", 1},
-    {"image", "BYTES", -1},         {"video", "BYTES", 1},
-    {"video_frames", "INT32", 1},   {"kv_policy", "BYTES", 1},
-    {"kv_budget", "FP32", 1},
-};
+constexpr const char* kVersion = kOipModelVersion;
 
 std::string InputNames() {
   std::vector<std::string> names;
-  for (const auto& in : kInputs) names.push_back(in.name);
+  for (const auto& in : OipInputs()) names.push_back(in.name);
   return absl::StrJoin(names, ", ");
 }
 
@@ -253,6 +238,24 @@ std::string StatusLine(const grpc::Status& s) {
 
 }  // namespace
 
+const std::vector<OipInputSpec>& OipInputs() {
+  static const std::vector<OipInputSpec> inputs = {
+      {"text_input", "BYTES", 1},     {"stream", "BOOL", 1},
+      {"sampling_parameters", "BYTES", 1}, {"exclude_input_in_output", "BOOL", 1},
+      {"image", "BYTES", -1},         {"video", "BYTES", 1},
+      {"video_frames", "INT32", 1},   {"kv_policy", "BYTES", 1},
+      {"kv_budget", "FP32", 1},
+  };
+  return inputs;
+}
+
+const OipInputSpec* FindOipInput(const std::string& name) {
+  for (const auto& in : OipInputs()) {
+    if (name == in.name) return &in;
+  }
+  return nullptr;
+}
+
 absl::StatusOr<pb::GenerateRequest> FromInferRequest(const ModelInferRequest& r, bool* stream,
                                                      bool* exclude_input) {
   *stream = false;
@@ -265,9 +268,7 @@ absl::StatusOr<pb::GenerateRequest> FromInferRequest(const ModelInferRequest& r,
   std::map<std::string, Input> inputs;
   for (int i = 0; i < r.inputs_size(); ++i) {
     const auto& in = r.inputs(i);
-    bool known = false;
-    for (const auto& spec : kInputs) known = known || in.name() == spec.name;
-    if (!known) {
+    if (FindOipInput(in.name()) == nullptr) {
       return Bad(in.name(), absl::StrCat("unknown; this model takes ", InputNames()));
     }
     Input t;
@@ -391,7 +392,7 @@ grpc::Status OipService::ModelMetadata(grpc::ServerContext* context,
   response->set_name(config_.model_name);
   response->add_versions(kVersion);
   response->set_platform("vlcache");
-  for (const auto& spec : kInputs) {
+  for (const auto& spec : OipInputs()) {
     auto* t = response->add_inputs();
     t->set_name(spec.name);
     t->set_datatype(spec.datatype);

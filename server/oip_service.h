@@ -21,6 +21,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "inference/v2/grpc_predict_v2.grpc.pb.h"
@@ -29,6 +30,18 @@
 #include "server/inference_service.h"
 
 namespace vlc::server {
+
+// One input tensor this model takes, as ModelMetadata describes it (shape -1: any count).
+struct OipInputSpec {
+  const char* name;
+  const char* datatype;
+  int64_t shape;
+};
+// Every input, in ModelMetadata's order; nullptr when `name` is not one of them.
+const std::vector<OipInputSpec>& OipInputs();
+const OipInputSpec* FindOipInput(const std::string& name);
+// The version this server gives its one model.
+inline constexpr char kOipModelVersion[] = "1";
 
 // The request as ours, or INVALID_ARGUMENT naming the tensor and what was expected.
 absl::StatusOr<vlcache::v1::GenerateRequest> FromInferRequest(const inference::ModelInferRequest& r,

@@ -10,17 +10,15 @@ Run by ctest with VLC_BIN_DIR and VLC_SOURCE_DIR set, by the virtual environment
 import os
 import queue
 import re
-import subprocess
 import unittest
 import urllib.request
 
 import numpy as np
+import server_process
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-ROOT = os.environ.get("VLC_SOURCE_DIR",
-                      os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-BIN = os.environ.get("VLC_BIN_DIR", os.path.join(ROOT, "build", "bin"))
+ROOT = server_process.ROOT
 MODEL = "demo"
 
 
@@ -52,27 +50,14 @@ def question(prompt, image=True, stream=None, sampling='{"max_tokens": 16, "temp
 class TritonClient(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLC_")}
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "vlcache-server"), "--model", os.path.join(ROOT, "models", "demo"),
-             "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-level", "warn"],
-            stdout=subprocess.PIPE, text=True, env=env)
-        fields = {}
-        for line in cls.server.stdout:
-            if line.startswith("listening "):
-                fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
-                break
-        if not fields:
-            cls.server.kill()
-            raise AssertionError("vlcache-server did not start")
+        cls.server, fields = server_process.start()
         cls.target, cls.metrics = fields["grpc"], fields["metrics"]
         cls.client = grpcclient.InferenceServerClient(url=cls.target)
 
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.server.terminate()
-        cls.server.wait(timeout=60)
+        server_process.stop(cls.server)
 
     def test_health_and_metadata(self):
         self.assertTrue(self.client.is_server_live())
