@@ -251,6 +251,24 @@ absl::StatusOr<SeqId> Generator::Resume(SeqId seq, int64_t start_pos,
   return PrefillNow(QueueResume(seq, start_pos, ids, std::move(spec)), false);
 }
 
+absl::StatusOr<SeqId> Generator::Restore(
+    const std::vector<std::pair<at::Tensor, at::Tensor>>& layers) {
+  const int num_layers = model_->config().text.num_hidden_layers;
+  if (static_cast<int>(layers.size()) != num_layers) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the snapshot has ", layers.size(), " layers, the model ", num_layers));
+  }
+  const SeqId id = next_id_++;
+  VLC_RETURN_IF_ERROR(cache_->AddSequence(id));
+  for (int l = 0; l < num_layers; ++l) {
+    if (absl::Status s = cache_->Append(id, l, layers[l].first, layers[l].second); !s.ok()) {
+      cache_->RemoveSequence(id);
+      return s;
+    }
+  }
+  return id;
+}
+
 void Generator::Close(SeqId seq) {
   if (running_.count(seq)) Finish(seq, FinishReason::kError, absl::CancelledError("closed"));
   cache_->RemoveSequence(seq);

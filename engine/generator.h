@@ -88,6 +88,10 @@ class Generator {
   absl::StatusOr<SeqId> Resume(SeqId seq, int64_t start_pos, const std::vector<int>& ids,
                                SequenceSpec spec);
   void Close(SeqId seq);
+  // A kept sequence made from a session's snapshot: `layers` (per layer K and V, [kv_heads,
+  // length, head_dim] in the cache's dtype and device, keys rotated) written into a new cache
+  // sequence, whose id is valid until Close. RESOURCE_EXHAUSTED (nothing kept) without the pages.
+  absl::StatusOr<SeqId> Restore(const std::vector<std::pair<at::Tensor, at::Tensor>>& layers);
 
   // One decode step for every running sequence. A failing step ends the sequences it involved
   // with kError and returns the error.

@@ -202,6 +202,163 @@ void Scheduler::Evict(const std::string& id, SessionEnd why) {
   if (seq >= 0) generator_->Close(seq);
 }
 
+void Scheduler::MoveSessions() {
+  if (options_.session_store == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    moving_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool Scheduler::SaveSession(const std::string& id) {
+  SessionStore* store = options_.session_store;
+  auto it = sessions_.all().find(id);
+  if (store == nullptr || it == sessions_.all().end() || it->second.busy) return false;
+  const Session& s = it->second;
+  const auto t0 = clock_->Now();
+  SessionSnapshot snap;
+  snap.model = options_.model_fingerprint;
+  snap.session_id = id;
+  snap.owner_digest = s.owner.empty() ? "" : Sha256Hex(s.owner);
+  snap.policy = s.policy;
+  snap.next_pos = s.next_pos;
+  snap.last_token = s.last_token;
+  snap.turns = s.turns;
+  snap.visual_tokens = s.visual_tokens;
+  snap.has_prefix = s.has_prefix;
+  snap.history = s.history;
+  const int layers = pipeline_->model().config().text.num_hidden_layers;
+  for (int l = 0; l < layers; ++l) {
+    auto kv = pipeline_->cache()->Read(s.seq, l);
+    if (!kv.ok()) {
+      if (metrics_) {
+        metrics_->LogEvent(absl::StrCat("event=session_save_failed session=", id, " error=\"",
+                                        kv.status().ToString(), "\""));
+      }
+      return false;
+    }
+    snap.layers.emplace_back(kv->first.cpu(), kv->second.cpu());
+  }
+  const std::string bytes = EncodeSnapshot(snap);
+  if (absl::Status st = store->Put(id, bytes); !st.ok()) {
+    if (metrics_) {
+      metrics_->LogEvent(absl::StrCat("event=session_save_failed session=", id, " error=\"",
+                                      st.ToString(), "\""));
+    }
+    return false;
+  }
+  if (metrics_) {
+    metrics_->CountSessionMove("saved");
+    metrics_->LogEvent(absl::StrFormat(
+        "event=session_saved session=%s bytes=%d kv_bytes=%d turns=%d ms=%.1f", id, bytes.size(),
+        snap.KvBytes(), snap.turns, SecondsBetween(t0, clock_->Now()) * 1e3));
+  }
+  Evict(id, SessionEnd::kMoved);
+  return true;
+}
+
+Scheduler::Admission Scheduler::RestoreSession(Job& job, const absl::Status& lookup,
+                                               absl::Status* why) {
+  SessionStore* store = options_.session_store;
+  const std::string& id = job.session_id;
+  if (store == nullptr || lookup.code() != absl::StatusCode::kNotFound) {
+    *why = lookup;
+    return Admission::kAnswered;
+  }
+  const auto t0 = clock_->Now();
+  auto bytes = store->Take(id);
+  if (!bytes.ok()) {
+    *why = bytes.status().code() == absl::StatusCode::kNotFound
+               ? absl::NotFoundError(absl::StrCat(
+                     lookup.message(),
+                     "; the session store has no snapshot of it either (a session moves only when "
+                     "the replica holding it stops cleanly: it is lost with one that does not)"))
+               : bytes.status();
+    return Admission::kAnswered;
+  }
+  auto reject = [&](const absl::Status& s) {
+    store->Reject(id, *bytes, std::string(s.message()));
+    if (metrics_) {
+      metrics_->CountSessionMove("rejected");
+      metrics_->LogEvent(absl::StrCat("event=session_restore_rejected session=", id,
+                                      " error=\"", s.ToString(), "\""));
+    }
+    *why = absl::Status(s.code(), absl::StrCat("session ", id, ": ", s.message()));
+    return Admission::kAnswered;
+  };
+  auto snap = DecodeSnapshot(*bytes, options_.model_fingerprint);
+  if (!snap.ok()) return reject(snap.status());
+  if (snap->session_id != id) {
+    return reject(absl::FailedPreconditionError(absl::StrCat(
+        "the snapshot stored under this id is of session ", snap->session_id)));
+  }
+  const auto& pool = pipeline_->pool().options();
+  const int layers = pipeline_->model().config().text.num_hidden_layers;
+  if (static_cast<int>(snap->layers.size()) != layers ||
+      snap->layers[0].first.size(0) != pool.kv_heads ||
+      snap->layers[0].first.size(2) != pool.head_dim) {
+    return reject(absl::FailedPreconditionError(
+        "the snapshot's cache geometry (layers, KV heads, head size) is not this model's"));
+  }
+  auto put_back = [&] { (void)store->Put(id, *bytes); };
+  if (snap->owner_digest != (job.owner.empty() ? "" : Sha256Hex(job.owner))) {
+    put_back();  // it stays for its owner
+    *why = absl::PermissionDeniedError(absl::StrCat("session ", id, " belongs to another caller"));
+    return Admission::kAnswered;
+  }
+  while (sessions_.Full()) {
+    const std::string lru = sessions_.LeastRecentlyUsedIdle();
+    if (lru.empty()) {
+      put_back();
+      *why = absl::ResourceExhaustedError(absl::StrCat(
+          "all ", sessions_.size(), " sessions are busy; retry later"));
+      return Admission::kAnswered;
+    }
+    Evict(lru, SessionEnd::kMaxSessions);
+  }
+  int64_t pages = 0;
+  for (const auto& [k, v] : snap->layers) pages += (k.size(1) + pool.page_tokens - 1) / pool.page_tokens;
+  const int64_t need = pages + generator_->PagesToFinish();
+  if (need > pipeline_->pool().free_pages() && !EvictFor(need)) {
+    put_back();
+    return Admission::kWait;
+  }
+  std::vector<std::pair<at::Tensor, at::Tensor>> kv;
+  for (auto& [k, v] : snap->layers) {
+    kv.emplace_back(k.to(pool.device, pool.dtype), v.to(pool.device, pool.dtype));
+  }
+  auto seq = generator_->Restore(kv);
+  if (!seq.ok()) {
+    put_back();
+    *why = seq.status();
+    return Admission::kAnswered;
+  }
+  Session s;
+  s.seq = *seq;
+  s.owner = job.owner;
+  s.policy = snap->policy;
+  s.next_pos = snap->next_pos;
+  s.last_token = snap->last_token;
+  s.turns = snap->turns;
+  s.visual_tokens = snap->visual_tokens;
+  s.has_prefix = snap->has_prefix;
+  s.history = std::move(snap->history);
+  if (auto inserted = sessions_.Insert(std::move(s), id); !inserted.ok()) {
+    generator_->Close(*seq);
+    put_back();
+    *why = inserted.status();
+    return Admission::kAnswered;
+  }
+  if (metrics_) {
+    metrics_->CountSessionMove("restored");
+    metrics_->LogEvent(absl::StrFormat(
+        "event=session_restored session=%s bytes=%d turns=%d ms=%.1f", id, bytes->size(),
+        snap->turns, SecondsBetween(t0, clock_->Now()) * 1e3));
+  }
+  return Admission::kStarted;
+}
+
 bool Scheduler::EvictFor(int64_t pages) {
   while (pipeline_->pool().free_pages() < pages) {
     const std::string lru = sessions_.LeastRecentlyUsedIdle();
@@ -219,6 +376,31 @@ void Scheduler::AnswerSessionCall(const std::shared_ptr<Job>& job) {
   StreamEvent e;
   e.final = true;
   auto s = sessions_.Find(job->session_id, job->owner);
+  if (!s.ok() && options_.session_store != nullptr &&
+      s.status().code() == absl::StatusCode::kNotFound) {
+    // Not held here: it may wait in the session store. A read brings it back; a deletion drops
+    // the snapshot.
+    if (job->kind == Job::Kind::kDeleteSession) {
+      auto taken = options_.session_store->Take(job->session_id);
+      if (taken.ok()) {
+        if (metrics_) metrics_->CountSessionLookup(true);
+        job->channel->Push(std::move(e));
+        return;
+      }
+    } else {
+      absl::Status why;
+      const Admission restored = RestoreSession(*job, s.status(), &why);
+      if (restored == Admission::kStarted) {
+        s = sessions_.Find(job->session_id, job->owner);
+      } else {
+        s = restored == Admission::kWait
+                ? absl::ResourceExhaustedError(
+                      "the session is in the session store and the KV pool has no room for it "
+                      "now; retry")
+                : why;
+      }
+    }
+  }
   if (metrics_) metrics_->CountSessionLookup(s.ok());
   if (!s.ok()) {
     e.status = s.status();
@@ -334,6 +516,19 @@ Scheduler::Admission Scheduler::StartPrepared(const std::shared_ptr<Job>& job) {
 
 Scheduler::Admission Scheduler::StartTurn(const std::shared_ptr<Job>& job) {
   auto found = sessions_.Find(job->session_id, job->owner);
+  if (!found.ok() && options_.session_store != nullptr &&
+      found.status().code() == absl::StatusCode::kNotFound) {
+    // Not held here: continue it from the session store, where a replica that stopped left it.
+    absl::Status why;
+    const Admission restored = RestoreSession(*job, found.status(), &why);
+    if (restored == Admission::kWait) return restored;
+    if (restored == Admission::kAnswered) {
+      if (metrics_) metrics_->CountSessionLookup(false);
+      Fail(*job, why);
+      return restored;
+    }
+    found = sessions_.Find(job->session_id, job->owner);
+  }
   // A turn that waits for pages is looked up again; it is counted once, when it is answered or
   // started.
   absl::Status st = found.status();
@@ -459,6 +654,7 @@ void Scheduler::FinishOpening(Active& a, const SequenceResult& res) {
   e.final = true;
   e.session = View(id, slot);
   e.queue_seconds = SecondsBetween(job.enqueued, a.admitted);
+  if (moving_) SaveSession(id);  // opened during the drain: it goes on elsewhere
   job.channel->Push(std::move(e));
 }
 
@@ -487,6 +683,9 @@ void Scheduler::FinishTurn(Active& a, const SequenceResult& res) {
   s.turns += 1;
   s.busy = false;
   s.last_used = clock_->Now();
+  // During the drain the session leaves as soon as its turn ends, before its caller hears the
+  // end, so that the next turn finds it in the store.
+  if (moving_) SaveSession(job.session_id);
 }
 
 int Scheduler::FinishSequences() {
@@ -552,7 +751,7 @@ void Scheduler::Run() {
       // Jobs that waited for pages are retried at once when sequences finished.
       auto ready = [&] {
         return stop_ || !inbox_.empty() || generator_->HasRunning() ||
-               (freed && !waiting.empty());
+               (freed && !waiting.empty()) || (moving_ && !moved_idle_);
       };
       if (sessions_.empty() && waiting.empty()) {
         cv_.wait(lock, ready);
@@ -566,6 +765,14 @@ void Scheduler::Run() {
       }
     }
     const size_t sessions_before = sessions_.size();
+    if (moving_ && !moved_idle_) {
+      moved_idle_ = true;
+      std::vector<std::string> idle;
+      for (const auto& [id, session] : sessions_.all()) {
+        if (!session.busy) idle.push_back(id);
+      }
+      for (const auto& id : idle) SaveSession(id);
+    }
     ExpireIdle();
     Admit(waiting);
     CheckCancellations();
@@ -593,6 +800,16 @@ void Scheduler::Shutdown(std::deque<std::shared_ptr<Job>>& waiting) {
   }
   generator_->TakeFinished();
   active_.clear();
+  if (options_.session_store != nullptr) {
+    // Whatever the drain did not hand over yet (a stop without MoveSessions, or sessions opened
+    // late) is saved now; a session whose turn was cancelled just above is not (its turn is
+    // half-fed) and ends here.
+    std::vector<std::string> idle;
+    for (const auto& [id, session] : sessions_.all()) {
+      if (!session.busy) idle.push_back(id);
+    }
+    for (const auto& id : idle) SaveSession(id);
+  }
   for (const auto& [id, s] : sessions_.all()) generator_->Close(s.seq);
   while (!sessions_.empty()) sessions_.Remove(sessions_.all().begin()->first, SessionEnd::kDeleted);
   for (auto& j : waiting) {

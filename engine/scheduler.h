@@ -34,6 +34,7 @@
 #include "engine/media_workers.h"
 #include "engine/metrics_sink.h"
 #include "engine/request.h"
+#include "engine/session_snapshot.h"
 #include "engine/session_table.h"
 
 namespace vlc::engine {
@@ -103,6 +104,11 @@ struct SchedulerOptions {
   int64_t prefill_chunk_tokens = 512;  // prompt tokens prefilled per step; 0: whole prompts
   const Clock* clock = nullptr;        // null: Clock::Steady()
   MetricsSink* metrics = nullptr;      // null: nothing is reported
+  // Where sessions go when this scheduler hands them over (MoveSessions) and where a turn for a
+  // session it does not hold looks for it (engine/session_snapshot.h); null: a session ends with
+  // its scheduler. Snapshots carry `model_fingerprint`, and only matching ones are restored.
+  SessionStore* session_store = nullptr;
+  std::string model_fingerprint;
 };
 
 class Scheduler {
@@ -116,6 +122,11 @@ class Scheduler {
   void Stop();
   // Sessions held now (any thread).
   int64_t num_sessions() const { return sessions_.count(); }
+  // The drain's hand-over (any thread; needs a session store): from now on every session is
+  // saved to the store and leaves this scheduler, idle ones at once, busy ones as their turn ends
+  // (before its caller hears the end), new ones as their opening ends, so another replica can
+  // continue each. Sessions that cannot be saved stay (and end with the process).
+  void MoveSessions();
 
   // RESOURCE_EXHAUSTED when max_queue jobs wait already; UNAVAILABLE once stopped.
   absl::Status Submit(std::shared_ptr<Job> job);
@@ -154,6 +165,13 @@ class Scheduler {
   // Frees idle sessions, least recently used first, until `pages` are free; false if impossible.
   bool EvictFor(int64_t pages);
   void Evict(const std::string& id, SessionEnd why);
+  // Saves a session that is not busy to the store and removes it; false (it stays) on failure.
+  bool SaveSession(const std::string& id);
+  // A session call for a session this scheduler lacks: brings it back from the store. kStarted:
+  // it is in the table now; kAnswered: the job failed with `*why` (no snapshot: the lookup's own
+  // NOT_FOUND, extended; a snapshot that cannot be restored: FAILED_PRECONDITION; another
+  // caller's: PERMISSION_DENIED); kWait: the pool lacks its pages now.
+  Admission RestoreSession(Job& job, const absl::Status& lookup, absl::Status* why);
   void ExpireIdle();
   void Fail(Job& job, absl::Status status);
   void Answered();  // a job left the queue
@@ -177,6 +195,8 @@ class Scheduler {
   std::atomic<int64_t> pending_{0};
   std::atomic<int64_t> running_count_{0};
   std::vector<std::unique_ptr<Active>> active_;
+  std::atomic<bool> moving_{false};  // MoveSessions was called
+  bool moved_idle_ = false;          // the engine thread saved the idle sessions since
 };
 
 }  // namespace vlc::engine

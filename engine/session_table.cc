@@ -24,6 +24,7 @@ const char* SessionEndName(SessionEnd why) {
     case SessionEnd::kKvPages: return "kv_pages";
     case SessionEnd::kMaxSessions: return "max_sessions";
     case SessionEnd::kFailed: return "failed";
+    case SessionEnd::kMoved: return "moved";
   }
   return "unknown";
 }
@@ -80,6 +81,11 @@ kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
     case SessionEnd::kFailed:
       message = absl::StrCat("session ", id, " ended when its turn failed: ", detail);
       break;
+    case SessionEnd::kMoved:
+      message = absl::StrCat("session ", id,
+                             " moved to the session store as this replica stopped; another "
+                             "replica continues it");
+      break;
     default:
       message = absl::StrCat("session ", id, " was evicted (", SessionEndName(why),
                              "): the server needed its room; create a new session");
@@ -90,7 +96,7 @@ kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
     gone_.erase(gone_order_.front());
     gone_order_.pop_front();
   }
-  if (why != SessionEnd::kDeleted && why != SessionEnd::kFailed) {
+  if (why != SessionEnd::kDeleted && why != SessionEnd::kFailed && why != SessionEnd::kMoved) {
     if (metrics_) {
       metrics_->LogEvent(absl::StrFormat("event=session_evicted session=%s reason=%s idle_s=%.1f",
                                          id, SessionEndName(why), idle));

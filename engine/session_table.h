@@ -32,8 +32,9 @@ struct Session {
   std::vector<int> history;  // every id fed so far, opening included, in order
 };
 
-// Why a session left (counted as vlcache_session_evictions_total{reason}, except kDeleted).
-enum class SessionEnd { kDeleted, kTtl, kKvPages, kMaxSessions, kFailed };
+// Why a session left (counted as vlcache_session_evictions_total{reason}, except kDeleted,
+// kFailed and kMoved: saved to the session store for another replica to continue).
+enum class SessionEnd { kDeleted, kTtl, kKvPages, kMaxSessions, kFailed, kMoved };
 const char* SessionEndName(SessionEnd why);
 
 struct SessionTableOptions {

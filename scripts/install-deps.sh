@@ -15,6 +15,7 @@ PACKAGES=(
   libboost-math-dev libeigen3-dev            # data quality: chi-squared p-values, least squares
   libsqlite3-dev                             # data quality: the AVH history store (dq/store.h)
   libcpp-httplib-dev                         # the Open Inference Protocol's HTTP/REST binding
+  libssl-dev zlib1g-dev                      # session snapshots: SHA-256, CRC-32
   # the gRPC service
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libyaml-cpp-dev

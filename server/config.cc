@@ -233,6 +233,12 @@ std::vector<OptionSpec> Options() {
       "--session-ttl-seconds", "Idle sessions expire after this many seconds",
       +[](ServerConfig& c) -> double& { return c.session_ttl_seconds; }, 0,
       std::numeric_limits<double>::infinity()));
+  o.push_back(StringOption(
+      "--session-store", "DIR",
+      "Directory (a volume the replicas share) where sessions are saved when the server stops "
+      "and from which a replica continues a session it does not hold; empty: sessions end with "
+      "the process",
+      +[](ServerConfig& c) -> std::string& { return c.session_store; }, nullptr));
   o.push_back(DoubleOption(
       "--drain-timeout",
       "Seconds the calls in flight at SIGTERM may take to finish (new ones are refused)",

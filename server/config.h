@@ -27,6 +27,7 @@ struct ServerConfig {
   int max_sessions = 256;                   // --max-sessions
   double session_ttl_seconds = 600;         // --session-ttl-seconds: idle sessions expire
   double drain_timeout_seconds = 30;        // --drain-timeout: calls in flight at SIGTERM finish
+  std::string session_store;                // --session-store: directory of session snapshots
   int media_workers = 0;                    // --media-workers: 0 = half the cores (1 to 4)
   // The engine's options: limits, KV cache, default policy (see engine/pipeline.h).
   engine::PipelineOptions pipeline;         // --device, --dtype, --kv-cache-bytes,

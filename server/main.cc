@@ -25,6 +25,7 @@
 #include "server/config.h"
 #include "server/data_quality_service.h"
 #include "engine/scheduler.h"
+#include "engine/session_snapshot.h"
 #include "server/http_gateway.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
@@ -123,6 +124,16 @@ int main(int argc, char** argv) {
           std::make_unique<server::TelemetryWatch>(dq_store.get(), metrics.get(), watch_options);
       if (metrics) metrics->DeclareDqPipeline(server::kRequestsPipeline);
     }
+  }
+  // Sessions saved at the drain and continued from here by any replica sharing the directory.
+  std::unique_ptr<engine::DirectorySessionStore> session_store;
+  if (!config.session_store.empty()) {
+    auto store = engine::DirectorySessionStore::Open(config.session_store);
+    if (!store.ok()) {
+      std::cerr << "error: --session-store: " << store.status().message() << "\n";
+      return 2;
+    }
+    session_store = std::move(*store);
   }
   // Admits calls until SIGTERM starts the drain.
   server::DrainGate gate;
@@ -227,6 +238,17 @@ int main(int argc, char** argv) {
     so.media_workers = config.media_workers;
     so.prefill_chunk_tokens = config.pipeline.prefill_chunk_tokens;
     so.metrics = metrics.get();
+    if (session_store) {
+      auto fingerprint = engine::ModelFingerprint(config.model_dir);
+      if (!fingerprint.ok()) {
+        std::cerr << "error: " << fingerprint.status().message() << "\n";
+        load_failed = true;
+        ::kill(::getpid(), SIGUSR1);
+        return;
+      }
+      so.session_store = session_store.get();
+      so.model_fingerprint = *fingerprint;
+    }
     scheduler = std::make_unique<engine::Scheduler>(pipeline.get(), so);
     scheduler->Start();
     service.Attach(pipeline.get(), scheduler.get());
@@ -254,6 +276,9 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   }
   loader.join();
+  // With a session store, sessions leave for it now (idle ones at once, the others as their turn
+  // ends), so that the replicas taking this one's traffic continue them during the drain.
+  scheduler->MoveSessions();
   // The drain: calls already admitted (streaming, queued, or on their way to the engine) run to
   // their end, up to --drain-timeout; new ones were refused from the signal on. A second signal
   // ends the wait.
@@ -276,8 +301,13 @@ int main(int argc, char** argv) {
     spdlog::warn("event=drain_incomplete calls_in_flight={} (stopped: they end UNAVAILABLE)",
                  gate.in_flight());
   }
-  spdlog::info("event=drained sessions_held={} (their KV caches end with the process)",
-               scheduler->num_sessions());
+  if (session_store) {
+    spdlog::info("event=drained sessions_held={} (saved to {} unless busy)",
+                 scheduler->num_sessions(), config.session_store);
+  } else {
+    spdlog::info("event=drained sessions_held={} (their KV caches end with the process)",
+                 scheduler->num_sessions());
+  }
   scheduler->Stop();  // answers every request still waiting or running
   if (http) http->Stop();  // its calls went through the gate above: none is left running
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

@@ -163,6 +163,7 @@ struct Metrics::Impl {
   Family<Counter>* kv_bytes = nullptr;
   Counter* session_hits = nullptr;
   Counter* session_misses = nullptr;
+  Family<Counter>* session_moves = nullptr;
   Family<Counter>* dq_checks = nullptr;
   Family<Counter>* dq_violations = nullptr;
 
@@ -345,6 +346,15 @@ struct Metrics::Impl {
                         .Register(r);
     session_hits = &lookups.Add({{"result", "hit"}});
     session_misses = &lookups.Add({{"result", "miss"}});
+    session_moves = &prometheus::BuildCounter()
+                         .Name("vlcache_session_moves_total")
+                         .Help("Sessions saved to the session store as the server stopped "
+                               "(saved), continued from it (restored), and snapshots that could "
+                               "not be restored (rejected)")
+                         .Register(r);
+    for (const char* result : {"saved", "restored", "rejected"}) {
+      session_moves->Add({{"result", result}});
+    }
     // Pipelines and columns are the users' names, so these series appear with their first check.
     dq_checks = &prometheus::BuildCounter()
                      .Name("vlcache_dq_checks_total")
@@ -443,6 +453,10 @@ void Metrics::SetKvCacheShape(int64_t page_tokens, int64_t pages) {
 void Metrics::CountKvBytes(const std::string& policy, int64_t kept, int64_t full) {
   impl_->kv_bytes->Add({{"policy", policy}, {"state", "kept"}}).Increment(static_cast<double>(kept));
   impl_->kv_bytes->Add({{"policy", policy}, {"state", "full"}}).Increment(static_cast<double>(full));
+}
+
+void Metrics::CountSessionMove(const std::string& result) {
+  impl_->session_moves->Add({{"result", result}}).Increment();
 }
 
 void Metrics::CountSessionLookup(bool hit) {

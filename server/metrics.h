@@ -52,6 +52,7 @@ class Metrics final : public engine::MetricsSink {
   void SetKvCacheShape(int64_t page_tokens, int64_t pages) override;
   void CountKvBytes(const std::string& policy, int64_t kept, int64_t full) override;
   void CountSessionLookup(bool hit) override;
+  void CountSessionMove(const std::string& result) override;
   // vlcache_media_prepare_seconds, vlcache_vision_encoded_pictures_total
   void ObserveMediaPrepared(double seconds, int64_t pictures) override;
   // One log line (spdlog, the server's format).

@@ -10,9 +10,15 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <thread>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "common/fs.h"
 #include "engine/pipeline.h"
+#include "engine/session_snapshot.h"
 #include "tools/make_tiny.h"
 
 namespace vlc::engine {
@@ -23,6 +29,11 @@ using std::chrono::seconds;
 // Records what the scheduler reports.
 class RecordingSink : public MetricsSink {
  public:
+  void CountSessionMove(const std::string& result) override {
+    std::lock_guard<std::mutex> lock(mu);
+    moves.push_back(result);
+  }
+  std::vector<std::string> moves;
   void SetBatchSize(int64_t n) override { max_batch = std::max<int64_t>(max_batch, n); }
   void CountEviction(const std::string& reason) override {
     std::lock_guard<std::mutex> lock(mu);
@@ -336,6 +347,180 @@ TEST_F(SchedulerTest, SessionTurnsFollowTheConfiguredChatTemplate) {
   EXPECT_FALSE(Contains(view.history, tok.Encode("USER: second", false)));
   EXPECT_FALSE(Contains(view.history, tok.Encode(" ASSISTANT:", false)));
   EXPECT_EQ(static_cast<int64_t>(view.history.size()), view.logical_length);
+}
+
+// ---- sessions that move between schedulers (replicas) through a session store
+
+class SessionMoveTest : public SchedulerTest {
+ protected:
+  void SetUp() override {
+    store_dir_ = *dir_ + "/store-" + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    auto store = DirectorySessionStore::Open(store_dir_);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    auto fingerprint = ModelFingerprint(*dir_ + "/model");
+    ASSERT_TRUE(fingerprint.ok()) << fingerprint.status();
+    fingerprint_ = *fingerprint;
+  }
+  // A replica: a scheduler on a freshly loaded pipeline, sharing the store.
+  void StartReplica(const std::string& policy, const std::string& fingerprint = "") {
+    if (scheduler_) scheduler_->Stop();
+    scheduler_.reset();
+    PipelineOptions po;
+    po.cache_policy.name = policy;
+    po.cache_policy.budget = 0.1;
+    SchedulerOptions so;
+    so.session_store = store_.get();
+    so.model_fingerprint = fingerprint.empty() ? fingerprint_ : fingerprint;
+    StartEngine(po, so);
+  }
+  // The ids a turn generated, in order, and its status.
+  absl::Status TurnIds(const std::string& session, const std::string& prompt, int max_new,
+                       std::vector<int>* ids, const std::string& owner = "") {
+    GenerateRequest r;
+    r.prompt = prompt;
+    r.sampling.max_new_tokens = max_new;
+    r.sampling.ignore_eos = true;
+    auto job = std::make_shared<Job>();
+    job->kind = Job::Kind::kSessionGenerate;
+    job->request = r;
+    job->session_id = session;
+    job->owner = owner;
+    EXPECT_TRUE(scheduler_->Submit(job).ok());
+    for (int i = 0; i < 600; ++i) {
+      StreamEvent e;
+      if (!job->channel->Pop(&e, std::chrono::milliseconds(100))) continue;
+      ids->insert(ids->end(), e.token_ids.begin(), e.token_ids.end());
+      if (e.final) return e.status;
+    }
+    return absl::DeadlineExceededError("no final event within a minute");
+  }
+  // Hands the sessions over and waits (bounded) until the scheduler holds none.
+  void MoveAndStop() {
+    scheduler_->MoveSessions();
+    for (int i = 0; i < 600 && scheduler_->num_sessions() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(scheduler_->num_sessions(), 0);
+    scheduler_->Stop();
+  }
+  std::string SnapshotPath(const std::string& id) const {
+    return store_dir_ + "/" + id + ".vlcsnap";
+  }
+
+  std::string store_dir_;
+  std::unique_ptr<DirectorySessionStore> store_;
+  std::string fingerprint_;
+};
+
+TEST_F(SessionMoveTest, AMovedSessionContinuesTokenForTokenAsIfItHadStayed) {
+  for (const std::string policy : {"full", "vlcache"}) {
+    SCOPED_TRACE(policy);
+    // The conversation on one replica.
+    StartReplica(policy);
+    const std::string stay = CreateSession(3);
+    std::vector<int> first, reference;
+    ASSERT_TRUE(TurnIds(stay, "what is it?", 5, &first).ok());
+    ASSERT_TRUE(TurnIds(stay, "and then?", 8, &reference).ok());
+    // The same conversation, its replica stopping between the turns.
+    const std::string moving = CreateSession(3);
+    std::vector<int> first_again, moved;
+    ASSERT_TRUE(TurnIds(moving, "what is it?", 5, &first_again).ok());
+    EXPECT_EQ(first_again, first);
+    MoveAndStop();
+    EXPECT_TRUE(std::filesystem::exists(SnapshotPath(moving)));
+    StartReplica(policy);  // another replica: nothing in memory, the same store
+    ASSERT_TRUE(TurnIds(moving, "and then?", 8, &moved).ok());
+    EXPECT_EQ(moved, reference) << "a greedy turn after the move equals the turn without it";
+    EXPECT_FALSE(std::filesystem::exists(SnapshotPath(moving))) << "a restore takes the snapshot";
+    SessionView view;
+    ASSERT_TRUE(GetSession(moving, &view).ok());
+    EXPECT_EQ(view.turns, 2);
+    EXPECT_EQ(view.policy, policy);
+  }
+  std::lock_guard<std::mutex> lock(sink_.mu);
+  EXPECT_EQ(std::count(sink_.moves.begin(), sink_.moves.end(), "restored"), 2);
+}
+
+TEST_F(SessionMoveTest, BadSnapshotsAreRefusedWithTheReasonAndSetAside) {
+  StartReplica("vlcache");
+  const std::string a = CreateSession(1), b = CreateSession(2), c = CreateSession(3);
+  const std::string d = CreateSession(4);
+  MoveAndStop();
+  auto read = [&](const std::string& id) {
+    std::ifstream f(SnapshotPath(id), std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  auto write = [&](const std::string& id, const std::string& bytes) {
+    std::ofstream(SnapshotPath(id), std::ios::binary) << bytes;
+  };
+  std::string corrupt = read(a);
+  corrupt[corrupt.size() / 2] ^= 0x5a;
+  write(a, corrupt);
+  const std::string truncated = read(b);
+  write(b, truncated.substr(0, truncated.size() / 3));
+  StartReplica("vlcache", std::string(64, 'f'));  // another model
+  std::vector<int> ids;
+  absl::Status s = TurnIds(a, "hi", 2, &ids);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("checksum does not match"), std::string::npos) << s;
+  s = TurnIds(b, "hi", 2, &ids);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("checksum"), std::string::npos) << s;
+  s = TurnIds(c, "hi", 2, &ids);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("taken of another model"), std::string::npos) << s;
+  // Each was set aside with its reason; none is offered again.
+  int rejected = 0;
+  for (const auto& e : std::filesystem::directory_iterator(store_dir_ + "/rejected")) {
+    rejected += e.path().extension() == ".why";
+  }
+  EXPECT_EQ(rejected, 3);
+  s = TurnIds(a, "hi", 2, &ids);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  // The scheduler goes on serving; the intact snapshot waits for its own model.
+  EXPECT_TRUE(Final(Submit(Job::Kind::kGenerate, ImageRequest(5, 2))).status.ok());
+  StartReplica("vlcache");
+  EXPECT_TRUE(TurnIds(d, "hi", 2, &ids).ok());
+}
+
+TEST_F(SessionMoveTest, OwnersMissesAndDeletionsOfStoredSessions) {
+  StartReplica("full");
+  auto open = std::make_shared<Job>();
+  open->kind = Job::Kind::kCreateSession;
+  open->request.media.images = {Png(1)};
+  open->request.session_opening = true;
+  open->owner = "token-of-alice";
+  ASSERT_TRUE(scheduler_->Submit(open).ok());
+  const StreamEvent opened = Final(open);
+  ASSERT_TRUE(opened.status.ok()) << opened.status;
+  const std::string alices = opened.session.id;
+  const std::string other = CreateSession(2);
+  MoveAndStop();
+  // The snapshot names its owner by a digest, never by the token itself.
+  {
+    std::ifstream f(SnapshotPath(alices), std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    EXPECT_EQ(ss.str().find("token-of-alice"), std::string::npos);
+  }
+  StartReplica("full");
+  std::vector<int> ids;
+  absl::Status s = TurnIds(alices, "hi", 2, &ids, "token-of-bob");
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(std::filesystem::exists(SnapshotPath(alices))) << "it stays for its owner";
+  EXPECT_TRUE(TurnIds(alices, "hi", 2, &ids, "token-of-alice").ok());
+  // Deleting a stored session drops its snapshot.
+  EXPECT_TRUE(Final(Submit(Job::Kind::kDeleteSession, {}, other)).status.ok());
+  EXPECT_FALSE(std::filesystem::exists(SnapshotPath(other)));
+  // A session neither held nor stored: NOT_FOUND that says the store was asked too.
+  s = TurnIds(other, "hi", 2, &ids);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  s = TurnIds("never-made", "hi", 2, &ids);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("session store has no snapshot"), std::string::npos) << s;
 }
 
 TEST_F(SchedulerTest, AStoppedSchedulerAnswersEveryJobUnavailable) {

@@ -82,7 +82,13 @@ TEST_F(LoadtestTest, CountsAndTimingsAgreeWithTheServer) {
     // The client's first token comes after the server's (it also waits for the network and for
     // the request's conversion), and within the request's own end-to-end time.
     const double client = r["ttft_s"], server = r["server_ttft_s"], e2e = r["e2e_s"];
-    EXPECT_GE(client, 0.0);
+    if (client < 0) {
+      // The random model's greedy answer can be the end token alone (batch composition moves
+      // its close logits): no text arrived, so there is no first token to time.
+      EXPECT_EQ(r["output_tokens"], 1) << r.dump();
+      EXPECT_EQ(r["text"], "") << r.dump();
+      continue;
+    }
     EXPECT_GE(client + 0.005, server) << r.dump();
     EXPECT_LE(client, e2e);
   }

@@ -275,7 +275,11 @@ class ServerProcess {
       return ::testing::AssertionFailure() << "expected a '" << word << "' line, got: " << line;
     }
     const std::string grpc_addr = line.substr(grpc_key.size(), m - grpc_key.size());
-    const std::string metrics_addr = line.substr(m + metrics_key.size());
+    // (Further addresses, " http=...", may follow.)
+    const size_t metrics_end = line.find(' ', m + metrics_key.size());
+    const std::string metrics_addr = line.substr(
+        m + metrics_key.size(),
+        metrics_end == std::string::npos ? std::string::npos : metrics_end - m - metrics_key.size());
     for (const std::string& addr : {grpc_addr, metrics_addr}) {
       const size_t colon = addr.rfind(':');
       if (colon == std::string::npos || std::atoi(addr.c_str() + colon + 1) <= 0) {

@@ -428,6 +428,48 @@ TEST_F(SessionServerTest, DeletedAndUnknownSessionsAreNotFound) {
   EXPECT_EQ(r.token_ids, first.token_ids) << "the same first turn on the same media";
 }
 
+// Two replicas sharing a session store: a session whose server stops (SIGTERM) continues on the
+// other, token for token as if it had stayed; one whose server is killed is gone, and says so.
+TEST_F(SessionServerTest, ASessionMovesToAnotherReplicaWhenItsServerStops) {
+  const std::string store = *dir_ + "/sessions";
+  const std::vector<std::string> flags = {"--session-store", store};
+  ServerProcess a, b;
+  ASSERT_TRUE(a.Start(*dir_ + "/model", flags));
+  ASSERT_TRUE(b.Start(*dir_ + "/model", flags));
+  // The reference conversation stays on b; the other starts on a.
+  pb::SessionInfo stays, moves;
+  ASSERT_TRUE(CreateSession(b.stub(), SessionRequest(6), &stays).ok());
+  ASSERT_TRUE(CreateSession(a.stub(), SessionRequest(6), &moves).ok());
+  const StreamResult ref1 = Turn(b.stub(), stays.session_id(), kTurns[0]);
+  const StreamResult moved1 = Turn(a.stub(), moves.session_id(), kTurns[0]);
+  ASSERT_TRUE(ref1.status.ok() && moved1.status.ok()) << Describe(moved1.status);
+  EXPECT_EQ(moved1.token_ids, ref1.token_ids);
+  a.Stop();  // the drain saves its session to the store
+  for (int turn = 1; turn < 3; ++turn) {
+    const StreamResult ref = Turn(b.stub(), stays.session_id(), kTurns[turn]);
+    const StreamResult moved = Turn(b.stub(), moves.session_id(), kTurns[turn]);
+    ASSERT_TRUE(ref.status.ok()) << Describe(ref.status);
+    ASSERT_TRUE(moved.status.ok()) << Describe(moved.status);
+    EXPECT_EQ(moved.token_ids, ref.token_ids) << "turn " << turn;
+    EXPECT_EQ(moved.usage.kv_bytes_kept(), ref.usage.kv_bytes_kept());
+  }
+  pb::SessionInfo info;
+  ASSERT_TRUE(GetSession(b.stub(), moves.session_id(), &info).ok());
+  EXPECT_EQ(info.turns(), 3);
+  EXPECT_EQ(info.kv_policy(), "vlcache");
+  const std::string metrics = b.Metrics();
+  EXPECT_EQ(SumSamples(metrics, "vlcache_session_moves_total", {"result=\"restored\""}), 1);
+
+  // A replica that dies without its drain takes its sessions with it; the next one says so.
+  b.Signal(SIGKILL);
+  b.WaitExit(std::chrono::seconds(30));
+  ServerProcess c;
+  ASSERT_TRUE(c.Start(*dir_ + "/model", flags));
+  ExpectGone(c.stub(), stays.session_id(), "session store has no snapshot");
+  c.Stop();
+  RemoveTree(store);
+}
+
 TEST_F(SessionServerTest, SessionsBelongToTheTokenThatCreatedThem) {
   const std::string tokens = *dir_ + "/tokens";
   WriteFile(tokens, "alpha\nbeta\n");
