@@ -37,8 +37,8 @@ class MetricsSink {
   virtual void CountKvBytes(const std::string& policy, int64_t kept, int64_t full) {}
   // A call naming a session found it (a hit) or not (a miss: unknown, expired or evicted).
   virtual void CountSessionLookup(bool hit) {}
-  // A session that left for the session store ("saved"), came back from it ("restored"), or whose
-  // snapshot could not be restored ("rejected").
+  // A session that left for the session store ("saved"), came back from it ("restored"), was
+  // deleted while there ("dropped"), or whose snapshot could not be restored ("rejected").
   virtual void CountSessionMove(const std::string& result) {}
   // A request's media prepared on a worker: decode, preprocess and vision tower.
   virtual void ObserveMediaPrepared(double seconds, int64_t pictures) {}

@@ -202,6 +202,18 @@ void Scheduler::Evict(const std::string& id, SessionEnd why) {
   if (seq >= 0) generator_->Close(seq);
 }
 
+namespace {
+
+// A session neither held here nor in the store: the lookup's NOT_FOUND, saying so.
+absl::Status NotInStore(const absl::Status& lookup) {
+  return absl::NotFoundError(absl::StrCat(
+      lookup.message(),
+      "; the session store has no snapshot of it either (a session moves only when the replica "
+      "holding it stops cleanly: it is lost with one that does not)"));
+}
+
+}  // namespace
+
 void Scheduler::MoveSessions() {
   if (options_.session_store == nullptr) return;
   {
@@ -269,12 +281,8 @@ Scheduler::Admission Scheduler::RestoreSession(Job& job, const absl::Status& loo
   const auto t0 = clock_->Now();
   auto bytes = store->Take(id);
   if (!bytes.ok()) {
-    *why = bytes.status().code() == absl::StatusCode::kNotFound
-               ? absl::NotFoundError(absl::StrCat(
-                     lookup.message(),
-                     "; the session store has no snapshot of it either (a session moves only when "
-                     "the replica holding it stops cleanly: it is lost with one that does not)"))
-               : bytes.status();
+    *why = bytes.status().code() == absl::StatusCode::kNotFound ? NotInStore(lookup)
+                                                                : bytes.status();
     return Admission::kAnswered;
   }
   auto reject = [&](const absl::Status& s) {
@@ -382,8 +390,16 @@ void Scheduler::AnswerSessionCall(const std::shared_ptr<Job>& job) {
     // the snapshot.
     if (job->kind == Job::Kind::kDeleteSession) {
       auto taken = options_.session_store->Take(job->session_id);
+      if (!taken.ok() && taken.status().code() == absl::StatusCode::kNotFound) {
+        s = NotInStore(s.status());
+      }
       if (taken.ok()) {
-        if (metrics_) metrics_->CountSessionLookup(true);
+        if (metrics_) {
+          metrics_->CountSessionLookup(true);
+          metrics_->CountSessionMove("dropped");
+          metrics_->LogEvent(absl::StrCat("event=session_dropped session=", job->session_id,
+                                          " (deleted while in the session store)"));
+        }
         job->channel->Push(std::move(e));
         return;
       }

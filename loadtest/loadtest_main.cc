@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
@@ -132,6 +133,7 @@ struct Options {
   int image_size = 0;
   uint64_t seed = 1;
   double request_timeout = 300;
+  int retries = 0;
   std::string slo_spec;
   std::string metrics;
   std::string json_path, records_path, plot_path;
@@ -258,8 +260,23 @@ class Run {
   }
 
   // A Generate (session_id empty) or the turn `turn` of a session; `then(ok)` runs after.
+  // The wait before retry `attempt` (0-based) of a call that ended UNAVAILABLE: 50 ms doubling,
+  // at most 2 s, with up to 50% jitter so that retries of one failure spread out.
+  Clock::duration Backoff(int attempt) {
+    const double base = std::min(2.0, 0.05 * std::pow(2.0, attempt));
+    return FromSeconds(base * std::uniform_real_distribution<double>(0.5, 1.0)(rng_));
+  }
+  // UNAVAILABLE (a replica draining, or none reachable), or a stream a proxy reset because the
+  // replica behind it died mid-answer (nginx resets it: INTERNAL "Received RST_STREAM").
+  bool Retry(const grpc::Status& status, int attempt) const {
+    const bool reset = status.error_code() == grpc::StatusCode::INTERNAL &&
+                       status.error_message().find("RST_STREAM") != std::string::npos;
+    return (status.error_code() == grpc::StatusCode::UNAVAILABLE || reset) &&
+           attempt < o_.retries;
+  }
+
   void Stream(int unit, const Task* task, int turn, const std::string& session_id,
-              std::function<void(bool)> then) {
+              std::function<void(bool)> then, int attempt = 0) {
     auto timing = std::make_shared<Timing>();
     const int key = next_call_++;
     auto on_response = [timing](const vlcache::v1::GenerateResponse& r) {
@@ -282,12 +299,20 @@ class Run {
     RequestRecord rec = NewRecord(session_id.empty() ? "Generate" : "SessionGenerate", unit,
                                   task, turn);
     rec.expected = task->turns[turn].answer;
-    auto on_done = [this, key, timing, rec = std::move(rec),
-                    then = std::move(then)](const grpc::Status& status) mutable {
+    rec.retries = attempt;
+    auto on_done = [this, key, timing, rec = std::move(rec), then = std::move(then), unit, task,
+                    turn, session_id, attempt](const grpc::Status& status) mutable {
       const auto end = Clock::now();
-      loop_.Post([this, key, timing, end, status, rec = std::move(rec),
-                  then = std::move(then)]() mutable {
+      loop_.Post([this, key, timing, end, status, rec = std::move(rec), then = std::move(then),
+                  unit, task, turn, session_id, attempt]() mutable {
         calls_.erase(key);
+        if (Retry(status, attempt)) {
+          loop_.At(Clock::now() + Backoff(attempt),
+                   [this, unit, task, turn, session_id, then = std::move(then), attempt]() mutable {
+                     Stream(unit, task, turn, session_id, std::move(then), attempt + 1);
+                   });
+          return;
+        }
         SetStatus(status, &rec);
         rec.ttft_s = timing->first;
         rec.e2e_s = Seconds(timing->sent, end);
@@ -316,16 +341,22 @@ class Run {
     }
   }
 
-  void CreateSession(int unit, const Task* task) {
+  void CreateSession(int unit, const Task* task, int attempt = 0) {
     const auto sent = Clock::now();
     RequestRecord rec = NewRecord("CreateSession", unit, task, 0);
+    rec.retries = attempt;
     client_->StartCreateSession(
         task->create, CallOpts(),
-        [this, unit, task, sent, rec = std::move(rec)](grpc::Status status,
-                                                        vlcache::v1::SessionInfo info) mutable {
+        [this, unit, task, sent, attempt, rec = std::move(rec)](
+            grpc::Status status, vlcache::v1::SessionInfo info) mutable {
           const auto end = Clock::now();
-          loop_.Post([this, unit, task, sent, end, status, id = info.session_id(),
+          loop_.Post([this, unit, task, sent, end, status, attempt, id = info.session_id(),
                       rec = std::move(rec)]() mutable {
+            if (Retry(status, attempt)) {
+              loop_.At(Clock::now() + Backoff(attempt),
+                       [this, unit, task, attempt] { CreateSession(unit, task, attempt + 1); });
+              return;
+            }
             SetStatus(status, &rec);
             rec.e2e_s = Seconds(sent, end);
             Add(std::move(rec));
@@ -646,6 +677,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--request-timeout", o.request_timeout, "Deadline of each call, seconds")
       ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--retries", o.retries,
+                 "Retries of a call that ends UNAVAILABLE (a replica draining or gone) or whose "
+                 "stream a proxy reset (its replica died mid-answer), after 50 ms, then doubling "
+                 "up to 2 s; a record counts its retries")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--slo", o.slo_spec,
                  "Objectives for the goodput, milliseconds: ttft=MS,tpot=MS,e2el=MS (any subset)");
   app.add_option("--metrics", o.metrics,

@@ -34,7 +34,8 @@ nlohmann::json RequestRecord::ToJson() const {
                       {"code", code},
                       {"error", error},
                       {"start_s", start_s},
-                      {"e2e_s", e2e_s}};
+                      {"e2e_s", e2e_s},
+                      {"retries", retries}};
   if (streamed()) {
     j.update({{"ttft_s", ttft_s},
               {"tpot_s", Tpot(*this)},
@@ -117,10 +118,12 @@ nlohmann::json Summarize(const std::vector<RequestRecord>& records, double durat
     std::vector<double> ttft, tpot;
   };
   std::map<std::string, PerScenario> scenarios;
-  int completed = 0, streamed = 0, good = 0, known = 0, correct = 0;
+  int completed = 0, streamed = 0, good = 0, known = 0, correct = 0, retries = 0, retried = 0;
   int64_t input_tokens = 0, output_tokens = 0, kv_kept = 0, kv_full = 0;
   for (const auto& r : records) {
     ++calls[r.method][r.code];
+    retries += r.retries;
+    retried += r.retries > 0;
     if (!r.streamed()) continue;
     ++streamed;
     PerScenario& ps = scenarios[r.scenario];
@@ -160,6 +163,8 @@ nlohmann::json Summarize(const std::vector<RequestRecord>& records, double durat
                       {"failed", streamed - completed},
                       {"failed_by_code", failed},
                       {"calls_by_method", calls},
+                      {"retries", retries},
+                      {"calls_retried", retried},
                       {"total_input_tokens", input_tokens},
                       {"total_output_tokens", output_tokens},
                       {"request_throughput", completed / d},

@@ -34,6 +34,7 @@ struct RequestRecord {
   double server_queue_s = 0;
   std::string text;           // the answer
   std::string expected;       // the known answer; "": unknown
+  int retries = 0;            // earlier attempts that ended UNAVAILABLE (--retries)
   bool streamed() const { return method == "Generate" || method == "SessionGenerate"; }
   bool correct() const;       // the answer is known and matches
   nlohmann::json ToJson() const;

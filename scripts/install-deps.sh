@@ -21,6 +21,7 @@ PACKAGES=(
   prometheus-cpp-dev libyaml-cpp-dev
   python3-grpcio python3-protobuf             # the Python client, tested with Debian's python3
   prometheus                                  # a real Prometheus server and promtool, for tests
+  nginx                                       # the replicas' proxy (deploy/proxy), for tests
   python3-venv python3-yaml                   # the PyPI checkers' environment; manifest tests
   python3-pip python3-setuptools              # the Python client package, built for Debian's python
 )

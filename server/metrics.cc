@@ -349,10 +349,10 @@ struct Metrics::Impl {
     session_moves = &prometheus::BuildCounter()
                          .Name("vlcache_session_moves_total")
                          .Help("Sessions saved to the session store as the server stopped "
-                               "(saved), continued from it (restored), and snapshots that could "
-                               "not be restored (rejected)")
+                               "(saved), continued from it (restored), deleted while in it "
+                               "(dropped), and snapshots that could not be restored (rejected)")
                          .Register(r);
-    for (const char* result : {"saved", "restored", "rejected"}) {
+    for (const char* result : {"saved", "restored", "dropped", "rejected"}) {
       session_moves->Add({{"result", result}});
     }
     // Pipelines and columns are the users' names, so these series appear with their first check.
