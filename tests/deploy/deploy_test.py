@@ -56,15 +56,15 @@ def one(objects, kind):
     return found[0]
 
 
-def with_inference_pool(overlay):
-    """A temporary overlay: `overlay` plus the inference-pool component."""
+def with_component(overlay, component):
+    """A temporary overlay: `overlay` plus one of deploy/kubernetes/components."""
     d = tempfile.mkdtemp(prefix="vlcache-kustomize-")
     with open(os.path.join(d, "kustomization.yaml"), "w") as f:
         yaml.safe_dump({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
             "namespace": "vlcache",
             "resources": [os.path.relpath(os.path.join(K8S, "overlays", overlay), d)],
-            "components": [os.path.relpath(os.path.join(K8S, "components", "inference-pool"), d)],
+            "components": [os.path.relpath(os.path.join(K8S, "components", component), d)],
         }, f)
     return d
 
@@ -75,11 +75,12 @@ class Kubernetes(unittest.TestCase):
         if shutil.which("kubectl") is None:
             raise AssertionError("kubectl (with kustomize) is needed to render deploy/kubernetes")
         cls.rendered = {o: render(os.path.join(K8S, "overlays", o)) for o in OVERLAYS}
-        d = with_inference_pool("cpu")
-        try:
-            cls.rendered["cpu+inference-pool"] = render(d)
-        finally:
-            shutil.rmtree(d)
+        for component in ("inference-pool", "session-store"):
+            d = with_component("cpu", component)
+            try:
+                cls.rendered["cpu+" + component] = render(d)
+            finally:
+                shutil.rmtree(d)
 
     def test_overlays_render_the_expected_objects(self):
         for name, objs in self.rendered.items():
@@ -89,6 +90,17 @@ class Kubernetes(unittest.TestCase):
                 self.assertIn(kind, kinds, name)
             self.assertEqual(len({o["metadata"].get("namespace") for o in objs}), 1, name)
         self.assertIn("InferencePool", [o["kind"] for o in self.rendered["cpu+inference-pool"]])
+        # The session store: a shared claim, mounted, and named to the server.
+        store = self.rendered["cpu+session-store"]
+        pvc = one(store, "PersistentVolumeClaim")
+        self.assertEqual(pvc["spec"]["accessModes"], ["ReadWriteMany"])
+        pod = one(store, "Deployment")["spec"]["template"]["spec"]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}
+        self.assertEqual(claims, {"sessions": pvc["metadata"]["name"]})
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        self.assertEqual(env["VLC_SESSION_STORE"], mounts["sessions"])
         gpu = one(self.rendered["gpu"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
         self.assertEqual(gpu["resources"]["limits"]["nvidia.com/gpu"], "1")
         self.assertIn("--device=cuda", gpu["args"])
