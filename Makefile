@@ -3,13 +3,15 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench serve clean
+.PHONY: all deps configure build test bench serve clean fuzz
 
 # The model `make serve` runs: the shipped demo model when present, else a tiny random one.
 MODEL ?= $(if $(wildcard models/demo/config.json),models/demo,$(BUILD)/models/tiny)
 LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
 HTTP_LISTEN ?= 127.0.0.1:8000
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
 
 all: build
 
@@ -44,6 +46,11 @@ serve: deps
 	  $(BUILD)/bin/vlcache-make-tiny --out $(BUILD)/models/tiny --seed 1; fi
 	@$(BUILD)/bin/vlcache-server --model $(MODEL) --listen $(LISTEN) --metrics-listen $(METRICS_LISTEN) \
 	  --http-listen $(HTTP_LISTEN)
+
+# Coverage-guided fuzzing of the parsers of outside bytes (fuzz/; clang, ASan and UBSan, in
+# build-fuzz): FUZZ_SECONDS per target (60), FUZZ_TARGETS to choose. docs/RELIABILITY.md.
+fuzz: deps
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" JOBS=$(JOBS) ./scripts/fuzz.sh
 
 clean:
 	@rm -rf $(BUILD)

@@ -332,6 +332,11 @@ std::vector<OptionSpec> Options() {
   o.push_back(StringOption(
       "--tls-key", "FILE", "TLS private key (PEM); needs --tls-cert",
       +[](ServerConfig& c) -> std::string& { return c.tls_key_file; }));
+  o.push_back(IntOption(
+      "--tls-reload-seconds",
+      "How often the certificate and key files are read again: a rotated certificate (a renewed "
+      "Kubernetes secret, say) is served to new connections without a restart",
+      +[](ServerConfig& c) -> int& { return c.tls_reload_seconds; }, 1));
   // Logging
   o.push_back(StringOption(
       "--log-format", "FORMAT", "Log lines as text or json",

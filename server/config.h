@@ -49,6 +49,7 @@ struct ServerConfig {
   std::string auth_token;                   // VLC_AUTH_TOKEN only (never a flag: ps shows flags)
   std::string tls_cert_file;                // --tls-cert
   std::string tls_key_file;                 // --tls-key
+  int tls_reload_seconds = 60;              // --tls-reload-seconds: how often the files are reread
   // Logging
   std::string log_format = "text";          // --log-format text|json
   std::string log_level = "info";           // --log-level trace|debug|info|warn|error

@@ -8,6 +8,9 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -153,15 +156,22 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!config.tls_cert_file.empty()) {
+    // The files are read now (a missing one is an error at start) and then every
+    // --tls-reload-seconds by gRPC's file watcher, so a renewed certificate serves new
+    // connections without a restart; connections already open keep the one they began with.
     bool ok_cert = false, ok_key = false;
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({ReadFile(config.tls_key_file, &ok_key),
-                                      ReadFile(config.tls_cert_file, &ok_cert)});
+    ReadFile(config.tls_key_file, &ok_key);
+    ReadFile(config.tls_cert_file, &ok_cert);
     if (!ok_cert || !ok_key) {
       std::cerr << "error: cannot read --tls-cert / --tls-key\n";
       return 2;
     }
-    creds = grpc::SslServerCredentials(ssl);
+    auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        config.tls_key_file, config.tls_cert_file,
+        static_cast<unsigned int>(config.tls_reload_seconds));
+    grpc::experimental::TlsServerCredentialsOptions tls(provider);
+    tls.watch_identity_key_cert_pairs();
+    creds = grpc::experimental::TlsServerCredentials(tls);
   }
   int port = 0;
   builder.AddListeningPort(config.listen, creds, &port);
