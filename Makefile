@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench serve clean fuzz
+.PHONY: all deps configure build test bench serve clean fuzz soak
 
 # The model `make serve` runs: the shipped demo model when present, else a tiny random one.
 MODEL ?= $(if $(wildcard models/demo/config.json),models/demo,$(BUILD)/models/tiny)
@@ -12,6 +12,7 @@ METRICS_LISTEN ?= 127.0.0.1:9464
 HTTP_LISTEN ?= 127.0.0.1:8000
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
+SOAK_SECONDS ?= 600
 
 all: build
 
@@ -51,6 +52,12 @@ serve: deps
 # build-fuzz): FUZZ_SECONDS per target (60), FUZZ_TARGETS to choose. docs/RELIABILITY.md.
 fuzz: deps
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" JOBS=$(JOBS) ./scripts/fuzz.sh
+
+# A bounded soak under churn against the real server (scripts/soak.py): SOAK_SECONDS of mixed
+# traffic with cancellations, expiring deadlines, abandoned sessions and broken requests, then
+# checks that the pool, memory, descriptors and threads came back. docs/RELIABILITY.md.
+soak: build
+	@python3 scripts/soak.py --seconds $(SOAK_SECONDS) --json $(BUILD)/soak.json
 
 clean:
 	@rm -rf $(BUILD)

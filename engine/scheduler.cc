@@ -423,7 +423,15 @@ void Scheduler::AnswerSessionCall(const std::shared_ptr<Job>& job) {
   } else if (job->kind == Job::Kind::kGetSession) {
     e.session = View(job->session_id, **s);
   } else if ((*s)->busy) {
-    e.status = absl::FailedPreconditionError("a turn is running on this session; wait for it");
+    // Deleted mid-turn (a client that gave up on a turn and deletes its session, say): the turn
+    // is cancelled and the session goes as it ends; the deletion is answered now.
+    (*s)->delete_when_idle = true;
+    for (auto& a : active_) {
+      if (a->id >= 0 && a->job->kind == Job::Kind::kSessionGenerate &&
+          a->job->session_id == job->session_id) {
+        generator_->Cancel(a->id, absl::CancelledError("the session was deleted during this turn"));
+      }
+    }
   } else {
     Evict(job->session_id, SessionEnd::kDeleted);
   }
@@ -699,6 +707,10 @@ void Scheduler::FinishTurn(Active& a, const SequenceResult& res) {
   s.turns += 1;
   s.busy = false;
   s.last_used = clock_->Now();
+  if (s.delete_when_idle) {
+    Evict(job.session_id, SessionEnd::kDeleted);
+    return;
+  }
   // During the drain the session leaves as soon as its turn ends, before its caller hears the
   // end, so that the next turn finds it in the store.
   if (moving_) SaveSession(job.session_id);

@@ -275,12 +275,21 @@ absl::StatusOr<SessionSnapshot> DecodeSnapshot(std::string_view b, const std::st
   const size_t end = b.size() - 4;
   for (int64_t len : lengths) {
     if (len < 0 || len > (int64_t{1} << 32)) return Unreadable("a layer has an impossible length");
-    const size_t bytes = static_cast<size_t>(kv_heads * len * head_dim * element);
+    int64_t product = 0;
+    if (__builtin_mul_overflow(kv_heads, len, &product) ||
+        __builtin_mul_overflow(product, head_dim, &product) ||
+        __builtin_mul_overflow(product, element, &product) ||
+        static_cast<uint64_t>(product) > b.size()) {
+      return Unreadable("its payload is shorter than its header says");
+    }
+    const size_t bytes = static_cast<size_t>(product);
     if (end - at < 2 * bytes) return Unreadable("its payload is shorter than its header says");
     at::Tensor k = at::empty({kv_heads, len, head_dim}, at::TensorOptions().dtype(*dtype));
     at::Tensor v = at::empty({kv_heads, len, head_dim}, at::TensorOptions().dtype(*dtype));
-    std::memcpy(k.data_ptr(), b.data() + at, bytes);
-    std::memcpy(v.data_ptr(), b.data() + at + bytes, bytes);
+    if (bytes > 0) {  // an emptied layer has no storage to copy into
+      std::memcpy(k.data_ptr(), b.data() + at, bytes);
+      std::memcpy(v.data_ptr(), b.data() + at + bytes, bytes);
+    }
     at += 2 * bytes;
     s.layers.emplace_back(std::move(k), std::move(v));
   }

@@ -28,6 +28,7 @@ struct Session {
   int visual_tokens = 0;
   bool has_prefix = false;  // the opening carried prefix text
   bool busy = false;        // a turn is generating (never evicted, never expired)
+  bool delete_when_idle = false;  // deleted while a turn ran: it goes when that turn ends
   Clock::TimePoint last_used;
   std::vector<int> history;  // every id fed so far, opening included, in order
 };

@@ -134,6 +134,12 @@ struct Options {
   uint64_t seed = 1;
   double request_timeout = 300;
   int retries = 0;
+  // Churn (a soak's traffic): fractions of the streamed calls cancelled by the client or given a
+  // deadline that can expire mid-answer (both within churn_delay_ms of their start), of the
+  // sessions left without a DeleteSession (they end by TTL or eviction), of the one-shot
+  // requests sent broken (an empty prompt, or a KV budget of 2: INVALID_ARGUMENT).
+  double cancel_fraction = 0, short_deadline_fraction = 0, abandon_fraction = 0, bad_fraction = 0;
+  double churn_delay_ms = 300;
   std::string slo_spec;
   std::string metrics;
   std::string json_path, records_path, plot_path;
@@ -178,6 +184,7 @@ class Run {
     s["burstiness"] = o_.burstiness;
     s["max_concurrency"] = o_.concurrency;
     s["num_prompts"] = sent_;
+    s["sessions_abandoned"] = abandoned_;
     s["client_cpu_seconds_per_request"] = records_.empty() ? 0 : cpu / records_.size();
     return s;
   }
@@ -300,6 +307,32 @@ class Run {
                                   task, turn);
     rec.expected = task->turns[turn].answer;
     rec.retries = attempt;
+    // Churn: at most one kind per call, drawn once (a retry keeps it).
+    client::CallOptions options = CallOpts();
+    const pb::GenerateRequest* request = &task->request;
+    pb::GenerateRequest broken;
+    std::uniform_real_distribution<double> unit_draw(0.0, 1.0);
+    const double draw = unit_draw(rng_);
+    const auto churn_delay = FromSeconds(unit_draw(rng_) * o_.churn_delay_ms / 1e3);
+    if (draw < o_.cancel_fraction) {
+      rec.churn = "cancel";
+    } else if (draw < o_.cancel_fraction + o_.short_deadline_fraction) {
+      rec.churn = "deadline";
+      options.deadline = std::chrono::duration_cast<std::chrono::microseconds>(churn_delay) +
+                         std::chrono::microseconds(1);
+    } else if (session_id.empty() &&
+               draw < o_.cancel_fraction + o_.short_deadline_fraction + o_.bad_fraction) {
+      rec.churn = "bad";
+      broken = task->request;
+      if (unit_draw(rng_) < 0.5) {
+        broken.set_prompt("");
+      } else {
+        broken.mutable_cache()->set_policy("vlcache");
+        broken.mutable_cache()->set_budget(2.0f);
+      }
+      request = &broken;
+    }
+    const bool cancel = rec.churn == "cancel";
     auto on_done = [this, key, timing, rec = std::move(rec), then = std::move(then), unit, task,
                     turn, session_id, attempt](const grpc::Status& status) mutable {
       const auto end = Clock::now();
@@ -331,13 +364,19 @@ class Run {
     };
     timing->sent = Clock::now();
     if (session_id.empty()) {
-      calls_[key] = client_->StartGenerate(task->request, CallOpts(), on_response, on_done);
+      calls_[key] = client_->StartGenerate(*request, options, on_response, on_done);
     } else {
       vlcache::v1::SessionGenerateRequest req;
       req.set_session_id(session_id);
       req.set_prompt(task->turns[turn].prompt);
       *req.mutable_sampling() = task->sampling;
-      calls_[key] = client_->StartSessionGenerate(req, CallOpts(), on_response, on_done);
+      calls_[key] = client_->StartSessionGenerate(req, options, on_response, on_done);
+    }
+    if (cancel) {
+      loop_.At(Clock::now() + churn_delay, [this, key] {
+        auto it = calls_.find(key);
+        if (it != calls_.end()) it->second->Cancel();
+      });
     }
   }
 
@@ -375,6 +414,9 @@ class Run {
       if (ok && turn + 1 < static_cast<int>(task->turns.size())) {
         loop_.At(Clock::now() + FromSeconds(think),
                  [this, unit, task, turn, id] { Turn(unit, task, turn + 1, id); });
+      } else if (std::uniform_real_distribution<double>(0.0, 1.0)(rng_) < o_.abandon_fraction) {
+        ++abandoned_;  // left to the server's TTL and eviction
+        EndUnit();
       } else {
         DeleteSession(unit, task, id);
       }
@@ -436,7 +478,7 @@ class Run {
   EventLoop loop_;
   // Touched by the loop's thread only.
   Clock::time_point start_, next_arrival_;
-  int sent_ = 0, in_flight_ = 0, done_ = 0, failed_ = 0, next_call_ = 0;
+  int sent_ = 0, in_flight_ = 0, done_ = 0, failed_ = 0, next_call_ = 0, abandoned_ = 0;
   bool arrivals_over_ = false;
   std::deque<std::pair<int, const Task*>> backlog_;
   std::map<int, std::shared_ptr<client::StreamCall>> calls_;
@@ -676,6 +718,22 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "Seed of the arrivals, the mix and the items")
       ->capture_default_str();
   app.add_option("--request-timeout", o.request_timeout, "Deadline of each call, seconds")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--cancel-fraction", o.cancel_fraction,
+                 "Fraction of streamed calls the client cancels, at a random moment within "
+                 "--churn-delay-ms of their start")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--short-deadline-fraction", o.short_deadline_fraction,
+                 "Fraction of streamed calls given a deadline drawn within --churn-delay-ms")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--abandon-fraction", o.abandon_fraction,
+                 "Fraction of sessions left without DeleteSession (they end by TTL or eviction)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--bad-fraction", o.bad_fraction,
+                 "Fraction of one-shot requests sent broken (empty prompt or KV budget 2)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--churn-delay-ms", o.churn_delay_ms,
+                 "The window for --cancel-fraction and --short-deadline-fraction")
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--retries", o.retries,
                  "Retries of a call that ends UNAVAILABLE (a replica draining or gone) or whose "

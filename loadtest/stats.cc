@@ -36,6 +36,7 @@ nlohmann::json RequestRecord::ToJson() const {
                       {"start_s", start_s},
                       {"e2e_s", e2e_s},
                       {"retries", retries}};
+  if (!churn.empty()) j["churn"] = churn;
   if (streamed()) {
     j.update({{"ttft_s", ttft_s},
               {"tpot_s", Tpot(*this)},
@@ -113,6 +114,7 @@ nlohmann::json Summarize(const std::vector<RequestRecord>& records, double durat
   std::vector<double> ttft, tpot, itl, e2el, queue;
   std::map<std::string, int> failed;
   std::map<std::string, std::map<std::string, int>> calls;  // method -> code -> count
+  std::map<std::string, std::map<std::string, int>> churned;  // churn kind -> code -> count
   struct PerScenario {
     int completed = 0, failed = 0, known = 0, correct = 0;
     std::vector<double> ttft, tpot;
@@ -122,6 +124,7 @@ nlohmann::json Summarize(const std::vector<RequestRecord>& records, double durat
   int64_t input_tokens = 0, output_tokens = 0, kv_kept = 0, kv_full = 0;
   for (const auto& r : records) {
     ++calls[r.method][r.code];
+    if (!r.churn.empty()) ++churned[r.churn][r.code];
     retries += r.retries;
     retried += r.retries > 0;
     if (!r.streamed()) continue;
@@ -165,6 +168,7 @@ nlohmann::json Summarize(const std::vector<RequestRecord>& records, double durat
                       {"calls_by_method", calls},
                       {"retries", retries},
                       {"calls_retried", retried},
+                      {"churn_by_code", churned},
                       {"total_input_tokens", input_tokens},
                       {"total_output_tokens", output_tokens},
                       {"request_throughput", completed / d},

@@ -35,6 +35,7 @@ struct RequestRecord {
   std::string text;           // the answer
   std::string expected;       // the known answer; "": unknown
   int retries = 0;            // earlier attempts that ended UNAVAILABLE (--retries)
+  std::string churn;          // "cancel", "deadline", "bad" (--cancel-fraction, ...); "": none
   bool streamed() const { return method == "Generate" || method == "SessionGenerate"; }
   bool correct() const;       // the answer is known and matches
   nlohmann::json ToJson() const;

@@ -15,8 +15,10 @@ JOBS="${JOBS:-$(nproc)}"
 
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is needed (Debian: clang libclang-rt-dev)" >&2; exit 1; }
 SAN="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
+# No precompiled header here: clang refuses one built with other flags (gRPC's -pthread) than a
+# target that reuses it.
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-  -DVLC_FUZZ=ON -DVLC_BUILD_TESTS=OFF -DVLC_BUILD_BENCH=OFF -DVLC_WITH_CUDA=OFF \
+  -DVLC_FUZZ=ON -DVLC_BUILD_TESTS=OFF -DVLC_BUILD_BENCH=OFF -DVLC_WITH_CUDA=OFF -DVLC_USE_PCH=OFF \
   -DCMAKE_C_FLAGS="$SAN" -DCMAKE_CXX_FLAGS="$SAN" >/dev/null
 cmake --build "$BUILD" -j "$JOBS" --target $(for t in $TARGETS; do printf '%s_fuzzer ' "$t"; done)
 
@@ -29,7 +31,7 @@ failed=""
 for t in $TARGETS; do
   mkdir -p "$BUILD/corpus/$t" "$BUILD/findings/$t"
   echo "fuzz: $t for ${SECONDS_EACH}s"
-  if ! "$BUILD/fuzz/${t}_fuzzer" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=6144 \
+  if ! "$BUILD/bin/${t}_fuzzer" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=6144 \
       -max_len=65536 -print_final_stats=1 -artifact_prefix="$BUILD/findings/$t/" \
       "$BUILD/corpus/$t" "fuzz/corpus/$t" >"$BUILD/logs/$t.log" 2>&1; then
     failed="$failed $t"

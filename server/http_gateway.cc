@@ -268,7 +268,9 @@ absl::StatusOr<ModelInferRequest> InferRequestFromHttp(std::string_view body,
         return BadField(where, "shape dimensions are integers, 0 or more");
       }
       t->add_shape(d.get<int64_t>());
-      elements *= d.get<int64_t>();
+      if (__builtin_mul_overflow(elements, d.get<int64_t>(), &elements)) {
+        return BadField(where, "the shape's element count overflows");
+      }
     }
     std::string* raw = out.add_raw_input_contents();
     std::optional<size_t> binary_size;

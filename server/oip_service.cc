@@ -1,6 +1,7 @@
 #include "server/oip_service.h"
 
 #include <cstring>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -35,9 +36,13 @@ struct Input {
   const ModelInferRequest::InferInputTensor* meta = nullptr;
   const std::string* raw = nullptr;
 
+  // The product of the dimensions, saturated at INT64_MAX (the shape is the client's: it may
+  // overflow, and then it can match no data).
   int64_t Elements() const {
     int64_t n = 1;
-    for (int64_t d : meta->shape()) n *= d;
+    for (int64_t d : meta->shape()) {
+      if (__builtin_mul_overflow(n, d, &n)) return std::numeric_limits<int64_t>::max();
+    }
     return n;
   }
 

@@ -349,6 +349,27 @@ TEST_F(SchedulerTest, SessionTurnsFollowTheConfiguredChatTemplate) {
   EXPECT_EQ(static_cast<int64_t>(view.history.size()), view.logical_length);
 }
 
+TEST_F(SchedulerTest, DeletingASessionMidTurnCancelsTheTurnAndTheSessionGoes) {
+  StartEngine();
+  const std::string id = CreateSession(1);
+  GenerateRequest r;
+  r.prompt = "tell me everything";
+  r.sampling.max_new_tokens = 4000;
+  r.sampling.ignore_eos = true;
+  auto turn = Submit(Job::Kind::kSessionGenerate, r, id);
+  StreamEvent first;
+  ASSERT_TRUE(FirstDelta(turn, &first)) << "the turn started";
+  // Answered at once, not FAILED_PRECONDITION: a client that gave up on a turn may delete.
+  EXPECT_TRUE(Final(Submit(Job::Kind::kDeleteSession, {}, id)).status.ok());
+  const StreamEvent end = Final(turn);
+  EXPECT_EQ(end.status.code(), absl::StatusCode::kCancelled) << end.status;
+  EXPECT_NE(end.status.message().find("deleted"), std::string::npos) << end.status;
+  const absl::Status gone = GetSession(id);
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound) << gone;
+  EXPECT_NE(gone.message().find("was deleted"), std::string::npos) << gone;
+  EXPECT_EQ(scheduler_->num_sessions(), 0);
+}
+
 // ---- sessions that move between schedulers (replicas) through a session store
 
 class SessionMoveTest : public SchedulerTest {
