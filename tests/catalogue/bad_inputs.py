@@ -100,14 +100,18 @@ class Server:
 AUTH = (("authorization", "Bearer " + TOKEN),)
 
 
-def generate(server, request, metadata=AUTH):
-    """(code name, message) of a Generate call, streamed to its end."""
+def streamed(call):
+    """(code name, message) of a streamed call, read to its end."""
     try:
-        for _ in server.inference.Generate(request, metadata=metadata, timeout=60):
+        for _ in call:
             pass
         return "OK", ""
     except grpc.RpcError as e:
         return e.code().name, e.details()
+
+
+def generate(server, request, metadata=AUTH):
+    return streamed(server.inference.Generate(request, metadata=metadata, timeout=60))
 
 
 def unary(method, request, metadata=AUTH):
@@ -119,14 +123,9 @@ def unary(method, request, metadata=AUTH):
 
 
 def turn(server, session_id, prompt="what color is the triangle?", metadata=AUTH):
-    try:
-        for _ in server.inference.SessionGenerate(
-                pb.SessionGenerateRequest(session_id=session_id, prompt=prompt),
-                metadata=metadata, timeout=60):
-            pass
-        return "OK", ""
-    except grpc.RpcError as e:
-        return e.code().name, e.details()
+    return streamed(server.inference.SessionGenerate(
+        pb.SessionGenerateRequest(session_id=session_id, prompt=prompt), metadata=metadata,
+        timeout=60))
 
 
 def image_request(images=(PNG,), prompt="what color is the triangle?", **sampling):
