@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench serve clean fuzz soak
+.PHONY: all deps configure build test bench serve clean fuzz soak sanitize
 
 # The model `make serve` runs: the shipped demo model when present, else a tiny random one.
 MODEL ?= $(if $(wildcard models/demo/config.json),models/demo,$(BUILD)/models/tiny)
@@ -13,6 +13,7 @@ HTTP_LISTEN ?= 127.0.0.1:8000
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
 SOAK_SECONDS ?= 600
+SANITIZE_TESTS ?=
 
 all: build
 
@@ -52,6 +53,13 @@ serve: deps
 # build-fuzz): FUZZ_SECONDS per target (60), FUZZ_TARGETS to choose. docs/RELIABILITY.md.
 fuzz: deps
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" JOBS=$(JOBS) ./scripts/fuzz.sh
+
+# The project and its tests under AddressSanitizer, LeakSanitizer and UBSan (build-asan, every
+# test), and under ThreadSanitizer (build-tsan, the engine loop's and the server's suites).
+# SANITIZE=asan or tsan for one; SANITIZE_TESTS=regex for a subset. docs/RELIABILITY.md.
+SANITIZE ?= asan tsan
+sanitize: deps
+	@SANITIZE="$(SANITIZE)" SANITIZE_TESTS="$(SANITIZE_TESTS)" JOBS=$(JOBS) ./scripts/sanitize.sh
 
 # A bounded soak under churn against the real server (scripts/soak.py): SOAK_SECONDS of mixed
 # traffic with cancellations, expiring deadlines, abandoned sessions and broken requests, then

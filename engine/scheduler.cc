@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sched.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 
@@ -766,6 +769,12 @@ int Scheduler::FinishSequences() {
   return static_cast<int>(finished.size());
 }
 
+void TrimHeap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
+
 void Scheduler::Run() {
   at::init_num_threads();  // LibTorch's configured thread count, on this thread too
   std::deque<std::shared_ptr<Job>> waiting;
@@ -781,7 +790,7 @@ void Scheduler::Run() {
         return stop_ || !inbox_.empty() || generator_->HasRunning() ||
                (freed && !waiting.empty()) || (moving_ && !moved_idle_);
       };
-      if (sessions_.empty() && waiting.empty()) {
+      if (sessions_.empty() && waiting.empty() && !trim_pending_) {
         cv_.wait(lock, ready);
       } else {
         cv_.wait_for(lock, std::chrono::seconds(1), ready);
@@ -815,8 +824,26 @@ void Scheduler::Run() {
     }
     freed = FinishSequences() > 0 || sessions_.size() < sessions_before;
     PublishGauges();
+    MaybeTrimHeap(!waiting.empty());
   }
   Shutdown(waiting);
+}
+
+void Scheduler::MaybeTrimHeap(bool jobs_waiting) {
+  if (options_.heap_trim_idle_seconds <= 0) return;
+  const auto now = clock_->Now();
+  if (jobs_waiting || generator_->HasRunning() || queue_depth() > 0) {
+    trim_pending_ = true;
+    last_work_ = now;
+    return;
+  }
+  if (!trim_pending_ || SecondsBetween(last_work_, now) < options_.heap_trim_idle_seconds) return;
+  trim_pending_ = false;
+  if (options_.heap_trim) {
+    options_.heap_trim();
+  } else {
+    TrimHeap();
+  }
 }
 
 void Scheduler::Shutdown(std::deque<std::shared_ptr<Job>>& waiting) {

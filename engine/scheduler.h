@@ -109,7 +109,16 @@ struct SchedulerOptions {
   // its scheduler. Snapshots carry `model_fingerprint`, and only matching ones are restored.
   SessionStore* session_store = nullptr;
   std::string model_fingerprint;
+  // Once the engine has been idle this long (nothing running or waiting) after doing work, the
+  // memory freed meanwhile goes back to the system (`heap_trim`, by default TrimHeap: malloc
+  // keeps freed memory in its arenas, and a burst of traffic would otherwise leave the process
+  // at its peak size). At most once per idle period; <= 0: never.
+  double heap_trim_idle_seconds = 5;
+  std::function<void()> heap_trim;  // null: TrimHeap
 };
+
+// Returns the memory malloc holds free to the system (glibc's malloc_trim); a no-op elsewhere.
+void TrimHeap();
 
 class Scheduler {
  public:
@@ -176,6 +185,8 @@ class Scheduler {
   void Fail(Job& job, absl::Status status);
   void Answered();  // a job left the queue
   void PublishGauges();
+  // After `heap_trim_idle_seconds` without work, returns freed memory (once per idle period).
+  void MaybeTrimHeap(bool jobs_waiting);
   void Shutdown(std::deque<std::shared_ptr<Job>>& waiting);
 
   const Pipeline* pipeline_;
@@ -197,6 +208,8 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> active_;
   std::atomic<bool> moving_{false};  // MoveSessions was called
   bool moved_idle_ = false;          // the engine thread saved the idle sessions since
+  bool trim_pending_ = false;        // work was done since the heap was last trimmed
+  Clock::TimePoint last_work_;       // when the engine last had something to do
 };
 
 }  // namespace vlc::engine

@@ -1,5 +1,8 @@
 #include "engine/session_table.h"
 
+#include <algorithm>
+#include <cstring>
+#include <functional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -30,7 +33,11 @@ const char* SessionEndName(SessionEnd why) {
 }
 
 SessionTable::SessionTable(SessionTableOptions options, const Clock* clock, MetricsSink* metrics)
-    : options_(options), clock_(clock), metrics_(metrics) {}
+    : options_(options),
+      clock_(clock),
+      metrics_(metrics),
+      gone_ids_(options.remembered_gone),
+      gone_(options.remembered_gone) {}
 
 absl::StatusOr<std::string> SessionTable::Insert(Session s, const std::string& wanted) {
   std::string id = wanted;
@@ -41,7 +48,6 @@ absl::StatusOr<std::string> SessionTable::Insert(Session s, const std::string& w
     return absl::AlreadyExistsError(
         absl::StrCat("a session with id '", id, "' exists; choose another id"));
   }
-  gone_.erase(id);  // its name in gone_order_ is dropped with the oldest names
   s.last_used = clock_->Now();
   sessions_.emplace(id, std::move(s));
   count_ = static_cast<int64_t>(sessions_.size());
@@ -52,8 +58,11 @@ absl::StatusOr<std::string> SessionTable::Insert(Session s, const std::string& w
 absl::StatusOr<Session*> SessionTable::Find(const std::string& id, const std::string& owner) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) {
-    auto gone = gone_.find(id);
-    if (gone != gone_.end()) return absl::NotFoundError(gone->second);
+    const uint64_t h = std::hash<std::string>{}(id);
+    for (size_t k = 1; k <= gone_count_; ++k) {  // newest first: an id may have gone twice
+      const size_t slot = (gone_next_ + gone_ids_.size() - k) % gone_ids_.size();
+      if (gone_ids_[slot] == h) return absl::NotFoundError(GoneMessage(id, gone_[slot]));
+    }
     return absl::NotFoundError(absl::StrCat("unknown session id '", id,
                                             "': it was never created here, or it was deleted"));
   }
@@ -70,31 +79,19 @@ kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
   const kvcache::SeqId seq = it->second.seq;
   const double idle = SecondsBetween(it->second.last_used, clock_->Now());
   sessions_.erase(it);
-  std::string message;
-  switch (why) {
-    case SessionEnd::kTtl:
-      message = absl::StrFormat("session %s expired after %.0f s idle", id, idle);
-      break;
-    case SessionEnd::kDeleted:
-      message = absl::StrCat("session ", id, " was deleted");
-      break;
-    case SessionEnd::kFailed:
-      message = absl::StrCat("session ", id, " ended when its turn failed: ", detail);
-      break;
-    case SessionEnd::kMoved:
-      message = absl::StrCat("session ", id,
-                             " moved to the session store as this replica stopped; another "
-                             "replica continues it");
-      break;
-    default:
-      message = absl::StrCat("session ", id, " was evicted (", SessionEndName(why),
-                             "): the server needed its room; create a new session");
-  }
-  gone_[id] = message;
-  gone_order_.push_back(id);
-  while (gone_order_.size() > options_.remembered_gone) {  // remember recent ones only
-    gone_.erase(gone_order_.front());
-    gone_order_.pop_front();
+  if (!gone_ids_.empty()) {  // remember recent ones only: the ring overwrites the oldest
+    gone_ids_[gone_next_] = std::hash<std::string>{}(id);
+    Gone& g = gone_[gone_next_];
+    g.why = why;
+    g.idle_seconds = static_cast<float>(idle);
+    size_t n = std::min(detail.size(), g.detail.size() - 1);
+    if (n < detail.size()) {  // cut at a character's start, so the message stays valid UTF-8
+      while (n > 0 && (static_cast<unsigned char>(detail[n]) & 0xC0) == 0x80) --n;
+    }
+    std::memcpy(g.detail.data(), detail.data(), n);
+    g.detail[n] = '\0';
+    gone_next_ = (gone_next_ + 1) % gone_ids_.size();
+    gone_count_ = std::min(gone_count_ + 1, gone_ids_.size());
   }
   if (why != SessionEnd::kDeleted && why != SessionEnd::kFailed && why != SessionEnd::kMoved) {
     if (metrics_) {
@@ -106,6 +103,24 @@ kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
   count_ = static_cast<int64_t>(sessions_.size());
   if (metrics_) metrics_->SetSessionsActive(count_);
   return seq;
+}
+
+std::string SessionTable::GoneMessage(const std::string& id, const Gone& g) const {
+  switch (g.why) {
+    case SessionEnd::kTtl:
+      return absl::StrFormat("session %s expired after %.0f s idle", id, g.idle_seconds);
+    case SessionEnd::kDeleted:
+      return absl::StrCat("session ", id, " was deleted");
+    case SessionEnd::kFailed:
+      return absl::StrCat("session ", id, " ended when its turn failed: ", g.detail.data());
+    case SessionEnd::kMoved:
+      return absl::StrCat("session ", id,
+                          " moved to the session store as this replica stopped; another "
+                          "replica continues it");
+    default:
+      return absl::StrCat("session ", id, " was evicted (", SessionEndName(g.why),
+                          "): the server needed its room; create a new session");
+  }
 }
 
 std::vector<std::string> SessionTable::Expired() const {

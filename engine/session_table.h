@@ -4,9 +4,9 @@
 // and whoever removes a session here closes its sequence there.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <string>
 #include <vector>
@@ -77,8 +77,21 @@ class SessionTable {
   MetricsSink* metrics_;
   std::map<std::string, Session> sessions_;
   std::atomic<int64_t> count_{0};
-  std::map<std::string, std::string> gone_;  // session id -> why it is gone (bounded)
-  std::deque<std::string> gone_order_;
+  // Why the last `remembered_gone` sessions went, in a ring allocated once: a long-running
+  // server ends sessions all the time, and small records allocated one by one among the
+  // requests' short-lived buffers would pin the heap's pages long after those are freed. An id
+  // is remembered by its 64-bit hash (a late call brings the id; a collision could only turn an
+  // "unknown session" answer into another NOT_FOUND message).
+  struct Gone {
+    SessionEnd why = SessionEnd::kDeleted;
+    float idle_seconds = 0;
+    std::array<char, 120> detail{};  // kFailed's reason, cut to fit
+  };
+  std::vector<uint64_t> gone_ids_;  // hashes, scanned newest first on a miss
+  std::vector<Gone> gone_;
+  size_t gone_next_ = 0;   // the slot the next one takes
+  size_t gone_count_ = 0;  // slots in use
+  std::string GoneMessage(const std::string& id, const Gone& g) const;
 };
 
 }  // namespace vlc::engine

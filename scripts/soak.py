@@ -5,8 +5,8 @@ with mixed traffic (pictures, videos, sessions), client cancellations, deadlines
 mid-answer, sessions abandoned to the TTL and to eviction, and broken requests mixed in.
 
 It warms up first (--warmup seconds of the same traffic), waits until the server is idle (no
-request running, every session expired) and takes the idle figures; after the soak it waits
-until idle again and fails unless:
+request running, every session expired, its idle heap trim done) and takes the idle figures;
+after the soak it waits until idle again and fails unless:
   - the KV page pool is back to its idle use (0: every page free);
   - resident memory grew less than 5% over the idle figure after warm-up;
   - open file descriptors and threads are back to their idle counts;
@@ -34,7 +34,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f if ":" in line)
-    return {"rss_kb": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"]),
+    return {"rss_kb": int(fields["VmRSS"].split()[0]),
+            "anon_kb": int(fields["RssAnon"].split()[0]),
+            "file_kb": int(fields["RssFile"].split()[0]), "threads": int(fields["Threads"]),
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
@@ -46,14 +48,15 @@ def gauge(metrics, name):
     return 0.0
 
 
-def wait_idle(metrics, limit=120):
-    """Bounded polling until nothing runs or waits and every session has expired."""
+def wait_idle(metrics, trim_seconds, limit=120):
+    """Bounded polling until nothing runs or waits and every session has expired; then past the
+    server's --heap-trim-idle, so that both figures are taken after its idle trim."""
     give_up = time.monotonic() + limit
     while time.monotonic() < give_up:
         if (gauge(metrics, "vlcache_requests_running") == 0 and
                 gauge(metrics, "vlcache_queue_depth") == 0 and
                 gauge(metrics, "vlcache_sessions_active") == 0):
-            time.sleep(1)  # gRPC's idle threads and connections settle
+            time.sleep(trim_seconds + 1)  # and gRPC's idle threads settle
             return True
         time.sleep(0.2)
     return False
@@ -109,6 +112,8 @@ def main():
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
     p.add_argument("--bin-dir", default=os.path.join(ROOT, "build", "bin"))
+    p.add_argument("--heap-trim-idle", type=float, default=5,
+                   help="the server's --heap-trim-idle in seconds (its default, 5); 0: off")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="vlc-soak-")
@@ -117,6 +122,7 @@ def main():
         [os.path.join(args.bin_dir, "vlcache-server"), "--model", args.model, "--listen",
          "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--kv-cache-bytes", "4MiB",
          "--session-ttl-seconds", "2", "--max-sessions", "8", "--max-queue", "16",
+         "--heap-trim-idle", f"{args.heap_trim_idle}s",
          "--log-level", "warn"], stdout=subprocess.PIPE, text=True, env=env)
     addr = {}
     for line in server.stdout:
@@ -129,7 +135,7 @@ def main():
         if not addr:
             sys.exit("soak: the server did not start")
         loadtest(args, addr["grpc"], args.warmup, os.path.join(work, "warmup"))
-        if not wait_idle(addr["metrics"]):
+        if not wait_idle(addr["metrics"], args.heap_trim_idle):
             failures.append("the server did not become idle after the warm-up")
         idle = proc_status(server.pid)
         figures["idle_after_warmup"] = idle
@@ -138,7 +144,7 @@ def main():
         summary, records, peak_rss = loadtest(args, addr["grpc"], args.seconds,
                                               os.path.join(work, "soak"), server.pid)
         figures["soak_seconds"] = round(time.monotonic() - t0, 1)
-        if not wait_idle(addr["metrics"]):
+        if not wait_idle(addr["metrics"], args.heap_trim_idle):
             failures.append("the server did not become idle after the soak")
         end = proc_status(server.pid)
         figures["idle_after_soak"] = end

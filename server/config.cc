@@ -233,6 +233,12 @@ std::vector<OptionSpec> Options() {
       "--session-ttl-seconds", "Idle sessions expire after this many seconds",
       +[](ServerConfig& c) -> double& { return c.session_ttl_seconds; }, 0,
       std::numeric_limits<double>::infinity()));
+  o.push_back(DurationOption(
+      "--heap-trim-idle",
+      "Once the engine has been idle this long (5s, 1m, ...) after work, the memory freed "
+      "meanwhile is returned to the system (a burst would otherwise leave the process at its "
+      "peak size); 0 or off: never",
+      +[](ServerConfig& c) -> double& { return c.heap_trim_idle_seconds; }, 0.1));
   o.push_back(StringOption(
       "--session-store", "DIR",
       "Directory (a volume the replicas share) where sessions are saved when the server stops "

@@ -26,6 +26,7 @@ struct ServerConfig {
   int max_running = 16;                     // --max-running: sequences decoded together
   int max_sessions = 256;                   // --max-sessions
   double session_ttl_seconds = 600;         // --session-ttl-seconds: idle sessions expire
+  double heap_trim_idle_seconds = 5;       // --heap-trim-idle: freed memory returned
   double drain_timeout_seconds = 30;        // --drain-timeout: calls in flight at SIGTERM finish
   std::string session_store;                // --session-store: directory of session snapshots
   int media_workers = 0;                    // --media-workers: 0 = half the cores (1 to 4)

@@ -245,6 +245,7 @@ int main(int argc, char** argv) {
     so.max_running = config.max_running;
     so.max_sessions = config.max_sessions;
     so.session_ttl_seconds = config.session_ttl_seconds;
+    so.heap_trim_idle_seconds = config.heap_trim_idle_seconds;
     so.media_workers = config.media_workers;
     so.prefill_chunk_tokens = config.pipeline.prefill_chunk_tokens;
     so.metrics = metrics.get();

@@ -325,6 +325,47 @@ TEST_F(SchedulerTest, ACancelledRequestEndsAndTheNextOneIsServed) {
   EXPECT_EQ(next.usage.generated_tokens, 3);
 }
 
+// Polls (bounded: 20 s of real time) until `done`.
+template <typename F>
+bool Eventually(F done) {
+  for (int i = 0; i < 2000; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+TEST_F(SchedulerTest, FreedMemoryIsReturnedOnlyOnceTheEngineHasBeenIdleAWhile) {
+  std::atomic<int> trims{0}, trims_while_busy{0};
+  SchedulerOptions so;
+  so.heap_trim_idle_seconds = 5;
+  so.heap_trim = [&] {
+    ++trims;
+    if (scheduler_->running() > 0 || scheduler_->queue_depth() > 0) ++trims_while_busy;
+  };
+  StartEngine({}, so);
+  // A long answer with the clock far past the idle time while it runs: no trim during work.
+  auto job = Submit(Job::Kind::kGenerate, ImageRequest(1, 4000));
+  StreamEvent first;
+  ASSERT_TRUE(FirstDelta(job, &first)) << first.status;
+  clock_.Advance(seconds(60));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(FirstDelta(job, &first)) << first.status;
+  job->cancelled = true;
+  EXPECT_EQ(Final(job).status.code(), absl::StatusCode::kCancelled);
+  // Idle, but not yet for 5 s of the engine's clock.
+  clock_.Advance(seconds(4));
+  EXPECT_TRUE(Final(Submit(Job::Kind::kGenerate, ImageRequest(2, 3))).status.ok());
+  clock_.Advance(seconds(4));
+  // Past the idle time: one trim, then none until more work is done.
+  clock_.Advance(seconds(2));
+  EXPECT_TRUE(Eventually([&] { return trims.load() >= 1; }));
+  EXPECT_TRUE(Final(Submit(Job::Kind::kGenerate, ImageRequest(3, 3))).status.ok());
+  clock_.Advance(seconds(6));
+  EXPECT_TRUE(Eventually([&] { return trims.load() >= 2; }));
+  EXPECT_EQ(trims.load(), 2);
+  EXPECT_EQ(trims_while_busy.load(), 0);
+}
+
 bool Contains(const std::vector<int>& haystack, const std::vector<int>& needle) {
   return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) !=
          haystack.end();

@@ -80,6 +80,7 @@ TEST_F(ConfigTest, NoArgumentsGiveTheDocumentedDefaults) {
   EXPECT_EQ(cfg->max_running, 16);
   EXPECT_EQ(cfg->max_sessions, 256);
   EXPECT_EQ(cfg->session_ttl_seconds, 600);
+  EXPECT_EQ(cfg->heap_trim_idle_seconds, 5);
   EXPECT_EQ(cfg->default_max_new_tokens, 128);
   EXPECT_EQ(cfg->pipeline.kv_cache_bytes, d.pipeline.kv_cache_bytes);
   EXPECT_EQ(cfg->pipeline.kv_page_tokens, d.pipeline.kv_page_tokens);
@@ -216,6 +217,9 @@ TEST_F(ConfigTest, DurationsTakeSecondsMinutesOrHoursAndOffIsZero) {
   EXPECT_EQ(short_window.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Mentions(short_window.status().message(), "--dq-watch-window"));
   EXPECT_TRUE(Mentions(short_window.status().message(), "at least 1s"));
+  EXPECT_EQ(Load({"--heap-trim-idle", "1m"})->heap_trim_idle_seconds, 60);
+  EXPECT_EQ(Load({"--heap-trim-idle", "off"})->heap_trim_idle_seconds, 0);
+  EXPECT_TRUE(Mentions(Load({"--heap-trim-idle", "soon"}).status().message(), "--heap-trim-idle"));
 }
 
 TEST_F(ConfigTest, EnvironmentSetsOptionsAndAuthToken) {
