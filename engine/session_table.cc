@@ -72,8 +72,7 @@ absl::StatusOr<Session*> SessionTable::Find(const std::string& id, const std::st
   return &it->second;
 }
 
-kvcache::SeqId SessionTable::Remove(const std::string& id, SessionEnd why,
-                                    const std::string& detail) {
+kvcache::SeqId SessionTable::Remove(std::string id, SessionEnd why, const std::string& detail) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return -1;
   const kvcache::SeqId seq = it->second.seq;

@@ -57,7 +57,8 @@ class SessionTable {
   absl::StatusOr<Session*> Find(const std::string& id, const std::string& owner);
   // Removes it, remembers why (`detail` adds to the message a late caller gets) and returns the
   // sequence the caller must close; -1 when unknown.
-  kvcache::SeqId Remove(const std::string& id, SessionEnd why, const std::string& detail = "");
+  // `id` is taken by value: callers pass the table's own key, which the removal frees.
+  kvcache::SeqId Remove(std::string id, SessionEnd why, const std::string& detail = "");
 
   // Idle sessions past their TTL.
   std::vector<std::string> Expired() const;

@@ -82,8 +82,10 @@ class EventLoop {
         cv_.wait(lock);
         continue;
       }
-      if (events_.top().when > Clock::now()) {
-        cv_.wait_until(lock, events_.top().when);
+      // A copy: while this waits, At may grow the queue and move its elements.
+      const Clock::time_point next = events_.top().when;
+      if (next > Clock::now()) {
+        cv_.wait_until(lock, next);
         continue;
       }
       auto fn = std::move(const_cast<Event&>(events_.top()).fn);
