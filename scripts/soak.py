@@ -31,12 +31,26 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
+def thread_names(pid):
+    """How many threads of each name (/proc/PID/task/*/comm), to say whose a new thread is."""
+    names = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items()))
+
+
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f if ":" in line)
     return {"rss_kb": int(fields["VmRSS"].split()[0]),
             "anon_kb": int(fields["RssAnon"].split()[0]),
             "file_kb": int(fields["RssFile"].split()[0]), "threads": int(fields["Threads"]),
+            "thread_names": thread_names(pid),
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
@@ -163,6 +177,9 @@ def main():
         for what in ("fds", "threads"):
             if end[what] != idle[what]:
                 failures.append(f"{what}: {end[what]} after the soak, {idle[what]} idle before")
+        if end["thread_names"] != idle["thread_names"]:
+            failures.append(f"threads by name: {end['thread_names']} after the soak, "
+                            f"{idle['thread_names']} idle before")
         odd = unexpected(records)
         if odd:
             failures.append(f"{len(odd)} calls got an undocumented answer, e.g. {odd[:3]}")
