@@ -21,11 +21,13 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("VLC_BIN_DIR", os.path.join(ROOT, "build", "bin"))
 sys.path.insert(0, os.path.join(os.path.dirname(BIN), "python"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "oip"))
 import grpc  # noqa: E402
+import server_process  # noqa: E402
 from vlcache.v1 import inference_pb2 as pb  # noqa: E402
 from vlcache.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 
-MODEL = os.path.join(ROOT, "models", "demo")
+MODEL = server_process.DEMO
 with open(os.path.join(MODEL, "example.png"), "rb") as f:
     PNG = f.read()
 
@@ -49,15 +51,11 @@ class Secrets(unittest.TestCase):
         with open(self.tokens, "w") as f:
             f.write(FILE_TOKEN + "\n")
         self.store = os.path.join(self.dir, "sessions")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("VLC_")}
-        self.env["VLC_AUTH_TOKEN"] = ENV_TOKEN
 
     def args(self, log_format):
-        return [os.path.join(BIN, "vlcache-server"), "--model", MODEL, "--listen", "127.0.0.1:0",
-                "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                "--auth-token-file", self.tokens, "--session-store", self.store,
+        return ["--auth-token-file", self.tokens, "--session-store", self.store,
                 "--dq-db", os.path.join(self.dir, "dq.sqlite"), "--dq-watch-window", "1s",
-                "--log-level", "trace", "--log-format", log_format]
+                "--log-format", log_format]
 
     def assertNoSecret(self, where, text):
         for name, value in SECRETS.items():
@@ -111,15 +109,10 @@ class Secrets(unittest.TestCase):
 
     def run_server(self, log_format):
         err = open(os.path.join(self.dir, f"stderr-{log_format}"), "w+")
-        p = subprocess.Popen(self.args(log_format), stdout=subprocess.PIPE, stderr=err, text=True,
-                             env=self.env)
+        p, addr = server_process.start(args=self.args(log_format),
+                                       env={"VLC_AUTH_TOKEN": ENV_TOKEN}, log_level="trace",
+                                       stderr=err)
         try:
-            addr = None
-            for line in p.stdout:
-                if line.startswith("listening "):
-                    addr = dict(f.split("=", 1) for f in line.split()[1:])
-                    break
-            self.assertIsNotNone(addr, "the server did not start")
             rest = []
             reader = threading.Thread(target=lambda: rest.extend(p.stdout))
             reader.start()
@@ -157,8 +150,12 @@ class Secrets(unittest.TestCase):
             self.assertNoSecret("a session snapshot", blob.decode("latin-1"))
         with open(os.path.join(self.dir, "dq.sqlite"), "rb") as f:
             self.assertNoSecret("the data-quality history", f.read().decode("latin-1"))
-        report = subprocess.run(self.args("text") + ["--check-config"], capture_output=True,
-                                text=True, env=self.env, timeout=60)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VLC_")}
+        env["VLC_AUTH_TOKEN"] = ENV_TOKEN
+        report = subprocess.run(
+            [os.path.join(BIN, "vlcache-server"), "--model", MODEL, "--log-level", "trace",
+             *self.args("text"), "--check-config"],
+            capture_output=True, text=True, env=env, timeout=60)
         self.assertEqual(report.returncode, 0, report.stderr)
         self.assertIn("auth token: set", report.stdout + report.stderr)
         self.assertNoSecret("--check-config's report", report.stdout + report.stderr)

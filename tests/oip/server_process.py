@@ -10,15 +10,16 @@ BIN = os.environ.get("VLC_BIN_DIR", os.path.join(ROOT, "build", "bin"))
 DEMO = os.path.join(ROOT, "models", "demo")
 
 
-def start(model=DEMO, args=(), env=None):
+def start(model=DEMO, args=(), env=None, log_level="warn", stderr=None):
     """(process, {"grpc": ..., "metrics": ..., "http": ...}) of a started server; VLC_* variables
-    of the test's environment are not passed on, `env` is added."""
+    of the test's environment are not passed on, `env` is added; its log goes to `stderr` (a file,
+    or the test's own stderr)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("VLC_")}
     full_env.update(env or {})
     server = subprocess.Popen(
         [os.path.join(BIN, "vlcache-server"), "--model", model, "--listen", "127.0.0.1:0",
-         "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-level", "warn",
-         *args], stdout=subprocess.PIPE, text=True, env=full_env)
+         "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-level",
+         log_level, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=full_env)
     for line in server.stdout:
         if line.startswith("listening "):
             return server, dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
