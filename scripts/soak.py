@@ -126,6 +126,8 @@ def main():
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
     p.add_argument("--bin-dir", default=os.path.join(ROOT, "build", "bin"))
+    p.add_argument("--thread-settle", type=float, default=30,
+                   help="seconds the thread count may take to return to its idle value")
     p.add_argument("--heap-trim-idle", type=float, default=5,
                    help="the server's --heap-trim-idle in seconds (its default, 5); 0: off")
     p.add_argument("--json", help="write the figures here")
@@ -160,7 +162,16 @@ def main():
         figures["soak_seconds"] = round(time.monotonic() - t0, 1)
         if not wait_idle(addr["metrics"], args.heap_trim_idle):
             failures.append("the server did not become idle after the soak")
+        # gRPC's synchronous server grows its thread pool under load and retires the extra
+        # threads only as each next times out in its poll: bounded polling until the count is
+        # back, so that a thread still retiring is told from one that stays.
+        settle = time.monotonic()
         end = proc_status(server.pid)
+        while (end["thread_names"] != idle["thread_names"] and
+               time.monotonic() - settle < args.thread_settle):
+            time.sleep(0.5)
+            end = proc_status(server.pid)
+        figures["threads_settled_after_s"] = round(time.monotonic() - settle, 1)
         figures["idle_after_soak"] = end
         figures["kv_usage_after"] = gauge(addr["metrics"], "vlcache_kv_cache_usage_ratio")
         figures["calls"] = len(records)
