@@ -11,7 +11,7 @@ if(VLC_WITH_MEDIA)
     list(APPEND VLC_VQA_OPENCV_LIBS ${OPENCV_${m}_LIBRARY})
   endforeach()
 
-  add_library(vlc_vqa STATIC tools/vqa/vqa.cc)
+  add_library(vlc_vqa STATIC tools/vqa/vqa.cc tools/vqa/second_renderer.cc)
   target_include_directories(vlc_vqa PUBLIC ${CMAKE_SOURCE_DIR} ${OPENCV_INCLUDE_DIR})
   target_link_libraries(vlc_vqa PUBLIC ${VLC_VQA_OPENCV_LIBS} absl::status absl::statusor
                         absl::strings nlohmann_json::nlohmann_json)
@@ -25,7 +25,7 @@ if(VLC_WITH_MEDIA)
     # tests/CMakeLists.txt finds GTest too, but it is added after this file.
     find_package(GTest REQUIRED)
     include(GoogleTest)
-    add_executable(vqa_test tests/tools/vqa_test.cc)
+    add_executable(vqa_test tests/tools/vqa_test.cc tests/tools/second_renderer_test.cc)
     target_link_libraries(vqa_test PRIVATE vlc_vqa GTest::gtest GTest::gtest_main)
     target_compile_definitions(vqa_test PRIVATE VLC_BIN_DIR="${CMAKE_BINARY_DIR}/bin")
     # The suite runs the command-line tool as a user would.

@@ -93,7 +93,9 @@ absl::StatusOr<SeqId> Generator::QueueNew(SequenceSpec spec) {
   auto pre = std::make_unique<Prefill>();
   VLC_ASSIGN_OR_RETURN(pre->embeds, model_->EmbedPrompt(spec.prompt_ids, spec.visual));
   const auto& cfg = model_->config();
-  pre->compress = spec.cache_policy.name != "full";
+  // The size rule: a prompt too short to gain whole pages stays uncompressed.
+  pre->compress =
+      kvcache::Compresses(spec.cache_policy, static_cast<int64_t>(spec.prompt_ids.size()));
   if (pre->compress) {
     auto& shape = pre->shape;
     shape.length = static_cast<int64_t>(spec.prompt_ids.size());

@@ -40,8 +40,37 @@ std::string ShapeString(const at::Tensor& t) {
   return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
 }
 
+bool IsVlCache(const std::string& name) { return name == "vlcache" || name == "vlcache-guard"; }
+
 bool UsesObservations(const std::string& name) {
-  return name == "vlcache" || name == "h2o" || name == "snapkv" || name == "pyramidkv";
+  return IsVlCache(name) || name == "h2o" || name == "snapkv" || name == "pyramidkv";
+}
+
+// The first row of the text VL-Cache scores with: one past the last visual token, or, when the
+// prompt has no visual token or ends with one, the last min(32, m) rows.
+int64_t ScoredTextBegin(const PromptShape& shape) {
+  const int64_t m = std::max<int64_t>(0, shape.length);
+  int64_t v = 0;  // first position after the last visual token; 0 when there is none
+  const int64_t n = std::min<int64_t>(m, static_cast<int64_t>(shape.visual.size()));
+  for (int64_t i = n - 1; i >= 0; --i) {
+    if (shape.visual[i]) {
+      v = i + 1;
+      break;
+    }
+  }
+  return (v == 0 || v == m) ? m - std::min(kFallbackScoringRows, m) : v;
+}
+
+// Densities as the budget rules read them: not positive (or NaN) is 0, all 0 is all 1.
+std::vector<double> UsableDensities(const std::vector<double>& density) {
+  std::vector<double> d(density.size());
+  bool any = false;
+  for (size_t l = 0; l < density.size(); ++l) {
+    d[l] = density[l] > 0 ? density[l] : 0.0;
+    any = any || d[l] > 0;
+  }
+  if (!any) std::fill(d.begin(), d.end(), 1.0);
+  return d;
 }
 
 absl::Status CheckShape(const PromptShape& shape) {
@@ -80,7 +109,7 @@ absl::Status CheckObservations(const PolicyConfig& policy, const PromptShape& sh
                                                      shape.heads, ", ", shape.length, "], got ",
                                                      ShapeString(cs)));
     }
-    if (policy.name != "vlcache") continue;
+    if (!IsVlCache(policy.name)) continue;
     if (!obs.sparse_counts.defined() || obs.sparse_counts.numel() != shape.heads) {
       return absl::InvalidArgumentError(absl::StrCat("layer ", l, " sparse_counts must be [",
                                                      shape.heads, "], got ",
@@ -248,7 +277,7 @@ std::vector<int64_t> LargestRemainder(const std::vector<double>& shares, int64_t
 
 const std::vector<std::string>& PolicyNames() {
   static const auto* names = new std::vector<std::string>{
-      "full", "vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"};
+      "full", "vlcache", "vlcache-guard", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"};
   return *names;
 }
 
@@ -286,6 +315,18 @@ absl::Status PolicyConfig::Validate() const {
   if (sinks < 0) {
     return absl::InvalidArgumentError(absl::StrCat("sinks must be >= 0, got ", sinks));
   }
+  if (guard_window < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("guard_window must be >= 0, got ", guard_window));
+  }
+  if (min_layer_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_layer_tokens must be >= 1, got ", min_layer_tokens));
+  }
+  if (min_prompt_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_prompt_tokens must be >= 0, got ", min_prompt_tokens));
+  }
   if (max_scoring_queries < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_scoring_queries must be >= 0, got ", max_scoring_queries));
@@ -302,18 +343,9 @@ ObservationSpec ObservationFor(const PolicyConfig& policy, const PromptShape& sh
   } else if (policy.name == "snapkv" || policy.name == "pyramidkv") {
     spec.enabled = true;
     spec.query_begin = std::max<int64_t>(0, m - policy.window);
-  } else if (policy.name == "vlcache") {
+  } else if (IsVlCache(policy.name)) {
     spec.enabled = true;
-    int64_t v = 0;  // first position after the last visual token; 0 when there is none
-    const int64_t n = std::min<int64_t>(m, static_cast<int64_t>(shape.visual.size()));
-    for (int64_t i = n - 1; i >= 0; --i) {
-      if (shape.visual[i]) {
-        v = i + 1;
-        break;
-      }
-    }
-    // No visual token (v == 0) or no text after the media (tau == 0): score with the last rows.
-    spec.query_begin = (v == 0 || v == m) ? m - std::min(kFallbackScoringRows, m) : v;
+    spec.query_begin = ScoredTextBegin(shape);
     if (policy.max_scoring_queries > 0) {
       spec.query_begin = std::max<int64_t>(spec.query_begin, m - policy.max_scoring_queries);
     }
@@ -329,16 +361,8 @@ std::vector<int64_t> VlCacheBudgets(const std::vector<double>& density, int64_t 
   if (layers == 0) return {};
   if (m < 1) return std::vector<int64_t>(layers, 0);
   // Densities are 1 - gamma in [0, 1]; anything else (NaN included) is read as no density.
-  std::vector<double> d(layers);
-  double sum = 0;
-  for (size_t l = 0; l < layers; ++l) {
-    d[l] = density[l] > 0 ? density[l] : 0.0;
-    sum += d[l];
-  }
-  if (sum == 0) {
-    std::fill(d.begin(), d.end(), 1.0);
-    sum = static_cast<double>(layers);
-  }
+  const std::vector<double> d = UsableDensities(density);
+  const double sum = std::accumulate(d.begin(), d.end(), 0.0);
   const double md = static_cast<double>(m), ld = static_cast<double>(layers);
 
   if (!renormalize) {
@@ -364,6 +388,42 @@ std::vector<int64_t> VlCacheBudgets(const std::vector<double>& density, int64_t 
   std::vector<int64_t> k = LargestRemainder(shares, total, m);
   for (int64_t& x : k) x = std::clamp<int64_t>(x, 1, m);
   return k;
+}
+
+GuardedSpan GuardedPositions(const PolicyConfig& policy, const PromptShape& shape) {
+  const int64_t m = std::max<int64_t>(0, shape.length);
+  GuardedSpan g;
+  g.guard_begin =
+      std::max(ScoredTextBegin(shape), m - std::min<int64_t>(m, std::max(0, policy.guard_window)));
+  g.sinks = std::clamp<int64_t>(policy.sinks, 0, g.guard_begin);
+  return g;
+}
+
+std::vector<int64_t> GuardBudgets(const std::vector<double>& density, int64_t m, double alpha,
+                                  int64_t floor, double clip_floor, bool by_density) {
+  const size_t layers = density.size();
+  if (layers == 0) return {};
+  if (m < 1) return std::vector<int64_t>(layers, 0);
+  const int64_t f = std::clamp<int64_t>(floor, 1, m);
+  const int64_t per_layer = std::max(UniformBudget(m, alpha), f);
+  if (!by_density) return std::vector<int64_t>(layers, per_layer);
+  const int64_t total = per_layer * static_cast<int64_t>(layers);
+  const double ld = static_cast<double>(layers);
+  const double lo = std::max(static_cast<double>(f), clip_floor * static_cast<double>(m));
+  std::vector<double> shares;
+  if (static_cast<double>(total) <= ld * lo) {
+    shares.assign(layers, static_cast<double>(per_layer));
+  } else {
+    shares = WaterFill(UsableDensities(density), static_cast<double>(total), lo,
+                       static_cast<double>(m));
+  }
+  std::vector<int64_t> k = LargestRemainder(shares, total, m);
+  for (int64_t& x : k) x = std::clamp<int64_t>(x, f, m);
+  return k;
+}
+
+bool Compresses(const PolicyConfig& policy, int64_t length) {
+  return policy.name != "full" && length >= policy.min_prompt_tokens;
 }
 
 std::vector<int64_t> PyramidBudgets(int64_t m, int64_t budget, int layers, int window,
@@ -468,9 +528,18 @@ absl::StatusOr<KeepPlan> MakeKeepPlan(const PolicyConfig& policy, const PromptSh
     }
     const int64_t uniform = UniformBudget(m, policy.budget);
     std::vector<int64_t> keep(layers, uniform);
+    GuardedSpan guarded;
     if (policy.name == "vlcache") {
-      keep = VlCacheBudgets(LayerDensities(observations), m, policy.budget, policy.clip_floor,
-                            policy.renormalize);
+      if (policy.sparsity_budgets) {
+        keep = VlCacheBudgets(LayerDensities(observations), m, policy.budget, policy.clip_floor,
+                              policy.renormalize);
+      }
+    } else if (policy.name == "vlcache-guard") {
+      guarded = GuardedPositions(policy, shape);
+      const int64_t floor =
+          std::min(m, std::max<int64_t>(guarded.count(m), policy.min_layer_tokens));
+      keep = GuardBudgets(LayerDensities(observations), m, policy.budget, floor, policy.clip_floor,
+                          policy.sparsity_budgets);
     } else if (policy.name == "pyramidkv") {
       keep = PyramidBudgets(m, uniform, layers, policy.window, policy.pyramid_beta);
     }
@@ -485,11 +554,17 @@ absl::StatusOr<KeepPlan> MakeKeepPlan(const PolicyConfig& policy, const PromptSh
         lp.positions = RandomWithRecent(m, kv_heads, lp.keep,
                                         FloorFraction(policy.recent_fraction, lp.keep), rng);
       } else {
-        // vlcache and h2o score with the observed column sums as they are; snapkv and pyramidkv
-        // smooth them first and keep their whole observation window.
+        // vlcache, vlcache-guard and h2o score with the observed column sums as they are; snapkv
+        // and pyramidkv smooth them first and keep their whole observation window.
         at::Tensor scores = GroupMean(observations[l].col_sums, kv_heads);
         int64_t recent = FloorFraction(policy.recent_fraction, lp.keep);
-        if (policy.name == "snapkv" || policy.name == "pyramidkv") {
+        if (policy.name == "vlcache-guard") {
+          // The guarded text is the "recent" suffix; the sinks outrank every scored position.
+          recent = m - guarded.guard_begin;
+          if (guarded.sinks > 0) {
+            scores.slice(1, 0, guarded.sinks).fill_(std::numeric_limits<float>::infinity());
+          }
+        } else if (policy.name == "snapkv" || policy.name == "pyramidkv") {
           scores = AvgPool1d(scores, policy.kernel);
           recent = std::min<int64_t>(policy.window, lp.keep);
         }

@@ -12,6 +12,10 @@
 
 namespace vlc::server {
 
+// The engine's options as the server starts them: the library's, except that the KV cache is
+// compressed by default (vlcache-guard at 10%, prompts of 32 tokens or more: docs/BENCHMARKS.md).
+engine::PipelineOptions ServerPipelineDefaults();
+
 struct ServerConfig {
   // Serving
   std::string model_dir = "models/demo";    // --model, VLC_MODEL, model
@@ -31,8 +35,9 @@ struct ServerConfig {
   std::string session_store;                // --session-store: directory of session snapshots
   int media_workers = 0;                    // --media-workers: 0 = half the cores (1 to 4)
   // The engine's options: limits, KV cache, default policy (see engine/pipeline.h).
-  engine::PipelineOptions pipeline;         // --device, --dtype, --kv-cache-bytes,
-                                            // --kv-page-tokens, --kv-policy, --kv-budget,
+  engine::PipelineOptions pipeline = ServerPipelineDefaults();  // --device, --dtype,
+                                            // --kv-cache-bytes, --kv-page-tokens, --kv-policy,
+                                            // --kv-budget, --kv-compress-min-tokens,
                                             // --max-prompt-tokens, --max-new-tokens,
                                             // --max-media-bytes, --max-pixels, --max-frames,
                                             // --video-frames, --chat-template,

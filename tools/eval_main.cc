@@ -4,15 +4,22 @@
 // the answer counts when it equals the expected text exactly.
 //
 //   build/bin/vlcache-eval --model models/demo --split test --n 200 \
-//       --policies full,vlcache,snapkv,pyramidkv,h2o,streamingllm,random \
+//       --policies full,vlcache,vlcache-guard,snapkv,pyramidkv,h2o,streamingllm,random \
 //       --budgets 0.01,0.05,0.1,0.2,0.4 --frames 1 --json out.json --plot out.png
 //
 // For every policy and budget it reports accuracy (also by question kind), the mean share of the
 // prompt's KV bytes kept (the pool's pages are one token each here, so bytes are exact), the
-// prefill overhead (time to first token over the full cache's, median per item) and the decode
+// same share rounded to whole pages of --report-page-tokens (16, the server's default page: what
+// a server would hold), the prefill overhead (time to first token over the full cache's, median per item) and the decode
 // time per token; the JSON also lists the items each configuration answered right
 // (`correct_items`), the others with what was expected and what came out (`wrong`), and the
 // share of items answered right but not ended there (`answer_then_more`: "2 3 2" for "2").
+// A policy may carry settings after slashes, for ablations: `vlcache/uniform` shares the budget
+// evenly among layers (VL-Cache's scoring without its sparsity-proportional budgets), and
+// `vlcache-guard/sinks=0/guard=0/floor=1` changes what vlcache-guard always keeps.
+// `--renderer second` draws the same scenes with tools/vqa/second_renderer.h instead of the
+// pictures the demo model was trained on, and `--dense-frames` puts 3 to 6 objects in each clip
+// frame: the robustness checks.
 // `--sparsity` also prints each layer's attention sparsity over the post-vision queries
 // (docs/METHODS.md, VL-Cache step 1), the quantity VL-Cache's budgets follow.
 #include <ATen/ATen.h>
@@ -35,6 +42,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "engine/pipeline.h"
+#include "tools/vqa/second_renderer.h"
 #include "tools/vqa/vqa.h"
 #include "common/openmp_env.h"
 
@@ -44,7 +52,7 @@ using namespace vlc;
 
 struct Options {
   std::string model, split = "test";
-  std::string policies = "full,vlcache,snapkv,pyramidkv,h2o,streamingllm,random";
+  std::string policies = "full,vlcache,vlcache-guard,snapkv,pyramidkv,h2o,streamingllm,random";
   std::string budgets = "0.01,0.05,0.1,0.2,0.4", json_path, plot_path;
   int n = 200;
   int64_t start = 0;
@@ -52,6 +60,10 @@ struct Options {
   int max_new_tokens = 8;
   int threads = 0;
   bool sparsity = false;
+  std::string renderer = "first";  // first: the one the demo model was trained on; second
+  bool dense_frames = false;
+  int report_page_tokens = 16;     // the kept share is also reported rounded to such pages
+  std::string save_images;         // a directory: the first items' frames as PNG files
 };
 
 struct Row {
@@ -62,7 +74,7 @@ struct Row {
   // not stop there. Separates losing the answer from losing the end of the answer.
   int prefix_correct = 0;
   std::map<std::string, std::pair<int, int>> by_kind;  // kind -> (correct, total)
-  std::vector<double> kv_ratio, ttft_ratio, decode_ms;
+  std::vector<double> kv_ratio, page_ratio, ttft_ratio, decode_ms;
   std::vector<double> layer_share;  // mean share of the kept prompt tokens per layer (vlcache)
   std::vector<int64_t> correct_items;  // item indices answered right
   nlohmann::json wrong = nlohmann::json::array();  // the others: question, expected, produced
@@ -126,7 +138,7 @@ void Plot(const std::vector<Row>& rows, const std::vector<double>& budgets, int 
               {left, 30}, cv::FONT_HERSHEY_SIMPLEX, 0.6, black, 1, cv::LINE_AA);
   const std::vector<cv::Scalar> colours = {{0, 0, 0},     {40, 40, 220},  {200, 120, 0},
                                            {0, 160, 0},   {160, 0, 160},  {0, 140, 220},
-                                           {120, 120, 120}};
+                                           {120, 120, 120}, {0, 90, 140}};
   std::vector<std::string> names;
   for (const auto& r : rows) {
     if (std::find(names.begin(), names.end(), r.policy) == names.end()) names.push_back(r.policy);
@@ -150,6 +162,45 @@ void Plot(const std::vector<Row>& rows, const std::vector<double>& budgets, int 
                 cv::LINE_AA);
   }
   cv::imwrite(path, img);
+}
+
+// "name/setting/..." as a policy: `uniform`, `sinks=N`, `guard=N` (guard_window), `floor=N`
+// (min_layer_tokens), `recent=F` (recent_fraction).
+absl::StatusOr<kvcache::PolicyConfig> ParsePolicy(const std::string& text, double budget) {
+  std::vector<std::string> parts = absl::StrSplit(text, '/');
+  kvcache::PolicyConfig pc;
+  pc.name = parts[0];
+  pc.budget = budget;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string& part = parts[i];
+    if (part == "uniform") {
+      pc.sparsity_budgets = false;
+      continue;
+    }
+    const size_t eq = part.find('=');
+    const std::string key = part.substr(0, eq);
+    const std::string value = eq == std::string::npos ? "" : part.substr(eq + 1);
+    int n = 0;
+    double x = 0;
+    if (key == "recent" && absl::SimpleAtod(value, &x)) {
+      pc.recent_fraction = x;
+    } else if (!absl::SimpleAtoi(value, &n)) {
+      return absl::InvalidArgumentError(absl::StrCat("--policies: '", part, "' in '", text,
+                                                     "' is not uniform, sinks=N, guard=N, "
+                                                     "floor=N or recent=F"));
+    } else if (key == "sinks") {
+      pc.sinks = n;
+    } else if (key == "guard") {
+      pc.guard_window = n;
+    } else if (key == "floor") {
+      pc.min_layer_tokens = n;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--policies: unknown setting '", key, "' in '", text, "'"));
+    }
+  }
+  VLC_RETURN_IF_ERROR(pc.Validate());
+  return pc;
 }
 
 // Per-layer sparsity gamma[l] over the post-vision queries, averaged over the items.
@@ -195,14 +246,31 @@ absl::Status Run(const Options& o) {
   VLC_ASSIGN_OR_RETURN(auto pipeline, engine::Pipeline::Load(o.model, popts));
   vqa::Options vo;
   vo.image_size = pipeline->model().config().vision.image_size;
+  vo.dense_frames = o.dense_frames;
   VLC_RETURN_IF_ERROR(vqa::ValidateSpec(o.frames, vo));
+  if (o.renderer != "first" && o.renderer != "second") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--renderer: '", o.renderer, "' is not first or second"));
+  }
 
   std::vector<vqa::Item> items;
   std::vector<engine::GenerateRequest> requests;
   for (int i = 0; i < o.n; ++i) {
     items.push_back(vqa::MakeItem(split, o.start + i, o.frames, vo));
     engine::GenerateRequest req;
-    for (const auto& f : items.back().clip.frames) req.media.images.push_back(vqa::EncodePng(f, vo));
+    const vqa::SecondStyle style = vqa::SecondStyleFor(split, o.start + i);
+    const auto& frames = items.back().clip.frames;
+    for (size_t f = 0; f < frames.size(); ++f) {
+      req.media.images.push_back(
+          o.renderer == "first"
+              ? vqa::EncodePng(frames[f], vo)
+              : vqa::EncodePngSecond(frames[f], vo.grid, style, static_cast<int>(f)));
+      if (!o.save_images.empty() && i < 20) {
+        const std::string path = absl::StrCat(o.save_images, "/", o.split, "-", o.start + i, "-",
+                                              f, ".png");
+        std::ofstream(path, std::ios::binary) << req.media.images.back();
+      }
+    }
     req.prompt = vqa::Prompt(items.back());
     req.sampling.max_new_tokens = o.max_new_tokens;
     req.sampling.temperature = 0;
@@ -220,7 +288,10 @@ absl::Status Run(const Options& o) {
   std::vector<std::pair<std::string, double>> configs = {{"full", 1.0}};
   for (absl::string_view p : absl::StrSplit(o.policies, ',')) {
     if (p == "full") continue;
-    for (double b : budgets) configs.push_back({std::string(p), b});
+    for (double b : budgets) {
+      VLC_RETURN_IF_ERROR(ParsePolicy(std::string(p), b).status());
+      configs.push_back({std::string(p), b});
+    }
   }
 
   // Warm-up (allocator, thread pools, caches) so that the first policy's timings are not the
@@ -231,8 +302,8 @@ absl::Status Run(const Options& o) {
   std::vector<Row> rows;
   std::vector<double> full_ttft(items.size(), 0);
   const int layers = pipeline->model().config().text.num_hidden_layers;
-  std::printf("%-13s %7s %9s %9s %10s %12s\n", "policy", "budget", "accuracy", "kv kept",
-              "prefill x", "decode ms/tok");
+  std::printf("%-22s %7s %9s %9s %10s %10s %12s\n", "policy", "budget", "accuracy", "kv kept",
+              absl::StrCat("pages/", o.report_page_tokens).c_str(), "prefill x", "decode ms/tok");
   for (const auto& [policy, budget] : configs) {
     Row row;
     row.policy = policy;
@@ -240,10 +311,7 @@ absl::Status Run(const Options& o) {
     row.layer_share.assign(layers, 0.0);
     for (size_t i = 0; i < items.size(); ++i) {
       engine::GenerateRequest req = requests[i];
-      kvcache::PolicyConfig pc;
-      pc.name = policy;
-      pc.budget = budget;
-      req.cache_policy = pc;
+      req.cache_policy = *ParsePolicy(policy, budget);
       auto res = pipeline->Generate(req);
       if (!res.ok()) {
         return absl::Status(res.status().code(),
@@ -277,20 +345,29 @@ absl::Status Run(const Options& o) {
       }
       row.kv_ratio.push_back(static_cast<double>(kept) /
                              (static_cast<double>(res->prompt_tokens) * layers));
+      // What a pool of report_page_tokens-token pages would hold: whole pages per layer.
+      const int64_t pt = o.report_page_tokens;
+      int64_t pages = 0;
+      for (int64_t k : res->layer_budgets) pages += (k + pt - 1) / pt;
+      row.page_ratio.push_back(static_cast<double>(pages) /
+                               (static_cast<double>((res->prompt_tokens + pt - 1) / pt) * layers));
       if (policy == "full") full_ttft[i] = res->ttft_ms;
       if (full_ttft[i] > 0) row.ttft_ratio.push_back(res->ttft_ms / full_ttft[i]);
       if (res->generated_tokens > 1) row.decode_ms.push_back(res->decode_ms_per_token);
     }
     for (double& s : row.layer_share) s /= static_cast<double>(items.size());
-    std::printf("%-13s %7.2f %9.3f %9.3f %10.3f %12.3f\n", policy.c_str(), budget, row.accuracy(),
-                Mean(row.kv_ratio), Median(row.ttft_ratio), Mean(row.decode_ms));
+    std::printf("%-22s %7.2f %9.3f %9.3f %10.3f %10.3f %12.3f\n", policy.c_str(), budget,
+                row.accuracy(), Mean(row.kv_ratio), Mean(row.page_ratio), Median(row.ttft_ratio),
+                Mean(row.decode_ms));
     std::fflush(stdout);
     rows.push_back(std::move(row));
   }
 
   nlohmann::json j = {{"model", o.model},     {"split", o.split}, {"n", o.n},
                       {"start", o.start},     {"frames", o.frames},
-                      {"max_new_tokens", o.max_new_tokens}};
+                      {"max_new_tokens", o.max_new_tokens}, {"renderer", o.renderer},
+                      {"dense_frames", o.dense_frames},
+                      {"report_page_tokens", o.report_page_tokens}};
   j["results"] = nlohmann::json::array();
   for (const auto& r : rows) {
     nlohmann::json kinds;
@@ -303,6 +380,7 @@ absl::Status Run(const Options& o) {
                             {"answer_then_more", static_cast<double>(r.prefix_correct - r.correct) /
                                                      std::max(1, r.total)},
                             {"kv_ratio", Mean(r.kv_ratio)},
+                            {"page_ratio", Mean(r.page_ratio)},
                             {"prefill_overhead_ratio", Median(r.ttft_ratio)},
                             {"decode_ms_per_token", Mean(r.decode_ms)},
                             {"accuracy_by_kind", kinds},
@@ -351,6 +429,17 @@ int main(int argc, char** argv) {
   app.add_option("--json", o.json_path, "Write the results as JSON");
   app.add_option("--plot", o.plot_path, "Write accuracy vs budget as a PNG");
   app.add_flag("--sparsity", o.sparsity, "Also measure each layer's attention sparsity");
+  app.add_option("--renderer", o.renderer,
+                 "first: the pictures the demo model was trained on; second: an independent "
+                 "drawing at 96-512 pixels, with and without antialiasing")
+      ->capture_default_str();
+  app.add_flag("--dense-frames", o.dense_frames, "Clip frames of 3 to 6 objects instead of 2 to 4");
+  app.add_option("--report-page-tokens", o.report_page_tokens,
+                 "Also report the kept share rounded to whole pages of this many tokens")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--save-images", o.save_images,
+                 "Write the first 20 items' frames as PNG files into this directory");
   CLI11_PARSE(app, argc, argv);
   const absl::Status st = Run(o);
   if (!st.ok()) {

@@ -41,7 +41,8 @@ TEST(CompressedGeneration, BudgetOneEqualsFullTokenForToken) {
   Generator gen(m.get(), &cache, -1);
   auto full = gen.Run({Spec(*m, 1, 20, "full", 1.0)});
   ASSERT_TRUE(full.ok()) << full.status();
-  for (const char* policy : {"vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
+  for (const char* policy :
+       {"vlcache", "vlcache-guard", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
     auto r = gen.Run({Spec(*m, 1, 20, policy, 1.0)});
     ASSERT_TRUE(r.ok()) << policy << ": " << r.status();
     EXPECT_EQ((*r)[0].tokens, (*full)[0].tokens) << policy;
@@ -62,6 +63,29 @@ TEST(CompressedGeneration, VlCacheKeepsAboutTheBudgetAndReportsIt) {
   for (int64_t k : res.layer_budgets) total += k;
   EXPECT_EQ(total, std::llround(0.25 * prompt) * 3);  // renormalised: exact
   EXPECT_LT(res.kv_bytes, res.kv_bytes_full / 2);
+}
+
+TEST(CompressedGeneration, APromptBelowTheSizeRuleIsNotCompressed) {
+  auto m = RandomModel(ThreeLayers());
+  auto pool = Pool(m->config());
+  kvcache::PagedKvCache cache(m->config().text.num_hidden_layers, pool.get());
+  Generator gen(m.get(), &cache, -1);
+  auto full = gen.Run({Spec(*m, 4, 12, "full", 1.0)});
+  ASSERT_TRUE(full.ok()) << full.status();
+  const int64_t n = (*full)[0].prompt_tokens;
+  SequenceSpec below = Spec(*m, 4, 12, "vlcache-guard", 0.1);
+  below.cache_policy.min_layer_tokens = 1;
+  below.cache_policy.min_prompt_tokens = static_cast<int>(n) + 1;
+  auto r = gen.Run({below});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].layer_budgets, std::vector<int64_t>(3, n));
+  EXPECT_EQ((*r)[0].tokens, (*full)[0].tokens);
+  // At the threshold the same request is compressed.
+  SequenceSpec at = below;
+  at.cache_policy.min_prompt_tokens = static_cast<int>(n);
+  auto c = gen.Run({at});
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (int64_t k : (*c)[0].layer_budgets) EXPECT_LT(k, n);
 }
 
 // The uncompressed cache with a keep mask: decode attends to every cached token except the
@@ -118,7 +142,8 @@ class MaskedCache final : public kvcache::KvCache {
 TEST(CompressedGeneration, DecodeEqualsFullCacheWithEvictedPositionsMasked) {
   const auto c = ThreeLayers();
   auto m = RandomModel(c);
-  for (const char* policy : {"vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
+  for (const char* policy :
+       {"vlcache", "vlcache-guard", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
     SCOPED_TRACE(policy);
     auto spec = Spec(*m, 3, 20, policy, 0.3);
     const int64_t n = static_cast<int64_t>(spec.prompt_ids.size());

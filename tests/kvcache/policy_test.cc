@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,7 +126,7 @@ TEST(PolicyConfig, EveryNamedPolicyIsValidWithDefaults) {
   for (const std::string& name : PolicyNames()) {
     EXPECT_TRUE(Policy(name, 0.1).Validate().ok()) << name;
   }
-  EXPECT_EQ(PolicyNames().size(), 7u);
+  EXPECT_EQ(PolicyNames().size(), 8u);
 }
 
 TEST(PolicyConfig, UnknownNameIsRejectedAndTheValidOnesListed) {
@@ -133,7 +134,8 @@ TEST(PolicyConfig, UnknownNameIsRejectedAndTheValidOnesListed) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("lru"), std::string::npos) << s;
   for (const char* name :
-       {"full", "vlcache", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"}) {
+       {"full", "vlcache", "vlcache-guard", "snapkv", "pyramidkv", "h2o", "streamingllm",
+        "random"}) {
     EXPECT_NE(s.message().find(name), std::string::npos) << name << ": " << s;
   }
 }
@@ -167,6 +169,9 @@ TEST(PolicyConfig, EachOutOfRangeFieldIsNamedInTheError) {
       {[](PolicyConfig& p) { p.pyramid_beta = 0; }, "pyramid_beta"},
       {[](PolicyConfig& p) { p.sinks = -1; }, "sinks"},
       {[](PolicyConfig& p) { p.max_scoring_queries = -1; }, "max_scoring_queries"},
+      {[](PolicyConfig& p) { p.guard_window = -1; }, "guard_window"},
+      {[](PolicyConfig& p) { p.min_layer_tokens = 0; }, "min_layer_tokens"},
+      {[](PolicyConfig& p) { p.min_prompt_tokens = -1; }, "min_prompt_tokens"},
   };
   for (const Case& c : cases) {
     PolicyConfig p = Policy("vlcache", 0.1);
@@ -253,6 +258,19 @@ TEST(ObservationFor, VlCacheMaxScoringQueriesCapsTheRows) {
   for (int i = 0; i < 100; ++i) shape.visual[i] = 1;
   p.max_scoring_queries = 10;
   EXPECT_EQ(ObservationFor(p, shape).query_begin, 90);
+}
+
+TEST(ObservationFor, VlCacheGuardObservesWhatVlCacheObserves) {
+  PromptShape shape = Shape(100, 2, 4, 2);
+  for (int i = 20; i < 60; ++i) shape.visual[i] = 1;
+  for (int cap : {0, 10}) {
+    PolicyConfig a = Policy("vlcache", 0.1), b = Policy("vlcache-guard", 0.1);
+    a.max_scoring_queries = b.max_scoring_queries = cap;
+    const ObservationSpec sa = ObservationFor(a, shape), sb = ObservationFor(b, shape);
+    EXPECT_TRUE(sb.enabled && sb.sparsity);
+    EXPECT_EQ(sb.query_begin, sa.query_begin) << cap;
+    EXPECT_DOUBLE_EQ(sb.threshold, sa.threshold);
+  }
 }
 
 // ---- GroupMean
@@ -567,6 +585,187 @@ TEST(VlCachePolicy, PaperModeKeepsTheClippedBudgets) {
   auto plan = MakeKeepPlan(policy, shape, obs);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(Keeps(*plan), (std::vector<int64_t>{180, 50, 100, 100}));
+}
+
+TEST(VlCachePolicy, UniformAblationKeepsTheBaselinesBudgetWithVlCacheScores) {
+  // The same observations as the sparse-layer test: by density {5, 3}; evenly {4, 4}.
+  const int64_t m = 8;
+  PromptShape shape = Shape(m, 2, 2, 1);
+  for (int i = 0; i < 4; ++i) shape.visual[i] = 1;
+  PolicyConfig policy = Policy("vlcache", 0.5);
+  policy.sparsity_budgets = false;
+  ObservationSpec spec = ObservationFor(policy, shape);
+  std::vector<LayerObservation> obs = {
+      ObserveByHand({UniformRows(m), UniformRows(m)}, spec.query_begin, spec.threshold),
+      ObserveByHand({PeakedRows(m), UniformRows(m)}, spec.query_begin, spec.threshold)};
+  auto plan = MakeKeepPlan(policy, shape, obs);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(Keeps(*plan), (std::vector<int64_t>{4, 4}));
+  EXPECT_EQ(Row(plan->layers[0].positions, 0), Range(0, 4));
+  EXPECT_EQ(Row(plan->layers[1].positions, 0), Range(0, 4));
+}
+
+// ---- vlcache-guard
+
+TEST(GuardedPositions, TheSinksAndTheTextAfterTheLastMediaUpToTheGuardWindow) {
+  PromptShape shape = Shape(100, 2, 4, 2);
+  for (int i = 5; i < 80; ++i) shape.visual[i] = 1;  // 20 text tokens after the media
+  PolicyConfig p = Policy("vlcache-guard", 0.1);
+  // By default the prompt's last 4 tokens.
+  EXPECT_EQ(GuardedPositions(p, shape).guard_begin, 96);
+  p.guard_window = 64;
+  GuardedSpan g = GuardedPositions(p, shape);
+  EXPECT_EQ(g.sinks, 4);
+  EXPECT_EQ(g.guard_begin, 80);
+  EXPECT_EQ(g.count(100), 24);
+  // A guard window shorter than the text guards its last tokens only.
+  p.guard_window = 8;
+  EXPECT_EQ(GuardedPositions(p, shape).guard_begin, 92);
+  p.guard_window = 0;
+  EXPECT_EQ(GuardedPositions(p, shape).guard_begin, 100);
+  p.sinks = 0;
+  EXPECT_EQ(GuardedPositions(p, shape).count(100), 0);
+  // No text after the media, or no media: the last min(32, m) tokens stand for the question.
+  p = Policy("vlcache-guard", 0.1);
+  p.guard_window = 64;
+  EXPECT_EQ(GuardedPositions(p, Shape(100, 2, 4, 2)).guard_begin, 68);
+  for (int i = 80; i < 100; ++i) shape.visual[i] = 1;
+  EXPECT_EQ(GuardedPositions(p, shape).guard_begin, 68);
+  // The sinks never reach into the guarded text.
+  PromptShape tiny = Shape(3, 2, 4, 2);
+  EXPECT_EQ(GuardedPositions(p, tiny).guard_begin, 0);
+  EXPECT_EQ(GuardedPositions(p, tiny).sinks, 0);
+}
+
+TEST(GuardBudgets, EveryLayerKeepsTheFloorAndTheRestFollowsDensity) {
+  // m = 1000, alpha 0.1: b = 100, total 400 over 4 layers; floor 30 (clip floor 0.01: 10).
+  const std::vector<double> d = {0.9, 0.1, 0.5, 0.5};
+  std::vector<int64_t> k = GuardBudgets(d, 1000, 0.1, 30, 0.01, true);
+  EXPECT_EQ(std::accumulate(k.begin(), k.end(), int64_t{0}), 400);
+  for (int64_t x : k) EXPECT_GE(x, 30);
+  // Layer 1 sits on the floor; the other 370 follow 0.9 : 0.5 : 0.5.
+  EXPECT_EQ(k, (std::vector<int64_t>{175, 30, 98, 97}));
+  // Evenly, for the ablation.
+  EXPECT_EQ(GuardBudgets(d, 1000, 0.1, 30, 0.01, false), std::vector<int64_t>(4, 100));
+}
+
+TEST(GuardBudgets, AFloorAboveTheBudgetIsKeptInEveryLayerAndTheTotalGrows) {
+  // m = 30, alpha 0.1: b = 3, but every layer must keep 17.
+  const std::vector<double> d = {0.9, 0.1, 0.5, 0.5};
+  EXPECT_EQ(GuardBudgets(d, 30, 0.1, 17, 0.01, true), std::vector<int64_t>(4, 17));
+  EXPECT_EQ(GuardBudgets(d, 30, 0.1, 17, 0.01, false), std::vector<int64_t>(4, 17));
+  // A floor above the prompt keeps the prompt.
+  EXPECT_EQ(GuardBudgets(d, 30, 0.1, 64, 0.01, true), std::vector<int64_t>(4, 30));
+  EXPECT_TRUE(GuardBudgets({}, 30, 0.1, 4, 0.01, true).empty());
+}
+
+TEST(VlCacheGuardPolicy, GuardedTokensAreKeptInEveryLayerWhateverTheirScores) {
+  // m = 60: sinks 0..3, media 4..49, question 50..59. alpha 0.5: b = 30 per layer.
+  const int64_t m = 60;
+  PromptShape shape = Shape(m, 3, 4, 2);
+  for (int i = 4; i < 50; ++i) shape.visual[i] = 1;
+  std::vector<LayerObservation> obs = RandomObservations(shape, 11);
+  const int64_t sparse[] = {0, 300, 150};
+  for (int l = 0; l < 3; ++l) {
+    // The guarded positions score lowest of all, so nothing but the guard can keep them.
+    obs[l].col_sums.slice(1, 0, 4).fill_(-1.0f);
+    obs[l].col_sums.slice(1, 50, m).fill_(-1.0f);
+    obs[l].sparse_counts = at::full({4}, sparse[l], at::kLong);
+    obs[l].causal_entries = 600;
+  }
+  PolicyConfig policy = Policy("vlcache-guard", 0.5);
+  policy.guard_window = 10;
+  auto plan = MakeKeepPlan(policy, shape, obs);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  int64_t total = 0;
+  for (int l = 0; l < 3; ++l) {
+    const LayerPlan& lp = plan->layers[l];
+    total += lp.keep;
+    ASSERT_EQ(lp.positions.sizes(), (std::vector<int64_t>{2, lp.keep}));
+    at::Tensor scores = GroupMean(obs[l].col_sums, 2);
+    for (int h = 0; h < 2; ++h) {
+      std::vector<int64_t> row = Row(lp.positions, h);
+      ASSERT_TRUE(std::is_sorted(row.begin(), row.end()));
+      EXPECT_EQ(std::vector<int64_t>(row.begin(), row.begin() + 4), Range(0, 4)) << l;
+      EXPECT_EQ(std::vector<int64_t>(row.end() - 10, row.end()), Range(50, m)) << l;
+      // The rest are the highest-scoring media positions of this KV head.
+      std::vector<int64_t> picked(row.begin() + 4, row.end() - 10);
+      std::vector<std::pair<float, int64_t>> ranked;
+      for (int64_t j = 4; j < 50; ++j) ranked.push_back({-scores[h][j].item<float>(), j});
+      std::sort(ranked.begin(), ranked.end());
+      std::vector<int64_t> want;
+      for (size_t i = 0; i < picked.size(); ++i) want.push_back(ranked[i].second);
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(picked, want) << "layer " << l << " head " << h;
+    }
+  }
+  // Above the floor (14 guarded, 16 by default) the total is the baselines' 30 * 3, shared by
+  // density: the densest layer 0 keeps the most, the sparsest layer 1 the least.
+  EXPECT_EQ(total, 90);
+  EXPECT_GT(plan->layers[0].keep, plan->layers[2].keep);
+  EXPECT_GT(plan->layers[2].keep, plan->layers[1].keep);
+}
+
+TEST(VlCacheGuardPolicy, ASmallBudgetStillKeepsTheQuestionAndTheFloor) {
+  // m = 30 (a single image's shape): alpha 0.1 would keep 3 tokens; the guard keeps the 4 sinks
+  // and the 10-token question, and the floor of 16 adds the 2 best media tokens.
+  const int64_t m = 30;
+  PromptShape shape = Shape(m, 2, 2, 2);
+  for (int i = 4; i < 20; ++i) shape.visual[i] = 1;
+  std::vector<LayerObservation> obs = RandomObservations(shape, 12);
+  obs[0].col_sums[0][7] = 5.0f;
+  obs[0].col_sums[0][13] = 4.0f;
+  PolicyConfig guard_question = Policy("vlcache-guard", 0.1);
+  guard_question.guard_window = 64;
+  auto plan = MakeKeepPlan(guard_question, shape, obs);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(Keeps(*plan), (std::vector<int64_t>{16, 16}));
+  // KV head 0 of layer 0 reads query head 0 only: its two best media tokens are 7 and 13.
+  EXPECT_EQ(Row(plan->layers[0].positions, 0),
+            Concat(Concat(Range(0, 4), {7, 13}), Range(20, 30)));
+  // With the floor at 1 the guard alone decides.
+  PolicyConfig p = guard_question;
+  p.min_layer_tokens = 1;
+  auto bare = MakeKeepPlan(p, shape, obs);
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(Keeps(*bare), (std::vector<int64_t>{14, 14}));
+  EXPECT_EQ(Row(bare->layers[1].positions, 1), Concat(Range(0, 4), Range(20, 30)));
+  // The defaults guard the prompt's last 4 tokens only: the floor's other 8 go to the best
+  // scores among the media and the rest of the question.
+  auto def = MakeKeepPlan(Policy("vlcache-guard", 0.1), shape, obs);
+  ASSERT_TRUE(def.ok()) << def.status();
+  EXPECT_EQ(Keeps(*def), (std::vector<int64_t>{16, 16}));
+  for (int h = 0; h < 2; ++h) {
+    std::vector<int64_t> row = Row(def->layers[0].positions, h);
+    EXPECT_EQ(std::vector<int64_t>(row.begin(), row.begin() + 4), Range(0, 4));
+    EXPECT_EQ(std::vector<int64_t>(row.end() - 4, row.end()), Range(26, 30));
+    std::vector<std::pair<float, int64_t>> ranked;
+    for (int64_t j = 4; j < 26; ++j) ranked.push_back({-obs[0].col_sums[h][j].item<float>(), j});
+    std::sort(ranked.begin(), ranked.end());
+    std::vector<int64_t> want;
+    for (int i = 0; i < 8; ++i) want.push_back(ranked[i].second);
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(std::vector<int64_t>(row.begin() + 4, row.end() - 4), want) << h;
+  }
+}
+
+TEST(VlCacheGuardPolicy, MissingSparsityCountsAreRejectedAsForVlCache) {
+  PromptShape shape = Shape(30, 2, 4, 2);
+  std::vector<LayerObservation> obs = RandomObservations(shape, 1);
+  obs[1].sparse_counts = at::Tensor();
+  auto plan = MakeKeepPlan(Policy("vlcache-guard", 0.2), shape, obs);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(plan.status().message().find("layer 1 sparse_counts"), std::string::npos)
+      << plan.status();
+}
+
+TEST(SizeRule, PromptsShorterThanTheMinimumAreNotCompressed) {
+  PolicyConfig p = Policy("vlcache-guard", 0.1);
+  EXPECT_TRUE(Compresses(p, 1));
+  p.min_prompt_tokens = 64;
+  EXPECT_FALSE(Compresses(p, 63));
+  EXPECT_TRUE(Compresses(p, 64));
+  EXPECT_FALSE(Compresses(Policy("full", 0.1), 1000));
 }
 
 // ---- MakeKeepPlan: baselines

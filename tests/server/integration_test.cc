@@ -214,6 +214,9 @@ TEST_F(ServerTest, VlCachePolicyBudgetsSumToAlphaTimesLayers) {
   const int layers = ModelInfo().num_layers();
   ASSERT_GT(layers, 0);
   pb::GenerateRequest req = ImageRequest(2, 8);
+  // Above the server's default --kv-compress-min-tokens (32): a longer question.
+  req.set_prompt("in the picture above, look at every cell in turn and then say what color the "
+                 "triangle is?");
   req.mutable_cache()->set_policy("vlcache");
   req.mutable_cache()->set_budget(0.1);
   const StreamResult r = Generate(req);
@@ -234,6 +237,32 @@ TEST_F(ServerTest, VlCachePolicyBudgetsSumToAlphaTimesLayers) {
   EXPECT_EQ(full.usage.kv_policy(), "full");
   ASSERT_EQ(full.usage.layer_budgets_size(), layers);
   for (int64_t k : full.usage.layer_budgets()) EXPECT_EQ(k, full.usage.prompt_tokens());
+}
+
+// Without a policy of its own a request gets the server's default: vlcache-guard at 10%, for
+// prompts of 32 tokens and more; a shorter prompt keeps every token.
+TEST_F(ServerTest, TheDefaultPolicyCompressesPromptsOfThirtyTwoTokensAndMore) {
+  const int layers = ModelInfo().num_layers();
+  pb::GenerateRequest req = ImageRequest(3, 4);
+  req.set_prompt("in the picture above, look at every cell in turn and then say what color the "
+                 "triangle is?");
+  const StreamResult r = Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.usage.kv_policy(), "vlcache-guard");
+  ASSERT_GE(r.usage.prompt_tokens(), 32);
+  ASSERT_EQ(r.usage.layer_budgets_size(), layers);
+  for (int64_t k : r.usage.layer_budgets()) {
+    // At least the floor of 16, well under the prompt.
+    EXPECT_GE(k, 16);
+    EXPECT_LT(k, r.usage.prompt_tokens());
+  }
+  EXPECT_LT(r.usage.kv_bytes_kept(), r.usage.kv_bytes_full());
+
+  req.set_prompt("red?");
+  const StreamResult small = Generate(req);
+  ASSERT_TRUE(small.status.ok()) << small.status.error_message();
+  ASSERT_LT(small.usage.prompt_tokens(), 32);
+  for (int64_t k : small.usage.layer_budgets()) EXPECT_EQ(k, small.usage.prompt_tokens());
 }
 
 TEST_F(ServerTest, BadInputsAreInvalidArgumentAndServerKeepsServing) {

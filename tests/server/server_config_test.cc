@@ -96,6 +96,23 @@ TEST_F(ConfigTest, NoArgumentsGiveTheDocumentedDefaults) {
   EXPECT_TRUE(cfg->dq_db.empty());
   EXPECT_EQ(cfg->dq_watch_window_seconds, 3600);  // one hour
   EXPECT_EQ(cfg->dq_watch_max_rows, 10000);
+  // The server compresses by default, unlike the library.
+  EXPECT_EQ(cfg->pipeline.cache_policy.name, "vlcache-guard");
+  EXPECT_DOUBLE_EQ(cfg->pipeline.cache_policy.budget, 0.1);
+  EXPECT_EQ(cfg->pipeline.cache_policy.min_prompt_tokens, 32);
+  EXPECT_EQ(engine::PipelineOptions().cache_policy.name, "full");
+}
+
+TEST_F(ConfigTest, TheFullCacheIsOneFlagAwayAndTheSizeRuleIsAnOption) {
+  auto full = Load({"--kv-policy", "full"});
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->pipeline.cache_policy.name, "full");
+  EXPECT_EQ(Load({"--kv-compress-min-tokens", "0"})->pipeline.cache_policy.min_prompt_tokens, 0);
+  EXPECT_EQ(Load({"--kv-compress-min-tokens", "200"})->pipeline.cache_policy.min_prompt_tokens,
+            200);
+  auto negative = Load({"--kv-compress-min-tokens", "-1"});
+  EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(negative.status().message(), "--kv-compress-min-tokens"));
 }
 
 // --check-config validates everything but the model and reports each setting with its source;

@@ -523,7 +523,7 @@ bool operator==(const Question& a, const Question& b) {
          a.row == b.row && a.col == b.col && a.text == b.text;
 }
 bool operator==(const Options& a, const Options& b) {
-  return a.image_size == b.image_size && a.grid == b.grid;
+  return a.image_size == b.image_size && a.grid == b.grid && a.dense_frames == b.dense_frames;
 }
 bool operator==(const Item& a, const Item& b) {
   return a.split == b.split && a.index == b.index && a.clip == b.clip && a.question == b.question &&
@@ -559,7 +559,7 @@ Item MakeItem(Split split, int64_t index, int frames, const Options& opts) {
   item.split = split;
   item.index = index;
   item.options = opts;
-  const SceneSpec& spec = frames == 1 ? kImageSpec : kClipFrameSpec;
+  const SceneSpec& spec = frames == 1 || opts.dense_frames ? kImageSpec : kClipFrameSpec;
   for (int f = 0; f < frames; ++f) item.clip.frames.push_back(MakeFrame(rng, spec, opts.grid));
   item.question = DrawQuestion(rng, item.clip);
   item.question.text = QuestionText(item.question, frames);
@@ -746,16 +746,18 @@ json ToJson(const Item& item) {
       jq["color"] = ColorName(q.color);
       break;
   }
-  return {{"split", SplitName(item.split)},
-          {"index", item.index},
-          {"frames", item.clip.frames.size()},
-          {"image_size", item.options.image_size},
-          {"grid", item.options.grid},
-          {"prompt", Prompt(item)},
-          {"answer", item.answer},
-          {"kind", KindName(q.kind)},
-          {"question", std::move(jq)},
-          {"scene", ClipToJson(item.clip)}};
+  json j = {{"split", SplitName(item.split)},
+            {"index", item.index},
+            {"frames", item.clip.frames.size()},
+            {"image_size", item.options.image_size},
+            {"grid", item.options.grid},
+            {"prompt", Prompt(item)},
+            {"answer", item.answer},
+            {"kind", KindName(q.kind)},
+            {"question", std::move(jq)},
+            {"scene", ClipToJson(item.clip)}};
+  if (item.options.dense_frames) j["dense_frames"] = true;
+  return j;
 }
 
 absl::StatusOr<Item> ItemFromJson(const json& j) {
@@ -765,6 +767,10 @@ absl::StatusOr<Item> ItemFromJson(const json& j) {
   VLC_ASSIGN_OR_RETURN(item.index, GetInt(j, "index", where, 0, INT64_MAX));
   VLC_ASSIGN_OR_RETURN(item.options.image_size, GetInt(j, "image_size", where, 1, 4096));
   VLC_ASSIGN_OR_RETURN(item.options.grid, GetInt(j, "grid", where, 1, kMaxGrid));
+  if (auto it = j.find("dense_frames"); it != j.end()) {
+    if (!it->is_boolean()) return absl::InvalidArgumentError("item.dense_frames: not a boolean");
+    item.options.dense_frames = it->get<bool>();
+  }
   VLC_ASSIGN_OR_RETURN(const json* scene, Field(j, "scene", where));
   VLC_ASSIGN_OR_RETURN(item.clip, ClipFromJson(*scene));
   const int frames = static_cast<int>(item.clip.frames.size());

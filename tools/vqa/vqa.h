@@ -74,6 +74,9 @@ struct Question {
 struct Options {
   int image_size = 96;  // square images of image_size x image_size pixels
   int grid = 4;         // grid x grid cells
+  // Clip frames of 3 to 6 objects (at least 2 shapes and 1 box, as single images), instead of
+  // 2 to 4: denser scenes than the demo model was trained on, for robustness checks.
+  bool dense_frames = false;
 };
 
 struct Item {

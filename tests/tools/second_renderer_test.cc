@@ -1,0 +1,197 @@
+// The second renderer draws the scenes the task describes (each object in its cell, in its
+// colour, boxes with a legible digit, empty cells blank), at any size it allows, deterministically,
+// and differently from the first renderer.
+#include "tools/vqa/second_renderer.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+#include <tuple>
+
+namespace vlc::vqa {
+namespace {
+
+struct Rgb {
+  int r, g, b;
+};
+
+Rgb At(const std::vector<uint8_t>& img, int size, int x, int y) {
+  const size_t i = (static_cast<size_t>(y) * size + x) * 3;
+  return {img[i], img[i + 1], img[i + 2]};
+}
+
+bool Near(Rgb p, Color c, int tolerance) {
+  const auto want = ColorRgb(c);
+  return std::abs(p.r - want[0]) <= tolerance && std::abs(p.g - want[1]) <= tolerance &&
+         std::abs(p.b - want[2]) <= tolerance;
+}
+
+Frame OneOfEach() {
+  Frame f;
+  const Shape shapes[] = {Shape::kCircle, Shape::kSquare, Shape::kTriangle, Shape::kDiamond,
+                          Shape::kCross};
+  for (int i = 0; i < 5; ++i) {
+    Object o;
+    o.shape = shapes[i];
+    o.color = static_cast<Color>(i);
+    o.row = i / 4;
+    o.col = i % 4;
+    f.objects.push_back(o);
+  }
+  Object box;
+  box.is_box = true;
+  box.color = Color::kOrange;
+  box.digit = 7;
+  box.row = 2;
+  box.col = 1;
+  f.objects.push_back(box);
+  return f;
+}
+
+TEST(VqaSecondRenderer, EveryShapeIsItsColourAtItsCellsCentreAtEverySize) {
+  const Frame f = OneOfEach();
+  for (int size : {96, 130, 257, 512}) {
+    for (bool aa : {false, true}) {
+      SecondStyle style{size, aa, 42};
+      const std::vector<uint8_t> img = RenderFrameSecond(f, 4, style);
+      ASSERT_EQ(img.size(), static_cast<size_t>(size) * size * 3);
+      const double cell = size / 4.0;
+      for (const Object& o : f.objects) {
+        if (o.is_box) continue;
+        const int x = static_cast<int>((o.col + 0.5) * cell);
+        const int y = static_cast<int>((o.row + 0.5) * cell);
+        EXPECT_TRUE(Near(At(img, size, x, y), o.color, 16))
+            << ShapeName(o.shape) << " at size " << size << (aa ? " antialiased" : "");
+      }
+      // Cells without an object are blank paper, one light shade.
+      const int x = static_cast<int>(3.5 * cell), y = static_cast<int>(3.5 * cell);
+      const Rgb paper = At(img, size, x, y);
+      EXPECT_GE(paper.r, 246);
+      EXPECT_EQ(paper.r, paper.g);
+      EXPECT_EQ(paper.g, paper.b);
+      for (int yy = static_cast<int>(3 * cell) + 1; yy < size; ++yy) {
+        for (int xx = static_cast<int>(3 * cell) + 1; xx < size; ++xx) {
+          const Rgb p = At(img, size, xx, yy);
+          ASSERT_TRUE(p.r == paper.r && p.g == paper.g && p.b == paper.b) << xx << "," << yy;
+        }
+      }
+    }
+  }
+}
+
+TEST(VqaSecondRenderer, ABoxHasItsOutlineAndADarkDigitInside) {
+  const Frame f = OneOfEach();
+  const int size = 384;
+  const std::vector<uint8_t> img = RenderFrameSecond(f, 4, SecondStyle{size, false, 7});
+  const int cell = size / 4, x0 = 1 * cell, y0 = 2 * cell;
+  int outline = 0, dark = 0;
+  for (int y = y0; y < y0 + cell; ++y) {
+    for (int x = x0; x < x0 + cell; ++x) {
+      const Rgb p = At(img, size, x, y);
+      outline += Near(p, Color::kOrange, 16);
+      dark += p.r < 80 && p.g < 80 && p.b < 80;
+    }
+  }
+  // The outline is 6-10% of the cell wide on four sides; the digit a few percent of the cell.
+  EXPECT_GT(outline, cell * cell / 6);
+  EXPECT_GT(dark, cell * cell / 50);
+  // The outline's inset is 3-8% of the cell and its width 6-10%: 8.5% down from the cell's top
+  // edge is always on it.
+  EXPECT_TRUE(Near(At(img, size, x0 + cell / 2, y0 + static_cast<int>(0.085 * cell)),
+                   Color::kOrange, 16));
+}
+
+TEST(VqaSecondRenderer, TheTenDigitsAreDrawnDifferently) {
+  std::set<std::vector<uint8_t>> seen;
+  for (int d = 0; d < 10; ++d) {
+    Frame f;
+    Object box;
+    box.is_box = true;
+    box.digit = d;
+    f.objects.push_back(box);
+    // The same seed: only the digit changes.
+    seen.insert(RenderFrameSecond(f, 4, SecondStyle{160, false, 3}));
+  }
+  EXPECT_EQ(seen.size(), 10u);
+}
+
+TEST(VqaSecondRenderer, DeterministicForASeedAndDifferentAcrossSeedsFramesAndRenderers) {
+  const Frame f = OneOfEach();
+  const SecondStyle style{96, true, 5};
+  const auto a = RenderFrameSecond(f, 4, style);
+  EXPECT_EQ(a, RenderFrameSecond(f, 4, style));
+  EXPECT_NE(a, RenderFrameSecond(f, 4, SecondStyle{96, true, 6}));
+  EXPECT_NE(a, RenderFrameSecond(f, 4, style, /*frame_index=*/1));
+  Options first;
+  first.image_size = 96;
+  EXPECT_NE(a, RenderFrame(f, first));
+}
+
+TEST(VqaSecondRenderer, WithoutAntialiasingEveryPixelIsPaperOrOneInk) {
+  const Frame f = OneOfEach();
+  auto count_colours = [&](bool aa) {
+    const auto img = RenderFrameSecond(f, 4, SecondStyle{200, aa, 9});
+    std::set<std::tuple<int, int, int>> colours;
+    for (size_t i = 0; i < img.size(); i += 3) colours.insert({img[i], img[i + 1], img[i + 2]});
+    return colours.size();
+  };
+  // Paper, five shapes, the box's outline and its digit.
+  EXPECT_LE(count_colours(false), 8u);
+  EXPECT_GT(count_colours(true), 30u);
+}
+
+TEST(VqaSecondRenderer, TheDefaultStylesSpreadOverTheSizesAndBothEdgeModes) {
+  int lo = 1 << 20, hi = 0, aa = 0;
+  for (int64_t i = 0; i < 300; ++i) {
+    const SecondStyle s = SecondStyleFor(Split::kTest, i);
+    ASSERT_TRUE(ValidateSecondStyle(s, 4).ok());
+    lo = std::min(lo, s.image_size);
+    hi = std::max(hi, s.image_size);
+    aa += s.antialias;
+    const SecondStyle again = SecondStyleFor(Split::kTest, i);
+    EXPECT_EQ(again.image_size, s.image_size);
+    EXPECT_EQ(again.seed, s.seed);
+  }
+  EXPECT_LT(lo, 120);
+  EXPECT_GT(hi, 480);
+  EXPECT_GT(aa, 100);
+  EXPECT_LT(aa, 200);
+  EXPECT_NE(SecondStyleFor(Split::kTest, 0).seed, SecondStyleFor(Split::kValidation, 0).seed);
+}
+
+TEST(VqaSecondRenderer, SizesAndGridsOutsideTheRangeAreRefused) {
+  EXPECT_EQ(ValidateSecondStyle(SecondStyle{95, true, 0}, 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateSecondStyle(SecondStyle{513, true, 0}, 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ValidateSecondStyle(SecondStyle{96, true, 0}, 9).message().find("grid"),
+            std::string::npos);
+  EXPECT_TRUE(ValidateSecondStyle(SecondStyle{512, false, 0}, 8).ok());
+}
+
+TEST(VqaDenseFrames, ClipFramesHoldThreeToSixObjectsAndRoundTripThroughJson) {
+  Options dense;
+  dense.dense_frames = true;
+  std::set<size_t> counts;
+  for (int64_t i = 0; i < 40; ++i) {
+    const Item item = MakeItem(Split::kTest, i, 4, dense);
+    for (const Frame& f : item.clip.frames) {
+      EXPECT_GE(f.objects.size(), 3u);
+      EXPECT_LE(f.objects.size(), 6u);
+      counts.insert(f.objects.size());
+    }
+    EXPECT_EQ(item.answer, Answer(item.clip, item.question));
+    auto back = ItemFromJson(ToJson(item));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_TRUE(*back == item);
+  }
+  EXPECT_TRUE(counts.count(5) || counts.count(6));
+  // The default clips stay as they were: at most 4 objects a frame.
+  for (const Frame& f : MakeItem(Split::kTest, 0, 4).clip.frames) EXPECT_LE(f.objects.size(), 4u);
+  EXPECT_FALSE(ToJson(MakeItem(Split::kTest, 0, 4)).contains("dense_frames"));
+}
+
+}  // namespace
+}  // namespace vlc::vqa
