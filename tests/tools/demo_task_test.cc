@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -140,6 +141,31 @@ TEST_F(DemoTaskTest, PromptAndPixelsEqualWhatTheServingPipelineBuilds) {
     ASSERT_TRUE(visual.ok()) << visual.status();
     EXPECT_TRUE(at::equal(*visual, prepared->visual));
   }
+}
+
+// An augmented item asks the same question of the same scene, in other pictures: the same ids
+// and cell labels, frames of other sizes that still batch into the model's 96-pixel input.
+TEST_F(DemoTaskTest, AugmentedPicturesKeepTheQuestionAnswerAndCellsAndStillBatch) {
+  const vqa::Item item = vqa::MakeItem(vqa::Split::kTrain, 5, 3, DemoVqaOptions());
+  auto plain = encoder_->Encode(item);
+  auto augmented = encoder_->Encode(item, /*augment_seed=*/12345);
+  ASSERT_TRUE(plain.ok() && augmented.ok());
+  EXPECT_EQ(augmented->prompt_ids, plain->prompt_ids);
+  EXPECT_EQ(augmented->answer_ids, plain->answer_ids);
+  EXPECT_EQ(augmented->cells, plain->cells);
+  ASSERT_EQ(augmented->frames.size(), 3u);
+  std::set<int> sizes;
+  for (size_t f = 0; f < 3; ++f) {
+    sizes.insert(augmented->frames[f].width);
+    EXPECT_NE(augmented->frames[f].data, plain->frames[f].data);
+  }
+  EXPECT_GT(sizes.size(), 1u);  // each frame draws its own size
+  auto batch = encoder_->MakeBatch({*augmented, *plain});
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  EXPECT_EQ(batch->inputs.pixel_values.size(0), 6);
+  EXPECT_EQ(batch->inputs.pixel_values.size(-1), config_->vision.image_size);
+  // The same seed, the same pictures.
+  EXPECT_EQ(encoder_->Encode(item, 12345)->frames[1].data, augmented->frames[1].data);
 }
 
 TEST_F(DemoTaskTest, BatchTargetsAndMaskSelectTheAnswerAndEos) {

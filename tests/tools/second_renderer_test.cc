@@ -193,5 +193,60 @@ TEST(VqaDenseFrames, ClipFramesHoldThreeToSixObjectsAndRoundTripThroughJson) {
   EXPECT_FALSE(ToJson(MakeItem(Split::kTest, 0, 4)).contains("dense_frames"));
 }
 
+// ---- The first renderer's training-time variations (RenderFrameAugmented).
+
+TEST(VqaAugmentedRender, DeterministicForASeedAndSpreadOverSizes) {
+  const Frame f = OneOfEach();
+  Options opts;
+  const AugmentedFrame a = RenderFrameAugmented(f, opts, 1);
+  const AugmentedFrame b = RenderFrameAugmented(f, opts, 1);
+  EXPECT_EQ(a.image_size, b.image_size);
+  EXPECT_EQ(a.rgb, b.rgb);
+  int lo = 1 << 20, hi = 0;
+  std::set<std::vector<uint8_t>> distinct;
+  for (uint64_t seed = 0; seed < 60; ++seed) {
+    const AugmentedFrame x = RenderFrameAugmented(f, opts, seed);
+    ASSERT_EQ(x.rgb.size(), static_cast<size_t>(x.image_size) * x.image_size * 3);
+    ASSERT_GE(x.image_size, kMinAugmentedSize);
+    ASSERT_LE(x.image_size, kMaxAugmentedSize);
+    lo = std::min(lo, x.image_size);
+    hi = std::max(hi, x.image_size);
+    distinct.insert(x.rgb);
+  }
+  EXPECT_LT(lo, 120);
+  EXPECT_GT(hi, 330);
+  EXPECT_EQ(distinct.size(), 60u);
+}
+
+TEST(VqaAugmentedRender, EachShapeStaysInItsCellInItsColour) {
+  const Frame f = OneOfEach();
+  Options opts;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const AugmentedFrame x = RenderFrameAugmented(f, opts, seed);
+    Options sized = opts;
+    sized.image_size = x.image_size;
+    for (const Object& o : f.objects) {
+      if (o.is_box) continue;
+      const CellRect cell = CellBounds(o.row, o.col, sized);
+      int near = 0;
+      for (int y = cell.y; y < cell.y + cell.size; ++y) {
+        for (int xx = cell.x; xx < cell.x + cell.size; ++xx) {
+          near += Near(At(x.rgb, x.image_size, xx, y), o.color, 45);
+        }
+      }
+      // The smallest shape (a triangle half the cell wide) covers an eighth of it.
+      EXPECT_GT(near, cell.size * cell.size / 25) << ShapeName(o.shape) << " seed " << seed;
+    }
+    // The empty last cell is paper: no pixel far from grey.
+    const CellRect empty = CellBounds(3, 3, sized);
+    for (int y = empty.y + 2; y < empty.y + empty.size - 2; ++y) {
+      for (int xx = empty.x + 2; xx < empty.x + empty.size - 2; ++xx) {
+        const Rgb p = At(x.rgb, x.image_size, xx, y);
+        ASSERT_GT(std::min({p.r, p.g, p.b}), 200) << "seed " << seed;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace vlc::vqa

@@ -111,7 +111,8 @@ absl::StatusOr<std::unique_ptr<TaskEncoder>> TaskEncoder::Create(
   return e;
 }
 
-absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item) const {
+absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item,
+                                                uint64_t augment_seed) const {
   if (item.options.image_size != config_.vision.image_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("the item is drawn at ", item.options.image_size, " px but the model sees ",
@@ -135,15 +136,23 @@ absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item) const {
     }
     out.cells.push_back(std::move(cells));
     engine::RgbImage img;
-    img.width = img.height = item.options.image_size;
-    img.data = vqa::RenderFrame(f, item.options);
+    if (augment_seed != 0) {
+      vqa::AugmentedFrame a =
+          vqa::RenderFrameAugmented(f, item.options, augment_seed + out.frames.size());
+      img.width = img.height = a.image_size;
+      img.data = std::move(a.rgb);
+    } else {
+      img.width = img.height = item.options.image_size;
+      img.data = vqa::RenderFrame(f, item.options);
+    }
     out.frames.push_back(std::move(img));
   }
   return out;
 }
 
-absl::StatusOr<EncodedItem> TaskEncoder::EncodeCaption(const vqa::Item& item, int frame) const {
-  VLC_ASSIGN_OR_RETURN(EncodedItem out, Encode(item));
+absl::StatusOr<EncodedItem> TaskEncoder::EncodeCaption(const vqa::Item& item, int frame,
+                                                       uint64_t augment_seed) const {
+  VLC_ASSIGN_OR_RETURN(EncodedItem out, Encode(item, augment_seed));
   const auto [question, answer] = Caption(item, frame);
   const int frames = static_cast<int>(item.clip.frames.size());
   VLC_ASSIGN_OR_RETURN(out.prompt_ids,

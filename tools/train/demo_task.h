@@ -66,9 +66,12 @@ class TaskEncoder {
   static absl::StatusOr<std::unique_ptr<TaskEncoder>> Create(const std::string& model_dir,
                                                              const engine::LlavaConfig& config);
 
-  absl::StatusOr<EncodedItem> Encode(const vqa::Item& item) const;
+  // `augment_seed` != 0 draws the frames with vqa::RenderFrameAugmented (frame f with seed
+  // augment_seed + f) instead of the plain pictures.
+  absl::StatusOr<EncodedItem> Encode(const vqa::Item& item, uint64_t augment_seed = 0) const;
   // The item's pictures with a caption of frame `frame` (see Caption) in place of its question.
-  absl::StatusOr<EncodedItem> EncodeCaption(const vqa::Item& item, int frame) const;
+  absl::StatusOr<EncodedItem> EncodeCaption(const vqa::Item& item, int frame,
+                                            uint64_t augment_seed = 0) const;
 
   // A training batch of `items` (right-padded): input ids are prompt + answer without the final
   // EOS, targets are the ids shifted left by one, and the mask selects the positions whose target

@@ -53,6 +53,13 @@ struct Options {
   int min_frames = 2;             // clips have min_frames..max_frames frames, uniformly
   double clip_fraction = 0.6;     // phase 2: share of batches that are clips
   double caption_fraction = 0.3;  // share of items trained as captions (demo_task.h, Caption)
+  // Share of items drawn with vqa::RenderFrameAugmented (other sizes, placements, strokes,
+  // digit faces, JPEG artefacts), and share of clips with denser frames (3-6 objects).
+  double augment_fraction = 0;
+  double dense_fraction = 0;
+  // A Hugging Face checkpoint (models/demo) to start from instead of random weights; its
+  // tokenizer is used as it is. Ignored when --resume finds a saved state.
+  std::string init_from;
   // Weight of the penalty on the share of each image's visual-token energy that all its tokens
   // have in common (see Train).
   double common_mode_penalty = 1.0;
@@ -148,7 +155,15 @@ absl::Status Train(const Options& o) {
   }
   const std::string tokenizer_path = o.work + "/tokenizer.model";
   const std::string state_path = o.work + "/state.pt";
-  if (!o.resume || !Exists(tokenizer_path)) {
+  if (!o.init_from.empty() && (!o.resume || !Exists(tokenizer_path))) {
+    std::error_code ec;
+    std::filesystem::copy_file(o.init_from + "/tokenizer.model", tokenizer_path,
+                               std::filesystem::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("cannot copy ", o.init_from,
+                                              "/tokenizer.model: ", ec.message()));
+    }
+  } else if (!o.resume || !Exists(tokenizer_path)) {
     VLC_ASSIGN_OR_RETURN(
         int pieces, tools::WriteBpeTokenizer(train::DemoTokenizerCorpus(), 512, tokenizer_path));
     std::cout << "tokenizer: " << pieces << " pieces -> " << tokenizer_path << std::endl;
@@ -156,8 +171,19 @@ absl::Status Train(const Options& o) {
   // The vocabulary size comes from the tokenizer file itself (any id past it for the image).
   VLC_ASSIGN_OR_RETURN(auto probe, engine::Tokenizer::Load(tokenizer_path, 1 << 30));
   const engine::LlavaConfig config = train::DemoConfig(probe->vocab_size());
-  VLC_ASSIGN_OR_RETURN(auto model, train::TrainableLlava::Create(config));
-  model->Init(o.seed, 0.02f);
+  std::unique_ptr<train::TrainableLlava> model;
+  if (!o.init_from.empty() && !(o.resume && Exists(state_path))) {
+    VLC_ASSIGN_OR_RETURN(model, train::TrainableLlava::FromCheckpoint(o.init_from));
+    if (model->config().text.vocab_size != config.text.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--init-from ", o.init_from, ": its vocabulary (", model->config().text.vocab_size,
+          ") is not the demo model's (", config.text.vocab_size, ")"));
+    }
+    std::cout << "initialised from " << o.init_from << std::endl;
+  } else {
+    VLC_ASSIGN_OR_RETURN(model, train::TrainableLlava::Create(config));
+    model->Init(o.seed, 0.02f);
+  }
   train::AdamWSettings adam;
   adam.lr = o.lr;
   adam.weight_decay = o.weight_decay;
@@ -219,7 +245,11 @@ absl::Status Train(const Options& o) {
             << at::get_num_threads() << std::endl;
 
   std::ofstream log(o.work + "/log.jsonl", std::ios::app);
-  const std::vector<int> eval_frames = {1, o.max_frames};
+  // Single images, the 8-frame clips the demo targets, and the longest clips trained on.
+  std::vector<int> eval_frames = {1};
+  for (int f : {8, o.max_frames}) {
+    if (f <= o.max_frames && f > eval_frames.back()) eval_frames.push_back(f);
+  }
   auto t0 = Clock::now();
   double loss_sum = 0, cell_sum = 0, probe_sum = 0;
   int64_t loss_n = 0, samples = 0;
@@ -231,21 +261,27 @@ absl::Status Train(const Options& o) {
     const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
     for (int b = 0; b < bs; ++b) {
-      const vqa::Item item = vqa::MakeItem(
-          vqa::Split::kTrain, kind_mix.ItemIndex(step * 64 + b, frames, train::DemoVqaOptions()),
-          frames, train::DemoVqaOptions());
-      // Whether it is a caption, and of which frame: a pure function of (step, b).
+      // Whether it is a caption, and of which frame, augmented or dense: a pure function of
+      // (step, b).
       uint64_t h = (static_cast<uint64_t>(step) * 64 + b + 1) * 0x9E3779B97F4A7C15ull;
       h ^= h >> 29;
       h *= 0xBF58476D1CE4E5B9ull;
       h ^= h >> 32;
+      uint64_t g = h * 0xD6E8FEB86659FD93ull;
+      g ^= g >> 32;
+      vqa::Options vo = train::DemoVqaOptions();
+      vo.dense_frames = frames > 1 && static_cast<double>(g % 10000) / 1e4 < o.dense_fraction;
+      const uint64_t augment =
+          static_cast<double>(g / 10000 % 10000) / 1e4 < o.augment_fraction ? (g | 1) : 0;
+      const vqa::Item item = vqa::MakeItem(
+          vqa::Split::kTrain, kind_mix.ItemIndex(step * 64 + b, frames, vo), frames, vo);
       const bool caption = static_cast<double>(h % 10000) / 1e4 < o.caption_fraction;
       if (caption) {
         const int frame = static_cast<int>(h / 10000 % frames);
-        VLC_ASSIGN_OR_RETURN(auto e, enc->EncodeCaption(item, frame));
+        VLC_ASSIGN_OR_RETURN(auto e, enc->EncodeCaption(item, frame, augment));
         items.push_back(std::move(e));
       } else {
-        VLC_ASSIGN_OR_RETURN(auto e, enc->Encode(item));
+        VLC_ASSIGN_OR_RETURN(auto e, enc->Encode(item, augment));
         items.push_back(std::move(e));
       }
     }
@@ -384,6 +420,18 @@ int main(int argc, char** argv) {
   app.add_option("--clip-fraction", o.clip_fraction, "Share of clip batches after phase 1")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  app.add_option("--augment-fraction", o.augment_fraction,
+                 "Share of items drawn with varied sizes, placements, strokes, digit faces and "
+                 "JPEG artefacts")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--dense-fraction", o.dense_fraction,
+                 "Share of clips whose frames hold 3 to 6 objects")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--init-from", o.init_from,
+                 "Start from this Hugging Face checkpoint (its tokenizer too) instead of random "
+                 "weights");
   app.add_option("--caption-fraction", o.caption_fraction, "Share of items trained as captions")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();

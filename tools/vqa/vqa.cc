@@ -269,29 +269,44 @@ cv::Point Fixed(double x, double y) {
                    static_cast<int>(std::lround(y * kFixedOne)));
 }
 
-cv::Scalar ToScalar(Color color) {
-  const auto rgb = ColorRgb(color);
-  return cv::Scalar(rgb[0], rgb[1], rgb[2]);  // the canvas is RGB
-}
-
 // Shapes span this fraction of their cell, centred.
 constexpr double kShapeExtent = 0.70;
 // A box's digit is drawn this fraction of the cell tall (16 px in a 24 px cell, with its
 // antialiased rim; 15 px of solid ink).
 constexpr double kDigitHeight = 0.65;
 
-void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell) {
+// How the first renderer draws one object. The defaults are the pictures the demo model was
+// trained on; AugmentedLook draws the training-time variations of RenderFrameAugmented.
+struct Look {
+  double extent = kShapeExtent;  // a shape's share of its cell
+  double dx = 0, dy = 0;         // its centre's offset from the cell's, in cells
+  double digit_height = kDigitHeight;
+  int font = cv::FONT_HERSHEY_SIMPLEX;
+  double digit_stroke = 1;       // the digit's stroke width, times the default
+  double border = 1;             // a box outline's width, times the default
+  int line_type = cv::LINE_AA;
+  std::array<int, 3> shade = {0, 0, 0};  // added to the colour's RGB
+};
+
+cv::Scalar Shaded(Color color, const Look& look) {
+  const auto rgb = ColorRgb(color);
+  return cv::Scalar(std::clamp(rgb[0] + look.shade[0], 0, 255),
+                    std::clamp(rgb[1] + look.shade[1], 0, 255),
+                    std::clamp(rgb[2] + look.shade[2], 0, 255));
+}
+
+void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell, const Look& look = {}) {
   // OpenCV puts pixel centres on integer coordinates, so the cell's centre is half a pixel
   // before x + size / 2.
-  const double cx = cell.x + cell.size / 2.0 - 0.5;
-  const double cy = cell.y + cell.size / 2.0 - 0.5;
-  const double h = kShapeExtent * cell.size / 2.0;
-  const cv::Scalar color = ToScalar(o.color);
+  const double cx = cell.x + cell.size / 2.0 - 0.5 + look.dx * cell.size;
+  const double cy = cell.y + cell.size / 2.0 - 0.5 + look.dy * cell.size;
+  const double h = look.extent * cell.size / 2.0;
+  const cv::Scalar color = Shaded(o.color, look);
   std::vector<cv::Point> poly;
   switch (o.shape) {
     case Shape::kCircle:
       cv::circle(img, Fixed(cx, cy), static_cast<int>(std::lround(h * kFixedOne)), color,
-                 cv::FILLED, cv::LINE_AA, kShiftBits);
+                 cv::FILLED, look.line_type, kShiftBits);
       return;
     case Shape::kSquare:
       poly = {Fixed(cx - h, cy - h), Fixed(cx + h, cy - h), Fixed(cx + h, cy + h),
@@ -314,18 +329,18 @@ void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell) {
   }
   const cv::Point* pts = poly.data();
   const int npts = static_cast<int>(poly.size());
-  cv::fillPoly(img, &pts, &npts, 1, color, cv::LINE_AA, kShiftBits);
+  cv::fillPoly(img, &pts, &npts, 1, color, look.line_type, kShiftBits);
 }
 
 // `text` drawn white on black, its coverage (0..255) cropped to the pixels it inks.
-cv::Mat InkMask(const std::string& text, double scale, int thickness) {
-  const int font = cv::FONT_HERSHEY_SIMPLEX;
+cv::Mat InkMask(const std::string& text, double scale, int thickness,
+                int font = cv::FONT_HERSHEY_SIMPLEX, int line_type = cv::LINE_AA) {
   int baseline = 0;
   const cv::Size size = cv::getTextSize(text, font, scale, thickness, &baseline);
   const int pad = 2 * thickness + 2;
   cv::Mat canvas = cv::Mat::zeros(size.height + baseline + 2 * pad, size.width + 2 * pad, CV_8UC1);
   cv::putText(canvas, text, cv::Point(pad, size.height + pad), font, scale, cv::Scalar(255),
-              thickness, cv::LINE_AA);
+              thickness, line_type);
   return canvas(cv::boundingRect(canvas)).clone();
 }
 
@@ -333,36 +348,40 @@ cv::Mat InkMask(const std::string& text, double scale, int thickness) {
 // and a baseline offset that differ per digit, so the digit is drawn apart and later centred by
 // the pixels it actually inks. getTextSize misjudges the inked height (the stroke does not scale,
 // and small scales round), so the scale is found by bisection on the inked height of "0".
-cv::Mat DigitMask(int digit, int cell_size, int max_height) {
-  const int thickness = std::max(1, static_cast<int>(std::lround(cell_size / 12.0)));
-  const int target = std::min(max_height, static_cast<int>(std::lround(kDigitHeight * cell_size)));
+cv::Mat DigitMask(int digit, int cell_size, int max_height, const Look& look = {}) {
+  const int thickness =
+      std::max(1, static_cast<int>(std::lround(look.digit_stroke * cell_size / 12.0)));
+  const int target =
+      std::min(max_height, static_cast<int>(std::lround(look.digit_height * cell_size)));
   double lo = 0.05, hi = 0.2 * cell_size;  // lo inks far less than any target; hi far more
   for (int i = 0; i < 16; ++i) {
     const double mid = (lo + hi) / 2;
-    if (InkMask("0", mid, thickness).rows <= target) {
+    if (InkMask("0", mid, thickness, look.font, look.line_type).rows <= target) {
       lo = mid;
     } else {
       hi = mid;
     }
   }
-  return InkMask(std::to_string(digit), lo, thickness);
+  return InkMask(std::to_string(digit), lo, thickness, look.font, look.line_type);
 }
 
-void DrawBox(cv::Mat& img, const Object& o, const CellRect& cell, const BoxStyle& style) {
+void DrawBox(cv::Mat& img, const Object& o, const CellRect& cell, BoxStyle style,
+             const Look& look = {}) {
+  style.border = std::max(1, static_cast<int>(std::lround(style.border * look.border)));
   // The outline is a filled rectangle with a white one inside, so it is exactly `border` pixels
   // wide on every side (cv::rectangle's thick lines straddle the given edge).
   const int x0 = cell.x + style.margin;
   const int y0 = cell.y + style.margin;
   const int x1 = cell.x + cell.size - 1 - style.margin;
   const int y1 = cell.y + cell.size - 1 - style.margin;
-  cv::rectangle(img, cv::Point(x0, y0), cv::Point(x1, y1), ToScalar(o.color), cv::FILLED,
+  cv::rectangle(img, cv::Point(x0, y0), cv::Point(x1, y1), Shaded(o.color, look), cv::FILLED,
                 cv::LINE_8);
   cv::rectangle(img, cv::Point(x0 + style.border, y0 + style.border),
                 cv::Point(x1 - style.border, y1 - style.border), cv::Scalar(255, 255, 255),
                 cv::FILLED, cv::LINE_8);
 
   const int inner = cell.size - 2 * (style.margin + style.border);
-  const cv::Mat mask = DigitMask(o.digit, cell.size, inner);
+  const cv::Mat mask = DigitMask(o.digit, cell.size, inner, look);
   // Centred in the cell; a glyph wider than the interior (none at the sizes ValidateSpec allows)
   // loses its sides evenly rather than spilling onto the outline.
   const int w = std::min(mask.cols, inner);
@@ -381,20 +400,48 @@ void DrawBox(cv::Mat& img, const Object& o, const CellRect& cell, const BoxStyle
   }
 }
 
-// The frame drawn in RGB order on white.
-cv::Mat DrawFrame(const Frame& frame, const Options& opts) {
-  cv::Mat img(opts.image_size, opts.image_size, CV_8UC3, cv::Scalar(255, 255, 255));
+// The frame drawn in RGB order on `paper`, object k with look(k).
+template <typename LookOf>
+cv::Mat DrawFrameWith(const Frame& frame, const Options& opts, int paper, LookOf look) {
+  cv::Mat img(opts.image_size, opts.image_size, CV_8UC3, cv::Scalar(paper, paper, paper));
   const BoxStyle style = BoxStyleFor(opts);
-  for (const Object& o : frame.objects) {
+  for (size_t k = 0; k < frame.objects.size(); ++k) {
+    const Object& o = frame.objects[k];
     if (o.row < 0 || o.col < 0 || o.row >= opts.grid || o.col >= opts.grid) continue;
     const CellRect cell = CellBounds(o.row, o.col, opts);
     if (o.is_box) {
-      DrawBox(img, o, cell, style);
+      DrawBox(img, o, cell, style, look(k));
     } else {
-      DrawShape(img, o, cell);
+      DrawShape(img, o, cell, look(k));
     }
   }
   return img;
+}
+
+// The frame drawn in RGB order on white.
+cv::Mat DrawFrame(const Frame& frame, const Options& opts) {
+  return DrawFrameWith(frame, opts, 255, [](size_t) { return Look{}; });
+}
+
+// Training-time variation of one object's drawing, from its own stream.
+Look AugmentedLook(Rng& rng) {
+  auto uniform = [&](double lo, double hi) { return lo + (hi - lo) * rng.Below(10001) / 1e4; };
+  static constexpr int kFonts[] = {cv::FONT_HERSHEY_SIMPLEX, cv::FONT_HERSHEY_PLAIN,
+                                   cv::FONT_HERSHEY_DUPLEX, cv::FONT_HERSHEY_COMPLEX,
+                                   cv::FONT_HERSHEY_TRIPLEX};
+  Look l;
+  l.extent = uniform(0.5, 0.85);
+  // Off centre, but inside the cell.
+  const double room = (1 - l.extent) / 2;
+  l.dx = uniform(-room, room) * 0.8;
+  l.dy = uniform(-room, room) * 0.8;
+  l.digit_height = uniform(0.5, 0.72);
+  l.font = kFonts[rng.Below(5)] | (rng.Chance(1, 8) ? cv::FONT_ITALIC : 0);
+  l.digit_stroke = uniform(0.6, 1.8);
+  l.border = uniform(0.5, 2.0);
+  l.line_type = rng.Chance(2, 5) ? cv::LINE_8 : cv::LINE_AA;
+  for (int& c : l.shade) c = rng.Below(41) - 20;
+  return l;
 }
 
 // ---- Names.
@@ -648,6 +695,31 @@ std::array<uint8_t, 3> ColorRgb(Color color) {
 std::vector<uint8_t> RenderFrame(const Frame& frame, const Options& opts) {
   const cv::Mat img = DrawFrame(frame, opts);
   return std::vector<uint8_t>(img.data, img.data + img.total() * img.elemSize());
+}
+
+AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed) {
+  Rng rng(Mix64(seed ^ 0x4155474D454E54ull));
+  Options sized = opts;
+  sized.image_size = rng.Range(kMinAugmentedSize, kMaxAugmentedSize);
+  sized.image_size = std::max(sized.image_size, opts.grid * kMinCellPixels);
+  const int paper = rng.Range(232, 255);
+  const uint64_t object_seed = rng.Next();
+  cv::Mat img = DrawFrameWith(frame, sized, paper, [&](size_t k) {
+    Rng object_rng(Mix64(object_seed + k));
+    return AugmentedLook(object_rng);
+  });
+  if (rng.Chance(3, 10)) {
+    // JPEG artefacts: a round trip at a quality between 30 and 90.
+    cv::Mat bgr;
+    cv::cvtColor(img, bgr, cv::COLOR_RGB2BGR);
+    std::vector<uint8_t> buf;
+    cv::imencode(".jpg", bgr, buf, {cv::IMWRITE_JPEG_QUALITY, rng.Range(30, 90)});
+    cv::cvtColor(cv::imdecode(buf, cv::IMREAD_COLOR), img, cv::COLOR_BGR2RGB);
+  }
+  AugmentedFrame out;
+  out.image_size = sized.image_size;
+  out.rgb.assign(img.data, img.data + img.total() * img.elemSize());
+  return out;
 }
 
 std::string EncodePng(const Frame& frame, const Options& opts) {

@@ -147,6 +147,20 @@ std::vector<uint8_t> RenderFrame(const Frame& frame, const Options& opts);
 // The same pixels as a PNG file (lossless; what a client sends).
 std::string EncodePng(const Frame& frame, const Options& opts);
 
+// Training-time variations of these pictures, drawn from `seed` (and nothing else): an image
+// size from kMinAugmentedSize to kMaxAugmentedSize pixels (the engine's preprocessing resizes it),
+// a paper shade, and per object its extent (0.5-0.85 of the cell) and place within its cell, a
+// colour shade within 20 levels, the box outline's width, the digit's Hershey face, height and
+// stroke width, edges with or without antialiasing; then, for 30% of the frames, a JPEG round
+// trip at quality 30-90. The scene and its answers are the frame's.
+inline constexpr int kMinAugmentedSize = 72;
+inline constexpr int kMaxAugmentedSize = 384;
+struct AugmentedFrame {
+  int image_size = 0;
+  std::vector<uint8_t> rgb;  // image_size * image_size * 3, RGB
+};
+AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed);
+
 // ---- Names.
 
 const char* ShapeName(Shape shape);
