@@ -51,7 +51,7 @@ namespace vlc::dq {
 
 struct AvhOptions {
   double delta = 0.01;  // FPR budget of each column's program
-  std::vector<double> k_grid = KGrid();
+  std::vector<double> k_grid = WideKGrid();  // measured best (docs/BENCHMARKS.md)
   TransformSearchOptions transform;  // stationarity search
   uint64_t issue_seed = 0x5eedULL;   // synthetic issues
   std::size_t min_history_runs = 8;  // fewer runs is INVALID_ARGUMENT

@@ -6,7 +6,10 @@
 #include <limits>
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/status.h"
 
 namespace vlc::dq {
@@ -59,6 +62,29 @@ std::vector<double> KGrid() {
   // Computed from an integer index, not by accumulating 0.5, so every grid point is exact.
   std::vector<double> grid;
   for (int i = 0; i <= 18; ++i) grid.push_back(1.0 + 0.5 * i);
+  return grid;
+}
+
+std::vector<double> WideKGrid() {
+  std::vector<double> grid = KGrid();
+  for (int k = 11; k <= 99; ++k) grid.push_back(k);
+  return grid;
+}
+
+absl::StatusOr<std::vector<double>> ParseKGrid(const std::string& text) {
+  if (text == "paper") return KGrid();
+  if (text == "wide") return WideKGrid();
+  std::vector<double> grid;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    double k = 0;
+    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &k) || !std::isfinite(k) || k < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "k grid: '", part, "' is not a finite k >= 0 (give paper, wide or a list like 1,2,5)"));
+    }
+    grid.push_back(k);
+  }
+  std::sort(grid.begin(), grid.end());
+  grid.erase(std::unique(grid.begin(), grid.end()), grid.end());
   return grid;
 }
 

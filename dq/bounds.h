@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,6 +45,14 @@ inline constexpr double kConstantRelTolerance = 1e-12;
 
 // The paper's grid of k: 1, 1.5, ..., 10 (19 values).
 std::vector<double> KGrid();
+
+// The paper's grid, then every integer from 11 to 99: the range the authors' evaluation code
+// searches. Very wide constraints cost almost no FPR and still catch gross errors.
+std::vector<double> WideKGrid();
+
+// "paper" (KGrid), "wide" (WideKGrid) or a comma-separated list of finite k >= 0, sorted and
+// deduplicated; INVALID_ARGUMENT naming what is wrong otherwise.
+absl::StatusOr<std::vector<double>> ParseKGrid(const std::string& text);
 
 // The FPR bound of `kind` at k >= 0 (k = 0 gives 1 for every kind). INVALID_ARGUMENT for a
 // negative or non-finite k. Normal uses the complement of Phi so that large k keeps its relative

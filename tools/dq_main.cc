@@ -276,6 +276,11 @@ int main(int argc, char** argv) {
   eval->add_option("--delta", eval_options.delta, "AVH's FPR budget per column")
       ->check(CLI::Range(1e-9, 1.0))
       ->capture_default_str();
+  std::string k_grid = "wide";
+  eval->add_option("--k-grid", k_grid,
+                   "AVH's constraint widths k: paper (1 to 10 by 0.5), wide (then 11 to 99) or a "
+                   "list such as 1,2,5,20")
+      ->capture_default_str();
   eval->add_option("--json", json_path,
                    "Also write the results (methods, realistic issues, counts) as JSON here");
 
@@ -292,5 +297,11 @@ int main(int argc, char** argv) {
     return Learn(pipeline, db, learn_files, settings);
   }
   if (validate->parsed()) return ValidateRun(pipeline, db, validate_file, json, append);
+  auto grid = ParseKGrid(k_grid);
+  if (!grid.ok()) {
+    std::cerr << "vlcache-dq: --k-grid: " << grid.status().message() << "\n";
+    return 2;
+  }
+  eval_options.avh.k_grid = *grid;
   return Eval(table_path, partition_by, period, eval_options, json_path);
 }

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -26,6 +27,26 @@ TEST(DqKGrid, RunsFromOneToTenInHalfSteps) {
   EXPECT_EQ(grid[4], 3.0);
   EXPECT_EQ(grid.back(), 10.0);
   for (std::size_t i = 1; i < grid.size(); ++i) EXPECT_EQ(grid[i] - grid[i - 1], 0.5);
+}
+
+TEST(DqKGrid, TheWideGridAddsEveryIntegerFromElevenToNinetyNine) {
+  const std::vector<double> wide = WideKGrid();
+  ASSERT_EQ(wide.size(), 19u + 89u);
+  EXPECT_EQ(std::vector<double>(wide.begin(), wide.begin() + 19), KGrid());
+  EXPECT_EQ(wide[19], 11.0);
+  EXPECT_EQ(wide.back(), 99.0);
+  EXPECT_TRUE(std::is_sorted(wide.begin(), wide.end()));
+}
+
+TEST(DqKGrid, ParsesNamesAndListsAndRefusesTheRest) {
+  EXPECT_EQ(*ParseKGrid("paper"), KGrid());
+  EXPECT_EQ(*ParseKGrid("wide"), WideKGrid());
+  EXPECT_EQ(*ParseKGrid("5, 1,2,5"), (std::vector<double>{1, 2, 5}));
+  for (const char* bad : {"", "1,,2", "-1", "nan", "inf", "big"}) {
+    absl::StatusOr<std::vector<double>> g = ParseKGrid(bad);
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(g.status().message().find("k grid"), std::string::npos) << bad;
+  }
 }
 
 TEST(DqFprBound, CantelliIsOneOverOnePlusKSquared) {
