@@ -203,11 +203,23 @@ absl::StatusOr<EvalResult> EvaluatePipeline(const std::vector<Table>& runs,
     result.avh_programs.push_back(std::move(line));
   }
   std::vector<const ColumnProgram*> programs(n_cols, nullptr);
-  for (std::size_t c = 0; c < n_cols; ++c) {
-    for (const ColumnProgram& p : avh.columns) {
-      if (p.column == result.columns[c]) programs[c] = &p;
+  auto point_at = [&](const TableProgram& table) {
+    for (std::size_t c = 0; c < n_cols; ++c) {
+      programs[c] = nullptr;
+      for (const ColumnProgram& p : table.columns) {
+        if (p.column == result.columns[c]) programs[c] = &p;
+      }
     }
+  };
+  point_at(avh);
+  const std::size_t window =
+      options.relearn_window > 0 ? options.relearn_window : options.history_runs;
+  if (options.relearn_every_run && window < options.avh.min_history_runs) {
+    return absl::InvalidArgumentError(absl::StrCat("a re-learning window of ", window,
+                                                   " runs is too short: AVH needs at least ",
+                                                   options.avh.min_history_runs));
   }
+  TableProgram relearned;
 
   const std::vector<BaselineKind>& kinds = AllBaselines();
   // baselines[k][c]: the validator of baseline k for column c, when it could be learned.
@@ -245,6 +257,21 @@ absl::StatusOr<EvalResult> EvaluatePipeline(const std::vector<Table>& runs,
   // ---- Every test run, validated clean, with each synthetic issue, and with each realistic one.
   for (std::size_t t = n_hist; t < runs.size(); ++t) {
     const Table& run = runs[t];
+    if (options.relearn_every_run) {
+      const std::size_t begin = t - std::min(window, t);
+      absl::StatusOr<TableProgram> next = LearnTableProgram(
+          std::vector<Table>(runs.begin() + static_cast<long>(begin),
+                             runs.begin() + static_cast<long>(t)),
+          avh_options);
+      if (next.ok()) {
+        relearned = std::move(*next);
+        point_at(relearned);
+      } else {
+        result.notes.push_back(absl::StrCat("avh: re-learning before test run ", t,
+                                            " failed, the last program kept: ",
+                                            next.status().message()));
+      }
+    }
     std::vector<const Column*> cur(n_cols, nullptr), prev(n_cols, nullptr);
     std::vector<std::vector<Column>> tails(n_cols);
     bool complete = true;

@@ -53,6 +53,11 @@ struct EvalOptions {
   double delta = 0.01;            // AVH's FPR budget per column
   BaselineOptions baselines;
   AvhOptions avh;                    // avh.delta is replaced by `delta`
+  // AVH re-learned before every test run from the `relearn_window` runs just before it (0: the
+  // history length), as the method's authors evaluate it, instead of once from the first runs.
+  // The baselines learn once either way.
+  bool relearn_every_run = false;
+  std::size_t relearn_window = 0;
   uint64_t issue_seed = 0x6e7a1ULL;  // injected issues of the test runs (mixed with the run index)
 };
 

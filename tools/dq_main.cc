@@ -276,6 +276,15 @@ int main(int argc, char** argv) {
   eval->add_option("--delta", eval_options.delta, "AVH's FPR budget per column")
       ->check(CLI::Range(1e-9, 1.0))
       ->capture_default_str();
+  std::string relearn = "never";
+  eval->add_option("--relearn", relearn,
+                   "AVH learns once from the first --history runs (never) or again before every "
+                   "test run from the runs just before it (every)")
+      ->check(CLI::IsMember({"never", "every"}))
+      ->capture_default_str();
+  eval->add_option("--relearn-window", eval_options.relearn_window,
+                   "Runs each re-learning reads with --relearn every (0: --history)")
+      ->capture_default_str();
   std::string k_grid = "wide";
   eval->add_option("--k-grid", k_grid,
                    "AVH's constraint widths k: paper (1 to 10 by 0.5), wide (then 11 to 99) or a "
@@ -303,5 +312,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   eval_options.avh.k_grid = *grid;
+  eval_options.relearn_every_run = relearn == "every";
   return Eval(table_path, partition_by, period, eval_options, json_path);
 }

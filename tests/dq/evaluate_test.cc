@@ -205,6 +205,37 @@ TEST(DqEvaluate, HandCountablePipeline) {
   EXPECT_NE(FormatEvalTable(*r).find("batch_normal"), std::string::npos);
 }
 
+// A pipeline whose run-to-run swing grows once and stays so (a new normal: +-1 around the level,
+// then +-500): learned once from the calm runs, every later clean run is flagged; re-learned
+// before each run from the 8 runs before it, only the runs whose window reaches back into the
+// calm ones can be.
+TEST(DqEvaluate, ReLearningFollowsASwingThatGrewOnce) {
+  std::vector<Table> runs;
+  for (int i = 0; i < 40; ++i) {
+    const double swing = i < 12 ? 1.0 : 500.0;
+    runs.push_back(*Table::Make({Shifted(i % 2 == 0 ? swing : -swing)}));
+  }
+  EvalOptions once;
+  once.history_runs = 10;
+  absl::StatusOr<EvalResult> a = EvaluatePipeline(runs, once);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EvalOptions every = once;
+  every.relearn_every_run = true;
+  every.relearn_window = 8;
+  absl::StatusOr<EvalResult> b = EvaluatePipeline(runs, every);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(a->methods[0].clean_runs, 30u);
+  ASSERT_EQ(b->methods[0].clean_runs, 30u);
+  EXPECT_GE(a->methods[0].flagged_clean_runs, 28u);  // runs 12..39 swing 500 times wider
+  // Test runs 12..19 re-learn from windows that reach back before the step.
+  EXPECT_LE(b->methods[0].flagged_clean_runs, 9u);
+  // A window too short for AVH is refused, naming it.
+  every.relearn_window = 4;
+  absl::StatusOr<EvalResult> c = EvaluatePipeline(runs, every);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("re-learning window"), std::string::npos);
+}
+
 TEST(DqEvaluate, RefusesAHistoryThatLeavesNothingToTest) {
   std::vector<Table> runs;
   for (int i = 0; i < 10; ++i) runs.push_back(*Table::Make({Shifted(i % 2)}));
