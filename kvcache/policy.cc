@@ -273,6 +273,25 @@ std::vector<int64_t> LargestRemainder(const std::vector<double>& shares, int64_t
   return k;
 }
 
+// VL-Cache's step 2 after clipping: per_layer * L tokens shared in proportion to the usable
+// densities `d`, each layer within [lo, m] (evenly when the total cannot give every layer lo),
+// made integers by largest remainder and kept within [min_keep, m].
+std::vector<int64_t> ShareByDensity(const std::vector<double>& d, int64_t m, int64_t per_layer,
+                                    double lo, int64_t min_keep) {
+  const size_t layers = d.size();
+  const int64_t total = per_layer * static_cast<int64_t>(layers);
+  std::vector<double> shares;
+  if (static_cast<double>(total) <= static_cast<double>(layers) * lo) {
+    // The floor cannot hold for every layer: the exact total wins, evenly.
+    shares.assign(layers, static_cast<double>(per_layer));
+  } else {
+    shares = WaterFill(d, static_cast<double>(total), lo, static_cast<double>(m));
+  }
+  std::vector<int64_t> k = LargestRemainder(shares, total, m);
+  for (int64_t& x : k) x = std::clamp<int64_t>(x, min_keep, m);
+  return k;
+}
+
 }  // namespace
 
 const std::vector<std::string>& PolicyNames() {
@@ -375,19 +394,7 @@ std::vector<int64_t> VlCacheBudgets(const std::vector<double>& density, int64_t 
     return k;
   }
 
-  const int64_t per_layer = UniformBudget(m, alpha);
-  const int64_t total = per_layer * static_cast<int64_t>(layers);
-  const double lo = std::max(1.0, clip_floor * md), hi = md;
-  std::vector<double> shares;
-  if (static_cast<double>(total) <= ld * lo) {
-    // The floor cannot hold for every layer: the exact total wins, evenly.
-    shares.assign(layers, static_cast<double>(per_layer));
-  } else {
-    shares = WaterFill(d, static_cast<double>(total), lo, hi);
-  }
-  std::vector<int64_t> k = LargestRemainder(shares, total, m);
-  for (int64_t& x : k) x = std::clamp<int64_t>(x, 1, m);
-  return k;
+  return ShareByDensity(d, m, UniformBudget(m, alpha), std::max(1.0, clip_floor * md), 1);
 }
 
 GuardedSpan GuardedPositions(const PolicyConfig& policy, const PromptShape& shape) {
@@ -407,19 +414,8 @@ std::vector<int64_t> GuardBudgets(const std::vector<double>& density, int64_t m,
   const int64_t f = std::clamp<int64_t>(floor, 1, m);
   const int64_t per_layer = std::max(UniformBudget(m, alpha), f);
   if (!by_density) return std::vector<int64_t>(layers, per_layer);
-  const int64_t total = per_layer * static_cast<int64_t>(layers);
-  const double ld = static_cast<double>(layers);
-  const double lo = std::max(static_cast<double>(f), clip_floor * static_cast<double>(m));
-  std::vector<double> shares;
-  if (static_cast<double>(total) <= ld * lo) {
-    shares.assign(layers, static_cast<double>(per_layer));
-  } else {
-    shares = WaterFill(UsableDensities(density), static_cast<double>(total), lo,
-                       static_cast<double>(m));
-  }
-  std::vector<int64_t> k = LargestRemainder(shares, total, m);
-  for (int64_t& x : k) x = std::clamp<int64_t>(x, f, m);
-  return k;
+  return ShareByDensity(UsableDensities(density), m, per_layer,
+                        std::max(static_cast<double>(f), clip_floor * static_cast<double>(m)), f);
 }
 
 bool Compresses(const PolicyConfig& policy, int64_t length) {
