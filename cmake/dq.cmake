@@ -32,7 +32,7 @@ set(VLC_DQ_SOURCES
 
 add_library(vlc_dq STATIC ${VLC_DQ_SOURCES})
 target_include_directories(vlc_dq PUBLIC ${CMAKE_SOURCE_DIR})
-target_link_libraries(vlc_dq PUBLIC absl::status absl::statusor absl::strings
+target_link_libraries(vlc_dq PUBLIC absl::status absl::statusor absl::strings absl::flat_hash_map
                       nlohmann_json::nlohmann_json
                       PRIVATE Boost::headers Eigen3::Eigen SQLite::SQLite3)
 target_compile_options(vlc_dq PRIVATE -Wall -Wextra -Wno-unused-parameter)

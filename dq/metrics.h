@@ -128,6 +128,10 @@ double HistogramKlDivergence(const std::vector<double>& current,
 // Signed Cohen's d, (mean_cur - mean_prev) / (s_pooled + 1e-10).
 double CohenD(const std::vector<double>& current, const std::vector<double>& previous);
 double Median(std::vector<double> values);
+// Sorts finite numbers ascending (as std::sort; -0 before +0), in a few linear passes for long
+// runs: a least-significant-digit radix sort of the numbers' bits mapped to unsigned integers
+// that order as the numbers do. Every order-based metric of a run reads its values sorted once.
+void SortNumbers(std::vector<double>* values);
 
 // ---- Categorical building blocks.
 

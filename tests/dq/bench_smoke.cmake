@@ -24,7 +24,8 @@ foreach(part numeric_metrics string_metrics)
     list(APPEND positive "${part} ${field}")
   endforeach()
 endforeach()
-list(APPEND positive "string_metrics hash_count_seconds")
+list(APPEND positive "string_metrics hash_count_seconds" "string_metrics before_seconds"
+  "numeric_metrics before_seconds")
 foreach(field columns numeric_columns string_columns runs history_value_bytes seconds cpu_seconds
               seconds_per_column seconds_per_numeric_column seconds_per_string_column
               metrics_seconds metrics_share limit_seconds ratio_to_limit constraints

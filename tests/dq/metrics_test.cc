@@ -4,7 +4,10 @@
 #include "dq/metrics.h"
 
 #include <cmath>
+#include <algorithm>
+#include <cstdint>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -448,6 +451,114 @@ TEST(DqRealDataMetrics, FlightsSecondDayAgainstTheFirst) {
   ExpectMetric(Metric::kCatKlDiv, oc, op, 0.15393084433448442);
   ExpectMetric(Metric::kCatMeanLength, oc, op, 3.0);
   ExpectMetric(Metric::kCatMeanLetters, oc, op, 3.0);
+}
+
+
+// ---- The prepared-run path of ComputeMetrics against the public building blocks, on runs long
+// enough to take the radix sort and the hash-map counts: the same values to the last bit.
+
+std::vector<double> RandomNumbers(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> kind(0, 9);
+  std::normal_distribution<double> normal(0, 1);
+  std::vector<double> v;
+  for (size_t i = 0; i < n; ++i) {
+    switch (kind(rng)) {
+      case 0: v.push_back(0.0); break;
+      case 1: v.push_back(-0.0); break;
+      case 2: v.push_back(std::round(normal(rng) * 1000) / 100); break;  // cents, repeats
+      case 3: v.push_back(normal(rng) * 1e-300); break;                  // tiny, both signs
+      case 4: v.push_back(normal(rng) * 1e300); break;                   // huge, both signs
+      default: v.push_back(normal(rng) * 50 + 100); break;
+    }
+  }
+  return v;
+}
+
+TEST(DqNumericMetrics, SortNumbersOrdersAsStdSortAtEverySize) {
+  for (size_t n : {0, 1, 2, 100, 4095, 4096, 5000, 100000}) {
+    std::vector<double> got = RandomNumbers(n, n + 7);
+    std::vector<double> want = got;
+    std::sort(want.begin(), want.end());
+    SortNumbers(&got);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], want[i]) << "n " << n << " at " << i;
+  }
+  // -0 before +0 on the radix path, so the sorted bits are one sequence on every machine.
+  std::vector<double> zeros(5000);
+  for (size_t i = 0; i < zeros.size(); ++i) zeros[i] = i % 2 == 0 ? 0.0 : -0.0;
+  SortNumbers(&zeros);
+  EXPECT_TRUE(std::signbit(zeros[2499]));
+  EXPECT_FALSE(std::signbit(zeros[2500]));
+}
+
+TEST(DqNumericMetrics, PreparedRunsGiveTheBuildingBlocksValues) {
+  // The previous run reaches past the current run's range on both sides.
+  std::vector<double> cur = RandomNumbers(20000, 1), prev = RandomNumbers(15000, 2);
+  for (double& x : cur) x = std::clamp(x, -500.0, 500.0);
+  Nums cn(cur.begin(), cur.end()), pn(prev.begin(), prev.end());
+  cn.push_back(std::nullopt);
+  const Column c = Num(cn), p = Num(pn);
+  EXPECT_EQ(Get(Metric::kNumJsDiv, c, &p), HistogramJsDivergence(cur, prev));
+  EXPECT_EQ(Get(Metric::kNumKlDiv, c, &p), HistogramKlDivergence(cur, prev));
+  EXPECT_EQ(Get(Metric::kNumEmd, c, &p), Emd(cur, prev));
+  EXPECT_EQ(Get(Metric::kNumMedian, c), Median(cur));
+  // A constant current run: the widened one-unit range.
+  std::vector<double> flat(6000, 3.25);
+  const Column f = Num(Nums(flat.begin(), flat.end()));
+  EXPECT_EQ(Get(Metric::kNumJsDiv, f, &p), HistogramJsDivergence(flat, prev));
+  EXPECT_EQ(Get(Metric::kNumKlDiv, f, &p), HistogramKlDivergence(flat, prev));
+}
+
+Strs RandomStrings(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const std::vector<std::string> shapes = {"Seattle", "AB-1234", "New Lorem", "USA", "Zürich",
+                                           "x", "", "42", "1,000.5", "ID-0099"};
+  std::uniform_int_distribution<size_t> pick(0, shapes.size() - 1);
+  std::uniform_int_distribution<int> suffix(0, 300);
+  Strs v;
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 50 == 0) {
+      v.push_back(std::nullopt);
+      continue;
+    }
+    std::string s = shapes[pick(rng)];
+    if (i % 3 == 0) s += std::to_string(suffix(rng));
+    v.push_back(std::move(s));
+  }
+  return v;
+}
+
+std::vector<std::string_view> Views(const Column& c) { return c.NonNullStrings(); }
+
+TEST(DqCategoricalMetrics, PreparedRunsGiveTheBuildingBlocksValues) {
+  const Column c = Cat(RandomStrings(30000, 3)), p = Cat(RandomStrings(20000, 4));
+  const ValueCounts cv = CountValues(Views(c)), pv = CountValues(Views(p));
+  const ValueCounts cp = CountPatterns(Views(c)), pp = CountPatterns(Views(p));
+  ASSERT_GT(cv.size(), 1000u);  // many distinct values, a few patterns
+  ASSERT_GT(cp.size(), 5u);
+  EXPECT_EQ(Get(Metric::kCatL1, c, &p), L1Distance(cv, pv));
+  EXPECT_EQ(Get(Metric::kCatLInf, c, &p), LInfDistance(cv, pv));
+  EXPECT_EQ(Get(Metric::kCatCosine, c, &p), CosineDistance(cv, pv));
+  EXPECT_EQ(Get(Metric::kCatChi2PValue, c, &p), Chi2PValue(cv, pv));
+  EXPECT_EQ(Get(Metric::kCatJsDistance, c, &p), JsDistance(cv, pv));
+  EXPECT_EQ(Get(Metric::kCatKlDiv, c, &p), SmoothedKlDivergence(cv, pv));
+  EXPECT_EQ(Get(Metric::kCatPatternL1, c, &p), L1Distance(cp, pp));
+  EXPECT_EQ(Get(Metric::kCatPatternLInf, c, &p), LInfDistance(cp, pp));
+  EXPECT_EQ(Get(Metric::kCatPatternCosine, c, &p), CosineDistance(cp, pp));
+  EXPECT_EQ(Get(Metric::kCatPatternChi2PValue, c, &p), Chi2PValue(cp, pp));
+  EXPECT_EQ(Get(Metric::kCatPatternJsDistance, c, &p), JsDistance(cp, pp));
+  EXPECT_EQ(Get(Metric::kCatPatternKlDiv, c, &p), SmoothedKlDivergence(cp, pp));
+  const StringStats stats = ComputeStringStats(Views(c));
+  EXPECT_EQ(Get(Metric::kCatMeanLength, c), stats.mean_length);
+  EXPECT_EQ(Get(Metric::kCatMeanLetters, c), stats.mean_letters);
+  EXPECT_EQ(Get(Metric::kCatMeanDigits, c), stats.mean_digits);
+  EXPECT_EQ(Get(Metric::kCatMeanPunctuation, c), stats.mean_punctuation);
+  EXPECT_EQ(Get(Metric::kCatDistinctCount, c), static_cast<double>(cv.size()));
+  // ComputeMetrics (all at once, shared alignment) agrees with ComputeMetric one by one.
+  absl::StatusOr<std::vector<MetricValue>> all = ComputeMetrics(c, &p);
+  ASSERT_TRUE(all.ok()) << all.status();
+  for (const MetricValue& v : *all) EXPECT_EQ(v.value, Get(v.metric, c, &p)) << MetricName(v.metric);
 }
 
 }  // namespace
