@@ -39,7 +39,8 @@ absl::StatusOr<Column> ColumnFromJson(const std::string& name, const nlohmann::j
   return Column::Categorical(name, std::move(v));
 }
 
-nlohmann::json StateToJson(const ColumnState& s, size_t history, double delta) {
+nlohmann::json StateToJson(const ColumnState& s, size_t history, double delta,
+                           RelearnMode relearn) {
   nlohmann::json window = nlohmann::json::array();
   for (size_t i = 0; i < s.window.size(); ++i) {
     window.push_back({{"run_key", s.run_keys[i]}, {"column", ColumnToJson(s.window[i])}});
@@ -47,6 +48,7 @@ nlohmann::json StateToJson(const ColumnState& s, size_t history, double delta) {
   return {{"format", kColumnStateFormat},
           {"history", history},
           {"delta", delta},
+          {"relearn", RelearnModeName(relearn)},
           {"window", window},
           {"avh", s.program ? ToJson(*s.program) : nlohmann::json()},
           {"note", s.note}};
@@ -82,6 +84,17 @@ absl::Status CheckRunKeys(Store& store, const std::string& pipeline,
 
 }  // namespace
 
+absl::StatusOr<RelearnMode> ParseRelearnMode(std::string_view name) {
+  if (name == "every") return RelearnMode::kEvery;
+  if (name == "never") return RelearnMode::kNever;
+  return absl::InvalidArgumentError(absl::StrCat("relearn mode '", std::string(name),
+                                                 "' is neither 'every' nor 'never'"));
+}
+
+const char* RelearnModeName(RelearnMode mode) {
+  return mode == RelearnMode::kNever ? "never" : "every";
+}
+
 absl::StatusOr<PipelineState> LoadPipelineState(Store& store, const std::string& pipeline) {
   PipelineState state;
   absl::StatusOr<std::vector<std::string>> names = store.Columns(pipeline);
@@ -110,6 +123,8 @@ absl::StatusOr<PipelineState> LoadPipelineState(Store& store, const std::string&
     cs.note = j.value("note", "");
     state.history = j.value("history", size_t{30});
     state.delta = j.value("delta", 0.01);
+    // Records written before the setting existed were re-learned on every append.
+    VLC_ASSIGN_OR_RETURN(state.relearn, ParseRelearnMode(j.value("relearn", "every")));
     state.learned_at_seq = std::max(state.learned_at_seq, stored->learned_at_seq);
     state.columns[name] = std::move(cs);
   }
@@ -123,6 +138,8 @@ absl::StatusOr<AppendResult> AppendAndLearn(Store& store, const std::string& pip
   VLC_ASSIGN_OR_RETURN(PipelineState state, LoadPipelineState(store, pipeline));
   const size_t history = settings.history.value_or(state.history.value_or(30));
   const double delta = settings.delta.value_or(state.delta.value_or(0.01));
+  const RelearnMode relearn =
+      settings.relearn.value_or(state.relearn.value_or(RelearnMode::kEvery));
   AvhOptions options;
   options.delta = delta;
   if (history < options.min_history_runs) {
@@ -177,12 +194,29 @@ absl::StatusOr<AppendResult> AppendAndLearn(Store& store, const std::string& pip
   }
   const Table& latest = runs.back().second;
   for (auto& [name, cs] : state.columns) {
-    cs.program.reset();
-    cs.note.clear();
     ColumnLearnResult out;
     out.column = name;
     out.history_runs = cs.window.size();
     if (!cs.window.empty()) out.type = cs.window.back().type();
+    if (relearn == RelearnMode::kNever && cs.program) {
+      // Learned once already: the program stays, the window has moved on.
+      const ColumnProgram& p = *cs.program;
+      summary += absl::StrCat("column ", name, ": program kept (relearn never), ",
+                              p.constraints.size(), " constraints learned from ", p.history_runs,
+                              " runs\n");
+      out.learned = true;
+      out.kept = true;
+      out.constraints = p.constraints.size();
+      out.expected_fpr = p.ExpectedFpr();
+      out.issues_covered = p.issues_covered;
+      out.issues_total = p.issues_total;
+      result.columns.push_back(std::move(out));
+      VLC_RETURN_IF_ERROR(
+          store.PutProgram(pipeline, name, last_seq, StateToJson(cs, history, delta, relearn)));
+      continue;
+    }
+    cs.program.reset();
+    cs.note.clear();
     if (cs.window.size() < options.min_history_runs) {
       cs.note = absl::StrCat("needs ", options.min_history_runs, " runs of history, has ",
                              cs.window.size());
@@ -212,7 +246,7 @@ absl::StatusOr<AppendResult> AppendAndLearn(Store& store, const std::string& pip
     out.note = cs.note;
     result.columns.push_back(std::move(out));
     VLC_RETURN_IF_ERROR(
-        store.PutProgram(pipeline, name, last_seq, StateToJson(cs, history, delta)));
+        store.PutProgram(pipeline, name, last_seq, StateToJson(cs, history, delta, relearn)));
   }
   return result;
 }

@@ -18,6 +18,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -38,10 +39,21 @@ struct ColumnState {
   std::string note;  // why there is no program
 };
 
+// When a column's program is learned again. kEvery: whenever runs are appended, from the latest
+// `history` runs (a sliding window, as the method's authors evaluate it). kNever: once, when the
+// column first has enough history; later runs only move the window that validation compares
+// with (the previous run's values, the transforms' past values).
+enum class RelearnMode { kEvery, kNever };
+
+// "every" / "never"; INVALID_ARGUMENT for anything else.
+absl::StatusOr<RelearnMode> ParseRelearnMode(std::string_view name);
+const char* RelearnModeName(RelearnMode mode);
+
 struct PipelineState {
   std::map<std::string, ColumnState> columns;
   std::optional<std::size_t> history;
   std::optional<double> delta;
+  std::optional<RelearnMode> relearn;
   int64_t learned_at_seq = 0;  // the latest run any column's state was stored at
 };
 
@@ -52,6 +64,7 @@ absl::StatusOr<PipelineState> LoadPipelineState(Store& store, const std::string&
 struct LearnSettings {
   std::optional<std::size_t> history;  // runs learned from; unset: the stored value, else 30
   std::optional<double> delta;         // FPR budget; unset: the stored value, else 0.01
+  std::optional<RelearnMode> relearn;  // unset: the stored value, else kEvery
 };
 
 struct RecordedRun {
@@ -65,7 +78,8 @@ struct ColumnLearnResult {
   std::string column;
   ColumnType type = ColumnType::kNumeric;
   std::size_t history_runs = 0;  // runs in its window
-  bool learned = false;
+  bool learned = false;  // has a program after the call
+  bool kept = false;     // ... the one it had before (RelearnMode::kNever)
   std::size_t constraints = 0;
   double expected_fpr = 0.0;
   std::size_t issues_covered = 0;

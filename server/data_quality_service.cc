@@ -131,9 +131,24 @@ absl::Status DataQualityService::DoAddRuns(const pb::AddRunsRequest& request,
                          ParseRun(request.runs(i), field, config_.dq_max_run_bytes));
     runs.emplace_back(request.runs(i).key(), std::move(table));
   }
+  dq::LearnSettings settings;
+  switch (request.relearn()) {
+    case pb::RELEARN_UNSPECIFIED:
+      break;
+    case pb::RELEARN_EVERY:
+      settings.relearn = dq::RelearnMode::kEvery;
+      break;
+    case pb::RELEARN_NEVER:
+      settings.relearn = dq::RelearnMode::kNever;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("relearn ", request.relearn(),
+                       " is not a known mode: RELEARN_EVERY (1) or RELEARN_NEVER (2)"));
+  }
   std::lock_guard<std::mutex> lock(store_->mu);
   VLC_ASSIGN_OR_RETURN(dq::AppendResult result,
-                       dq::AppendAndLearn(store_->store, request.pipeline(), runs, {}));
+                       dq::AppendAndLearn(store_->store, request.pipeline(), runs, settings));
   for (const dq::RecordedRun& r : result.runs) FillRecorded(r, response->add_runs());
   for (const dq::ColumnLearnResult& c : result.columns) {
     pb::ColumnSummary* out = response->add_columns();
@@ -146,6 +161,7 @@ absl::Status DataQualityService::DoAddRuns(const pb::AddRunsRequest& request,
     out->set_issues_covered(static_cast<int32_t>(c.issues_covered));
     out->set_issues_total(static_cast<int32_t>(c.issues_total));
     out->set_note(c.note);
+    out->set_kept(c.kept);
   }
   return absl::OkStatus();
 }
@@ -253,6 +269,9 @@ absl::Status DataQualityService::DoGetProgram(const pb::GetProgramRequest& reque
                        dq::LoadPipelineState(store_->store, request.pipeline()));
   response->set_pipeline(request.pipeline());
   response->set_learned_at_seq(state.learned_at_seq);
+  response->set_relearn(state.relearn.value_or(dq::RelearnMode::kEvery) == dq::RelearnMode::kNever
+                            ? pb::RELEARN_NEVER
+                            : pb::RELEARN_EVERY);
   if (!request.column().empty()) {
     auto it = state.columns.find(request.column());
     if (it == state.columns.end()) {

@@ -239,6 +239,14 @@ int main(int argc, char** argv) {
       "--delta", delta,
       "FPR budget of each column's program; default 0.01, or the value stored by an earlier learn");
   learn_delta->check(CLI::Range(1e-9, 1.0));
+  std::string learn_relearn;
+  auto* learn_relearn_opt = learn->add_option(
+      "--relearn", learn_relearn,
+      "every: re-learn each column's program from its latest --history runs whenever runs are "
+      "added; never: learn it once, when the column first has enough history, and keep it while "
+      "later runs move the window validation compares with. Default every, or the value stored by "
+      "an earlier learn");
+  learn_relearn_opt->check(CLI::IsMember({"every", "never"}));
   learn
       ->add_option("runs", learn_files,
                    "Run files, oldest first: .csv (header row) or .json (array of records); a "
@@ -303,6 +311,7 @@ int main(int argc, char** argv) {
     LearnSettings settings;
     if (learn_history->count() > 0) settings.history = history;
     if (learn_delta->count() > 0) settings.delta = delta;
+    if (learn_relearn_opt->count() > 0) settings.relearn = *ParseRelearnMode(learn_relearn);
     return Learn(pipeline, db, learn_files, settings);
   }
   if (validate->parsed()) return ValidateRun(pipeline, db, validate_file, json, append);

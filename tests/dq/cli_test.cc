@@ -11,6 +11,7 @@
 
 #include "common/fs.h"
 #include "dq/issues.h"
+#include "dq/pipeline_service.h"
 #include "dq/store.h"
 #include "nlohmann/json.hpp"
 
@@ -124,6 +125,47 @@ TEST_F(DqCli, LearnIsIncrementalAndAppendAddsTheValidatedRun) {
   absl::StatusOr<Store> store = Store::Open(db_);
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ(store->Runs("sales")->size(), 14u);
+}
+
+TEST_F(DqCli, RelearnNeverKeepsTheFirstProgramWhileTheWindowMovesOn) {
+  std::string args = "learn --relearn never --pipeline sales --db " + db_;
+  for (size_t i = 0; i < 10; ++i) args += " " + runs_[i];
+  const Result first = RunDq(args);
+  ASSERT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(first.output.find("learned from 10 runs"), std::string::npos) << first.output;
+  // The setting is stored: a later learn without it keeps the program, and so does --append.
+  const Result more = RunDq("learn --pipeline sales --db " + db_ + " " + runs_[10]);
+  ASSERT_EQ(more.code, 0) << more.output;
+  EXPECT_NE(more.output.find("column amount: program kept (relearn never)"), std::string::npos)
+      << more.output;
+  EXPECT_NE(more.output.find("learned from 10 runs"), std::string::npos) << more.output;
+  const Result append = RunDq("validate --append --pipeline sales --db " + db_ + " " + runs_[11]);
+  EXPECT_EQ(append.code, 0) << append.output;
+  {
+    absl::StatusOr<Store> store = Store::Open(db_);
+    ASSERT_TRUE(store.ok()) << store.status();
+    absl::StatusOr<PipelineState> state = LoadPipelineState(*store, "sales");
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_EQ(state->relearn, RelearnMode::kNever);
+    const ColumnState& amount = state->columns.at("amount");
+    ASSERT_TRUE(amount.program.has_value());
+    EXPECT_EQ(amount.program->history_runs, 10u);
+    EXPECT_EQ(amount.window.size(), 12u);  // validation compares with the latest run
+    EXPECT_EQ(amount.run_keys.back(), "2024-03-12");
+  }
+  // Switching back re-learns from the whole window, and the switch is stored.
+  const Result every =
+      RunDq("learn --relearn every --pipeline sales --db " + db_ + " " + runs_[12]);
+  ASSERT_EQ(every.code, 0) << every.output;
+  EXPECT_NE(every.output.find("learned from 13 runs"), std::string::npos) << every.output;
+  EXPECT_EQ(every.output.find("program kept"), std::string::npos) << every.output;
+  absl::StatusOr<Store> store = Store::Open(db_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(LoadPipelineState(*store, "sales")->relearn, RelearnMode::kEvery);
+  // A mode that does not exist is a usage error.
+  const Result bad = RunDq("learn --relearn sometimes --pipeline sales --db " + db_ + " " + runs_[13]);
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--relearn"), std::string::npos) << bad.output;
 }
 
 TEST_F(DqCli, ErrorsExitTwoWithAClearMessage) {

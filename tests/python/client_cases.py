@@ -61,6 +61,13 @@ def sync_cases(pipeline):
         program = c.get_program(pipeline)
         check({col.column for col in program.columns} == {"x", "y"}, "program columns")
         check(pipeline in [p.name for p in c.list_pipelines().pipelines], "list_pipelines")
+        kept = c.add_runs(pipeline, [("day10", csv_run(10))], relearn="never")
+        check(all(col.learned and col.kept for col in kept.columns), f"relearn never {kept}")
+        try:
+            c.add_runs(pipeline, [("day11", csv_run(12))], relearn="sometimes")
+            raise AssertionError("relearn 'sometimes' was accepted")
+        except ValueError as e:
+            check("never" in str(e), f"relearn error {e}")
     print("sync: ok")
 
 

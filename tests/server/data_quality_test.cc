@@ -232,6 +232,73 @@ TEST_F(DataQualityServiceTest, AddRunsLearnsProgramsAndValidateTellsCleanRunsFro
   EXPECT_TRUE(listed);
 }
 
+TEST_F(DataQualityServiceTest, RelearnNeverKeepsTheProgramAcrossAddRunsAndIsStored) {
+  auto program_of = [](const std::string& pipeline) {
+    grpc::ClientContext ctx;
+    pb::GetProgramRequest req;
+    req.set_pipeline(pipeline);
+    pb::GetProgramResponse out;
+    const grpc::Status s = dq_->GetProgram(&ctx, req, &out);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return out;
+  };
+  auto add_days = [](int first, int last, pb::Relearn relearn, pb::AddRunsResponse* out) {
+    pb::AddRunsRequest req;
+    req.set_pipeline("returns");
+    req.set_relearn(relearn);
+    for (int day = first; day <= last; ++day) {
+      pb::Run* run = req.add_runs();
+      run->set_key(DayKey(day));
+      run->set_csv(RunCsv(2000 + day));
+    }
+    grpc::ClientContext ctx;
+    return dq_->AddRuns(&ctx, req, out);
+  };
+  pb::AddRunsResponse first;
+  ASSERT_TRUE(add_days(1, 10, pb::RELEARN_NEVER, &first).ok());
+  for (const auto& c : first.columns()) {
+    EXPECT_TRUE(c.learned()) << c.column();
+    EXPECT_FALSE(c.kept()) << c.column();
+  }
+  const pb::GetProgramResponse before = program_of("returns");
+  EXPECT_EQ(before.relearn(), pb::RELEARN_NEVER);
+
+  // Unspecified: the stored setting. The programs stay as they were learned from 10 runs.
+  pb::AddRunsResponse later;
+  ASSERT_TRUE(add_days(11, 13, pb::RELEARN_UNSPECIFIED, &later).ok());
+  for (const auto& c : later.columns()) {
+    EXPECT_TRUE(c.learned()) << c.column();
+    EXPECT_TRUE(c.kept()) << c.column();
+    EXPECT_EQ(c.history_runs(), 13) << c.column();  // the window moved on
+  }
+  const pb::GetProgramResponse kept = program_of("returns");
+  ASSERT_EQ(kept.columns_size(), before.columns_size());
+  for (int i = 0; i < kept.columns_size(); ++i) {
+    EXPECT_EQ(kept.columns(i).history_runs(), 10) << kept.columns(i).column();
+    ASSERT_EQ(kept.columns(i).constraints_size(), before.columns(i).constraints_size());
+    for (int j = 0; j < kept.columns(i).constraints_size(); ++j) {
+      EXPECT_EQ(kept.columns(i).constraints(j).lo(), before.columns(i).constraints(j).lo());
+      EXPECT_EQ(kept.columns(i).constraints(j).hi(), before.columns(i).constraints(j).hi());
+    }
+  }
+  EXPECT_EQ(kept.learned_at_seq(), 13);
+
+  // RELEARN_EVERY learns again from the whole window and is stored.
+  pb::AddRunsResponse every;
+  ASSERT_TRUE(add_days(14, 14, pb::RELEARN_EVERY, &every).ok());
+  for (const auto& c : every.columns()) EXPECT_FALSE(c.kept()) << c.column();
+  const pb::GetProgramResponse relearned = program_of("returns");
+  EXPECT_EQ(relearned.relearn(), pb::RELEARN_EVERY);
+  for (const auto& c : relearned.columns()) EXPECT_EQ(c.history_runs(), 14) << c.column();
+
+  // A value outside the enum is INVALID_ARGUMENT, and nothing is recorded.
+  pb::AddRunsResponse bad;
+  const grpc::Status s = add_days(15, 15, static_cast<pb::Relearn>(7), &bad);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("RELEARN_NEVER"), std::string::npos) << s.error_message();
+  EXPECT_EQ(RunsOf("returns"), 14);
+}
+
 TEST_F(DataQualityServiceTest, BadRequestsGetPreciseCodesAndTheServerKeepsServing) {
   pb::AddRunsResponse added;
   ASSERT_TRUE(AddDays("orders", 1, 3, &added).ok());

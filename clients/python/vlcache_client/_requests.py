@@ -74,6 +74,14 @@ def runs(items):
     return [dq.Run(key=k, csv=c.encode() if isinstance(c, str) else bytes(c)) for k, c in items]
 
 
+def add_runs(pipeline, items, relearn):
+    """An AddRunsRequest; relearn is None (the pipeline's stored setting), "every" or "never"."""
+    modes = {None: dq.RELEARN_UNSPECIFIED, "every": dq.RELEARN_EVERY, "never": dq.RELEARN_NEVER}
+    if relearn not in modes:
+        raise ValueError(f"relearn must be None, 'every' or 'never', not {relearn!r}")
+    return dq.AddRunsRequest(pipeline=pipeline, runs=runs(items), relearn=modes[relearn])
+
+
 class Answer:
     """What a streamed answer has given so far: `text` and, once it ended, `usage`."""
 

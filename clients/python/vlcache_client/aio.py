@@ -100,9 +100,8 @@ class AsyncClient:
     async def model_info(self, timeout=None):
         return await self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
 
-    async def add_runs(self, pipeline, runs, timeout=None):
-        return await self._unary(self._dq.AddRuns,
-                                 dq.AddRunsRequest(pipeline=pipeline, runs=req.runs(runs)), timeout)
+    async def add_runs(self, pipeline, runs, timeout=None, relearn=None):
+        return await self._unary(self._dq.AddRuns, req.add_runs(pipeline, runs, relearn), timeout)
 
     async def validate(self, pipeline, key, csv, append=False, timeout=None):
         (run,) = req.runs([(key, csv)])

@@ -111,10 +111,12 @@ class Client:
         return self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
 
     # Data quality (a server started with --dq-db).
-    def add_runs(self, pipeline, runs, timeout=None):
-        """Appends runs ((key, csv) pairs, oldest first); returns a vlcache.v1.AddRunsResponse."""
-        return self._unary(self._dq.AddRuns,
-                           dq.AddRunsRequest(pipeline=pipeline, runs=req.runs(runs)), timeout)
+    def add_runs(self, pipeline, runs, timeout=None, relearn=None):
+        """Appends runs ((key, csv) pairs, oldest first); returns a vlcache.v1.AddRunsResponse.
+
+        relearn: "every" re-learns the columns' programs on every call, "never" keeps a program
+        once learned; None keeps the pipeline's stored setting ("every" for a new pipeline)."""
+        return self._unary(self._dq.AddRuns, req.add_runs(pipeline, runs, relearn), timeout)
 
     def validate(self, pipeline, key, csv, append=False, timeout=None):
         """Checks one run against the learned programs; a vlcache.v1.ValidateResponse."""
