@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <sstream>
+#include <set>
 #include <string>
 
 #include "common/fs.h"
@@ -403,6 +404,42 @@ TEST_F(DataQualityServiceTest, ValidateCountsItsVerdictAndViolationsInTheMetrics
                        {"pipeline=\"counted\"", "column=\"amount\""}),
             0)
       << text;
+}
+
+// Pipeline names are the callers' to choose: a flood of new ones must not grow the metric
+// families without bound (32 pipelines by name, the rest under _other; docs/DEPLOY.md).
+TEST_F(DataQualityServiceTest, AFloodOfPipelineNamesKeepsTheMetricFamiliesBounded) {
+  constexpr int kPipelines = 40;
+  for (int p = 0; p < kPipelines; ++p) {
+    const std::string name = "flood" + std::to_string(p);
+    pb::AddRunsResponse added;
+    ASSERT_TRUE(AddDays(name, 1, 8, &added).ok()) << name;
+    pb::ValidateResponse broken;
+    ASSERT_TRUE(Validate(name, "2024-03-09", RunCsv(1009, 1000.0), false, &broken).ok()) << name;
+    ASSERT_FALSE(broken.passed()) << name;
+  }
+  const std::string text = server_->Metrics();
+  std::set<std::string> check_pipelines, violation_pipelines;
+  std::istringstream in(text);
+  auto label = [](const std::string& line, const std::string& key) {
+    const size_t at = line.find(key + "=\"");
+    if (at == std::string::npos) return std::string();
+    const size_t from = at + key.size() + 2;
+    return line.substr(from, line.find('"', from) - from);
+  };
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("vlcache_dq_checks_total{", 0) == 0) {
+      check_pipelines.insert(label(line, "pipeline"));
+    }
+    if (line.rfind("vlcache_dq_violations_total{", 0) == 0) {
+      violation_pipelines.insert(label(line, "pipeline"));
+    }
+  }
+  EXPECT_LE(check_pipelines.size(), 33u) << text;  // 32 by name and _other
+  EXPECT_LE(violation_pipelines.size(), 33u) << text;
+  EXPECT_EQ(check_pipelines.count("_other"), 1u) << text;
+  // Every failed check was counted, named or not.
+  EXPECT_GE(SumSamples(text, "vlcache_dq_checks_total", {"verdict=\"fail\""}), kPipelines) << text;
 }
 
 // Without --dq-db the service is not served; with a token, its calls need it like Inference's.
