@@ -48,6 +48,10 @@ absl::Status CheckOptions(const AvhOptions& options) {
           absl::StrCat("k grid value ", k, " is not a finite k >= 0"));
     }
   }
+  if (!(options.normality_alpha >= 0.0 && options.normality_alpha < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "normality_alpha must lie in [0, 1) (0: no normality check), got ", options.normality_alpha));
+  }
   return absl::OkStatus();
 }
 
@@ -449,8 +453,20 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
       if (v.ok()) issue_values[j] = *v;
     }
 
-    const BoundAndSide bs = BoundAndSideFor(metric);
+    BoundAndSide bs = BoundAndSideFor(metric);
     VLC_ASSIGN_OR_RETURN(const Moments moments, ComputeMoments(transformed));
+    if (bs.kind == BoundKind::kNormal && options.normality_alpha > 0 && !moments.constant) {
+      // The Normal tail is the FPR only if the metric is close to normal; a history that is not
+      // (a monthly row count with its Februaries) gets the distribution-free bound instead.
+      absl::StatusOr<ShapiroWilk> sw = ShapiroWilkTest(transformed);
+      if (!sw.ok() || !(sw->p_value >= options.normality_alpha)) {
+        bs = {BoundKind::kChebyshev, Side::kTwoSided};
+        program.notes.push_back(absl::StrCat(
+            name, ": Chebyshev bound, not Normal: ",
+            sw.ok() ? absl::StrCat("Shapiro-Wilk p = ", sw->p_value, " < ", options.normality_alpha)
+                    : std::string(sw.status().message())));
+      }
+    }
     const std::vector<double> ks =
         moments.constant ? std::vector<double>{options.k_grid.front()} : options.k_grid;
     for (double k : ks) {

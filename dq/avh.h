@@ -55,6 +55,10 @@ struct AvhOptions {
   TransformSearchOptions transform;  // stationarity search
   uint64_t issue_seed = 0x5eedULL;   // synthetic issues
   std::size_t min_history_runs = 8;  // fewer runs is INVALID_ARGUMENT
+  // A metric assigned the Normal bound keeps it only when the Shapiro-Wilk test does not reject
+  // normality of its (transformed) history at this level; otherwise it gets Chebyshev's, which
+  // holds for any distribution. 0 keeps the Normal bound wherever the method assigns it.
+  double normality_alpha = 0.05;
 };
 
 // The bound kind and side docs/METHODS.md assigns to a metric: Cantelli upper for distances,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <boost/math/distributions/normal.hpp>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <string>
 
@@ -168,6 +169,109 @@ absl::StatusOr<QConstraint> MakeQConstraint(absl::Span<const double> history, do
   q.lo = side == Side::kUpper ? -kInf : q.mean - half_width;
   q.hi = side == Side::kLower ? kInf : q.mean + half_width;
   return q;
+}
+
+namespace {
+
+// c[0] + c[1] x + c[2] x^2 + ...
+double Poly(std::initializer_list<double> c, double x) {
+  double sum = 0.0, power = 1.0;
+  for (double coefficient : c) {
+    sum += coefficient * power;
+    power *= x;
+  }
+  return sum;
+}
+
+}  // namespace
+
+absl::StatusOr<ShapiroWilk> ShapiroWilkTest(absl::Span<const double> values) {
+  const std::size_t n = values.size();
+  if (n < 3 || n > 5000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the Shapiro-Wilk test needs 3 to 5000 values, got ", n));
+  }
+  std::vector<double> x(values.begin(), values.end());
+  for (double v : x) {
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError("the Shapiro-Wilk test got a non-finite value");
+    }
+  }
+  std::sort(x.begin(), x.end());
+  if (x.front() == x.back()) {
+    return absl::InvalidArgumentError("the Shapiro-Wilk test is undefined for equal values");
+  }
+  const double an = static_cast<double>(n);
+  const boost::math::normal_distribution<double> normal;
+  // Coefficients a[i] of the lower half, i = 0 .. n/2 - 1 (the upper half is antisymmetric).
+  const std::size_t half = n / 2;
+  std::vector<double> a(half);
+  if (n == 3) {
+    a[0] = std::sqrt(0.5);
+  } else {
+    std::vector<double> m(half);
+    double summ2 = 0.0;
+    for (std::size_t i = 0; i < half; ++i) {
+      m[i] = boost::math::quantile(normal, (static_cast<double>(i + 1) - 0.375) / (an + 0.25));
+      summ2 += m[i] * m[i];
+    }
+    summ2 *= 2.0;
+    const double ssumm2 = std::sqrt(summ2);
+    const double rsn = 1.0 / std::sqrt(an);
+    const double a1 =
+        Poly({0.0, 0.221157, -0.147981, -2.071190, 4.434685, -2.706056}, rsn) - m[0] / ssumm2;
+    std::size_t first_plain;
+    double fac;
+    if (n > 5) {
+      const double a2 =
+          -m[1] / ssumm2 + Poly({0.0, 0.042981, -0.293762, -1.752461, 5.682633, -3.582633}, rsn);
+      fac = std::sqrt((summ2 - 2.0 * m[0] * m[0] - 2.0 * m[1] * m[1]) /
+                      (1.0 - 2.0 * a1 * a1 - 2.0 * a2 * a2));
+      a[1] = a2;
+      first_plain = 2;
+    } else {
+      fac = std::sqrt((summ2 - 2.0 * m[0] * m[0]) / (1.0 - 2.0 * a1 * a1));
+      first_plain = 1;
+    }
+    a[0] = a1;
+    for (std::size_t i = first_plain; i < half; ++i) a[i] = -m[i] / fac;
+  }
+  // W = (sum a_i (x_(n+1-i) - x_(i)))^2 / sum (x - mean)^2, on values centred for accuracy.
+  double mean = 0.0;
+  for (double v : x) mean += v;
+  mean /= an;
+  double ss = 0.0;
+  for (double v : x) ss += (v - mean) * (v - mean);
+  double numerator = 0.0;
+  for (std::size_t i = 0; i < half; ++i) numerator += a[i] * (x[n - 1 - i] - x[i]);
+  ShapiroWilk out;
+  out.w = std::min(1.0, numerator * numerator / ss);
+  if (n == 3) {
+    constexpr double kSixOverPi = 1.90985931710274;
+    constexpr double kAsinSqrtThreeQuarters = 1.04719755119660;
+    out.p_value =
+        std::max(0.0, kSixOverPi * (std::asin(std::sqrt(out.w)) - kAsinSqrtThreeQuarters));
+    return out;
+  }
+  // ln(1 - W), normalised by Royston's approximations of its mean and sd.
+  double y = std::log1p(-out.w);
+  double mu, sigma;
+  if (n <= 11) {
+    const double gamma = Poly({-2.273, 0.459}, an);
+    if (y >= gamma) {
+      out.p_value = 1e-99;  // as AS R94: W so small the approximation does not reach it
+      return out;
+    }
+    y = -std::log(gamma - y);
+    mu = Poly({0.5440, -0.39978, 0.025054, -6.714e-4}, an);
+    sigma = std::exp(Poly({1.3822, -0.77857, 0.062767, -0.0020322}, an));
+  } else {
+    const double ln_n = std::log(an);
+    mu = Poly({-1.5861, -0.31082, -0.083751, 0.0038915}, ln_n);
+    sigma = std::exp(Poly({-0.4803, -0.082676, 0.0030302}, ln_n));
+  }
+  out.p_value = boost::math::cdf(boost::math::complement(normal, (y - mu) / sigma));
+  return out;
 }
 
 }  // namespace vlc::dq

@@ -97,4 +97,16 @@ struct QConstraint {
 absl::StatusOr<QConstraint> MakeQConstraint(absl::Span<const double> history, double k,
                                             BoundKind kind, Side side);
 
+// Shapiro-Wilk test of normality (Royston's 1995 algorithm AS R94, as scipy.stats.shapiro):
+// the W statistic and its p-value, small when the values are unlikely to come from a normal
+// distribution. The Normal bound's FPR is only right for a metric whose history looks normal; AVH
+// uses it where this test does not reject (AvhOptions::normality_alpha) and Chebyshev elsewhere.
+// INVALID_ARGUMENT for fewer than 3 or more than 5000 values, a non-finite value, or values that
+// are all equal (W is undefined).
+struct ShapiroWilk {
+  double w = 0.0;
+  double p_value = 0.0;
+};
+absl::StatusOr<ShapiroWilk> ShapiroWilkTest(absl::Span<const double> values);
+
 }  // namespace vlc::dq

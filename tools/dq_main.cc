@@ -298,6 +298,12 @@ int main(int argc, char** argv) {
                    "AVH's constraint widths k: paper (1 to 10 by 0.5), wide (then 11 to 99) or a "
                    "list such as 1,2,5,20")
       ->capture_default_str();
+  eval->add_option("--normality-alpha", eval_options.avh.normality_alpha,
+                   "Counts, means, lengths and categorical ratios keep the Normal bound only where "
+                   "the Shapiro-Wilk test does not reject normality of their history at this level, "
+                   "Chebyshev's elsewhere; 0 keeps the Normal bound as the paper assigns it")
+      ->check(CLI::Range(0.0, 0.999))
+      ->capture_default_str();
   eval->add_option("--json", json_path,
                    "Also write the results (methods, realistic issues, counts) as JSON here");
 

@@ -247,6 +247,58 @@ TEST(DqAvh, GrowingRowCountLearnsADifferencedCount) {
   EXPECT_TRUE(count_flagged);
 }
 
+// Rows per run as a monthly table has them (two stations, 28 to 31 days): a Count history that is
+// stationary but far from normal. The Normal bound would claim a 0.27% FPR at k = 3 and flag
+// every February; the Shapiro-Wilk check gives Count Chebyshev's bound instead.
+TEST(DqAvh, ANonNormalCountHistoryGetsChebyshevNotNormal) {
+  const int month_rows[] = {62, 58, 62, 60, 62, 60, 62, 62, 60, 62, 60, 62};
+  Normal gen(21);
+  std::vector<Column> history;
+  for (int i = 0; i < 24; ++i) history.push_back(NormalRun(gen, month_rows[i % 12]));
+  const Column february = NormalRun(gen, 56);  // a leap year's February has 58, this one 56
+
+  auto count_constraint = [](const ColumnProgram& p) -> const Constraint* {
+    for (const Constraint& c : p.constraints) {
+      if (c.metric == Metric::kNumCount) return &c;
+    }
+    return nullptr;
+  };
+  auto has_note = [](const ColumnProgram& p, const std::string& text) {
+    for (const std::string& n : p.notes) {
+      if (n.find(text) != std::string::npos) return true;
+    }
+    return false;
+  };
+
+  AvhOptions paper_rule;
+  paper_rule.normality_alpha = 0;
+  absl::StatusOr<ColumnProgram> normal = LearnColumnProgram(history, {}, paper_rule);
+  ASSERT_TRUE(normal.ok()) << normal.status();
+  PrintProgram(*normal);
+  const Constraint* c0 = count_constraint(*normal);
+  ASSERT_NE(c0, nullptr);
+  EXPECT_EQ(c0->bound, BoundKind::kNormal);
+  EXPECT_FALSE(c0->Accepts(56.0)) << "the Normal bound's k rejects a 56-row month";
+  EXPECT_FALSE(has_note(*normal, "num_count: Chebyshev bound"));
+
+  absl::StatusOr<ColumnProgram> checked = LearnColumnProgram(history, {});  // default: 0.05
+  ASSERT_TRUE(checked.ok()) << checked.status();
+  PrintProgram(*checked);
+  EXPECT_TRUE(has_note(*checked, "num_count: Chebyshev bound, not Normal: Shapiro-Wilk p = "));
+  if (const Constraint* c = count_constraint(*checked)) {
+    EXPECT_EQ(c->bound, BoundKind::kChebyshev);
+    EXPECT_LE(c->fpr, checked->delta);
+  }
+  absl::StatusOr<ColumnReport> report = ValidateColumn(*checked, history, february);
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const Violation& v : report->violations) EXPECT_NE(v.metric, Metric::kNumCount) << v.message;
+
+  AvhOptions bad;
+  bad.normality_alpha = 1.0;
+  EXPECT_EQ(LearnColumnProgram(history, {}, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DqAvh, RefusesShortHistoriesAndShortTails) {
   Normal gen(3);
   std::vector<Column> runs;

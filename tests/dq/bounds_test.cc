@@ -207,5 +207,44 @@ TEST(DqQConstraint, RejectsPairingsTheBoundDoesNotCover) {
             absl::StatusCode::kInvalidArgument);
 }
 
+
+// ---- Shapiro-Wilk. Expected values: scipy 1.17.1, scipy.stats.shapiro on the same vectors
+// (scipy's AS R94 runs in single precision, hence the tolerances).
+
+TEST(DqShapiroWilk, AgreesWithScipyFromThreeToTwentyFourValues) {
+  struct Case {
+    const char* name;
+    std::vector<double> x;
+    double w, p;
+  };
+  const std::vector<Case> cases = {
+      {"three", {1.0, 2.0, 4.0}, 0.9642857142857142, 0.6368868450289689},
+      {"five", {2.1, 3.4, 1.9, 5.6, 4.4}, 0.9320849391953863, 0.6106559022604845},
+      {"eight", {10.2, 9.8, 10.5, 11.1, 9.3, 10.0, 10.7, 9.9}, 0.9874514432473237,
+       0.990126834422618},
+      {"eleven, skewed", {1, 1, 1, 2, 2, 3, 4, 6, 9, 15, 30}, 0.7019861475182378,
+       0.0004960940722380928},
+      {"twelve", {5.1, 4.9, 5.3, 5.0, 5.2, 4.8, 5.5, 4.7, 5.05, 5.15, 4.95, 5.4},
+       0.988505214757368, 0.9993474966404975},
+      // Rows per month of the weather table's first 24 months: 28/29-day Februaries.
+      {"monthly row counts",
+       {62, 58, 62, 60, 62, 60, 62, 62, 60, 62, 60, 62, 62, 56, 62, 60, 62, 60, 62, 62, 60, 62, 60,
+        62},
+       0.6992429827229477, 9.842729459948473e-06},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ShapiroWilk> got = ShapiroWilkTest(c.x);
+    ASSERT_TRUE(got.ok()) << c.name << ": " << got.status();
+    EXPECT_NEAR(got->w, c.w, 2e-6) << c.name;
+    EXPECT_NEAR(got->p_value, c.p, 1e-4 * c.p + 1e-9) << c.name;
+  }
+}
+
+TEST(DqShapiroWilk, RefusesWhatItCannotTest) {
+  EXPECT_FALSE(ShapiroWilkTest(std::vector<double>{1.0, 2.0}).ok());
+  EXPECT_FALSE(ShapiroWilkTest(std::vector<double>{3.0, 3.0, 3.0, 3.0}).ok());
+  EXPECT_FALSE(ShapiroWilkTest(std::vector<double>{1.0, std::nan(""), 2.0}).ok());
+}
+
 }  // namespace
 }  // namespace vlc::dq
