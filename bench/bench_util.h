@@ -36,10 +36,11 @@ inline engine::LlavaConfig TextModelConfig(int hidden, int intermediate, int lay
 }
 
 // Exits with the error when the config is invalid: a benchmark has nothing to fall back on.
-inline std::unique_ptr<engine::LlavaModel> RandomModel(const engine::LlavaConfig& c) {
+inline std::unique_ptr<engine::LlavaModel> RandomModel(const engine::LlavaConfig& c,
+                                                       const engine::ComputeTarget& target = {}) {
   engine::WeightMap w;
   for (auto& [name, t] : tools::RandomLlavaWeights(c, 1)) w[name] = std::move(t);
-  auto m = engine::LlavaModel::FromWeights(c, std::move(w));
+  auto m = engine::LlavaModel::FromWeights(c, std::move(w), target);
   if (!m.ok()) {
     std::cerr << m.status() << "\n";
     std::exit(1);

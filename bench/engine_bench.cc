@@ -170,6 +170,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "LibTorch threads; 0 = all cores")->capture_default_str();
   app.add_option("--repeats", repeats, "Repeats; medians are reported")->capture_default_str();
   app.add_option("--json", json_path, "Also write the results here");
+  std::string dtype = "float32";
+  app.add_option("--dtype", dtype, "Weights' dtype: float32, bfloat16 (the KV cache stays float32)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}))
+      ->capture_default_str();
   app.add_option("--batches", batches,
                  "Batch scaling: these batch sizes against batch 1, alternated --repeats times")
       ->delimiter(',');
@@ -179,7 +183,12 @@ int main(int argc, char** argv) {
   if (threads > 0) at::set_num_threads(threads);
   else at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
 
-  auto model_ptr = bench::RandomModel(c);
+  auto target = engine::ResolveComputeTarget("cpu", dtype);
+  if (!target.ok()) {
+    std::cerr << target.status() << "\n";
+    return 1;
+  }
+  auto model_ptr = bench::RandomModel(c, *target);
   auto& model = *model_ptr;
   if (!batches.empty()) return BatchScaling(model, batches, prompt, steps, repeats, json_path);
   // The machine is shared and its bandwidth drifts between seconds: each repeat measures the
@@ -239,6 +248,7 @@ int main(int argc, char** argv) {
       {"kv_heads", t.num_key_value_heads},   {"vocab", t.vocab_size},
       {"prompt", prompt},              {"batch", batch},
       {"threads", at::get_num_threads()},
+      {"dtype", dtype},
       {"prefill_tokens_per_s", prompt / prefill},
       {"decode_ms_per_step", step * 1e3},
       {"decode_bytes_per_step", bytes},

@@ -5,9 +5,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 
 namespace vlc::engine {
 namespace {
+
+// Weight elements as stored: float32, or the 16 bits of a bfloat16 or an IEEE half, widened to
+// float32 in registers as they are loaded.
+struct BFloat16Bits {
+  uint16_t bits;
+};
+struct HalfBits {
+  uint16_t bits;
+};
 
 // The two instruction sets, as the kernel below needs them: a vector of W floats, its load,
 // fused multiply-add and horizontal sum.
@@ -16,6 +26,18 @@ struct Avx2 {
   using V = __m256;
   __attribute__((target("avx2,fma"))) static V Zero() { return _mm256_setzero_ps(); }
   __attribute__((target("avx2,fma"))) static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  // bfloat16 is the top half of a float32: widen to 32 bits and shift into place.
+  __attribute__((target("avx2,fma"))) static V Load(const BFloat16Bits* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  __attribute__((target("avx2,fma,f16c"))) static V Load(const HalfBits* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  __attribute__((target("avx2,fma"))) static V Load(const int8_t* p) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+  }
   __attribute__((target("avx2,fma"))) static V Fma(V a, V b, V c) {
     return _mm256_fmadd_ps(a, b, c);
   }
@@ -31,6 +53,21 @@ struct Avx512 {
   using V = __m512;
   __attribute__((target("avx512f"))) static V Zero() { return _mm512_setzero_ps(); }
   __attribute__((target("avx512f"))) static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  // The zero-masked forms compute the same; GCC 12 warns that the plain ones' internal
+  // _mm512_undefined_epi32 "may be used uninitialized" once they are inlined.
+  __attribute__((target("avx512f"))) static V Load(const BFloat16Bits* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __mmask16 all = 0xFFFF;
+    return _mm512_castsi512_ps(
+        _mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, h), 16));
+  }
+  __attribute__((target("avx512f"))) static V Load(const int8_t* p) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepi8_epi32(0xFFFF, q));
+  }
+  __attribute__((target("avx512f"))) static V Load(const HalfBits* p) {
+    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   __attribute__((target("avx512f"))) static V Fma(V a, V b, V c) {
     return _mm512_fmadd_ps(a, b, c);
   }
@@ -45,9 +82,9 @@ struct Avx512 {
 // NR * NX accumulators stay in registers; each (row, vector) partial sum is formed in the same
 // order whatever NR and NX are and added to y (or stored, for the first block of inputs), so a
 // sequence's numbers do not depend on the batch it is decoded in.
-template <typename I, int NR, int NX>
-__attribute__((target("avx2,fma,avx512f"), flatten)) void Block(
-    const float* w, int64_t in, int64_t k0, int64_t k1, const float* const* xs, float* y,
+template <typename I, typename WT, int NR, int NX>
+__attribute__((target("avx2,fma,f16c,avx512f"), flatten)) void Block(
+    const WT* w, int64_t in, int64_t k0, int64_t k1, const float* const* xs, float* y,
     int64_t ldy, int64_t r) {
   typename I::V acc[NR * NX];
   for (int k = 0; k < NR * NX; ++k) acc[k] = I::Zero();
@@ -71,24 +108,24 @@ __attribute__((target("avx2,fma,avx512f"), flatten)) void Block(
   }
 }
 
-template <typename I, int NR, int NX>
-void Range(const float* w, int64_t in, int64_t k0, int64_t k1, const float* const* xs, float* y,
+template <typename I, typename WT, int NR, int NX>
+void Range(const WT* w, int64_t in, int64_t k0, int64_t k1, const float* const* xs, float* y,
            int64_t ldy, int64_t r0, int64_t r1) {
   int64_t r = r0;
-  for (; r + NR <= r1; r += NR) Block<I, NR, NX>(w, in, k0, k1, xs, y, ldy, r);
-  for (; r < r1; ++r) Block<I, 1, NX>(w, in, k0, k1, xs, y, ldy, r);
+  for (; r + NR <= r1; r += NR) Block<I, WT, NR, NX>(w, in, k0, k1, xs, y, ldy, r);
+  for (; r < r1; ++r) Block<I, WT, 1, NX>(w, in, k0, k1, xs, y, ldy, r);
 }
 
 // Register blocking per group width: AVX2 has 16 vector registers, AVX-512 32.
-template <typename I>
-void Tile(int nx, const float* w, int64_t in, int64_t k0, int64_t k1, const float* const* xs,
+template <typename I, typename WT>
+void Tile(int nx, const WT* w, int64_t in, int64_t k0, int64_t k1, const float* const* xs,
           float* y, int64_t ldy, int64_t r0, int64_t r1) {
   constexpr bool wide = I::W == 16;
   switch (nx) {
-    case 1: Range<I, 8, 1>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
-    case 2: Range<I, wide ? 8 : 6, 2>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
-    case 3: Range<I, wide ? 6 : 3, 3>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
-    default: Range<I, wide ? 6 : 3, 4>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
+    case 1: Range<I, WT, 8, 1>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
+    case 2: Range<I, WT, wide ? 8 : 6, 2>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
+    case 3: Range<I, WT, wide ? 6 : 3, 3>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
+    default: Range<I, WT, wide ? 6 : 3, 4>(w, in, k0, k1, xs, y, ldy, r0, r1); break;
   }
 }
 
@@ -97,8 +134,8 @@ void Tile(int nx, const float* w, int64_t in, int64_t k0, int64_t k1, const floa
 // x rows (64 KiB of inputs, also in L2); the first group reads the block from memory, the others
 // from L2. Measured here (Zen 4, 2 cores), longer runs per row stream faster than input blocks
 // that fit L1, since every row is then read in long contiguous runs.
-template <typename I>
-void Stream(const float* xp, int64_t rows, int64_t in, const float* wp, int64_t out, float* yp) {
+template <typename I, typename WT>
+void Stream(const float* xp, int64_t rows, int64_t in, const WT* wp, int64_t out, float* yp) {
   constexpr int64_t kRowBlock = 24;  // a multiple of every register blocking above
   constexpr int64_t kInputBlock = 4096;
   // Enough rows per task that scheduling costs little next to streaming them.
@@ -111,7 +148,7 @@ void Stream(const float* xp, int64_t rows, int64_t in, const float* wp, int64_t 
         for (int64_t j = 0; j < rows; j += 4) {
           const float* xs[4] = {xp + j * in, xp + (j + 1) * in, xp + (j + 2) * in,
                                 xp + (j + 3) * in};
-          Tile<I>(static_cast<int>(std::min<int64_t>(4, rows - j)), wp, in, k0, k1, xs,
+          Tile<I, WT>(static_cast<int>(std::min<int64_t>(4, rows - j)), wp, in, k0, k1, xs,
                   yp + j * out, out, rb, re);
         }
       }
@@ -119,27 +156,86 @@ void Stream(const float* xp, int64_t rows, int64_t in, const float* wp, int64_t 
   });
 }
 
+template <typename I>
+void StreamAny(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
+  const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  switch (w.scalar_type()) {
+    case at::kBFloat16:
+      Stream<I>(xp, rows, in, static_cast<const BFloat16Bits*>(w.data_ptr()), out, yp);
+      break;
+    case at::kHalf:
+      Stream<I>(xp, rows, in, static_cast<const HalfBits*>(w.data_ptr()), out, yp);
+      break;
+    case at::kChar:
+      Stream<I>(xp, rows, in, w.data_ptr<int8_t>(), out, yp);
+      break;
+    default:
+      Stream<I>(xp, rows, in, w.data_ptr<float>(), out, yp);
+      break;
+  }
+}
+
 }  // namespace
 
-at::Tensor DecodeLinear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& b) {
-  const int64_t rows = x_in.size(0);
+bool DecodeLinearStreams(const at::Tensor& x, const at::Tensor& w) {
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
-  if (!avx2 || rows > kStreamingLinearMaxRows || x_in.size(1) % 8 != 0 ||
-      x_in.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() ||
-      !x_in.device().is_cpu()) {
+  static const bool f16c = __builtin_cpu_supports("f16c");
+  const at::ScalarType wt = w.scalar_type();
+  const bool weight_ok =
+      wt == at::kFloat || wt == at::kBFloat16 || wt == at::kChar || (wt == at::kHalf && f16c);
+  const at::ScalarType xt = x.scalar_type();
+  const bool x_ok = xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf;
+  return avx2 && weight_ok && x_ok && x.dim() == 2 && x.size(0) <= kStreamingLinearMaxRows &&
+         x.size(1) % 8 == 0 && w.dim() == 2 && w.size(1) == x.size(1) && w.is_contiguous() &&
+         x.device().is_cpu() && w.device().is_cpu();
+}
+
+at::Tensor DecodeLinear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& b,
+                        const at::Tensor& scales) {
+  if (w.scalar_type() == at::kChar) {
+    TORCH_CHECK(scales.defined() && scales.numel() == w.size(0),
+                "int8 weights need one scale per output row");
+    if (!DecodeLinearStreams(x_in, w)) {
+      const at::ScalarType xt = x_in.scalar_type();
+      return at::linear(x_in, DequantizeInt8(w, scales, xt), b.defined() ? b.to(xt) : b);
+    }
+  } else if (!DecodeLinearStreams(x_in, w)) {
     return at::linear(x_in, w, b);
   }
-  auto x = x_in.contiguous();
-  const int64_t in = x.size(1), out = w.size(0);
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  // The few rows of x are widened to float32 (a few KiB); the weights stay as stored and are
+  // widened in registers; every sum is float32. The result takes x's dtype.
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
   auto y = at::empty({rows, out}, x.options());
   if (avx512 && in % 16 == 0) {
-    Stream<Avx512>(x.data_ptr<float>(), rows, in, w.data_ptr<float>(), out, y.data_ptr<float>());
+    StreamAny<Avx512>(x, w, y);
   } else {
-    Stream<Avx2>(x.data_ptr<float>(), rows, in, w.data_ptr<float>(), out, y.data_ptr<float>());
+    StreamAny<Avx2>(x, w, y);
   }
-  if (b.defined()) y.add_(b);
-  return y;
+  // Int8 rows were summed as integers times x; each row's scale comes after the whole sum.
+  if (w.scalar_type() == at::kChar) y.mul_(scales.to(at::kFloat));
+  if (b.defined()) y.add_(b.to(at::kFloat));
+  return x_in.scalar_type() == at::kFloat ? y : y.to(x_in.scalar_type());
+}
+
+Int8Weight QuantizeInt8(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2, "QuantizeInt8 takes a [out, in] matrix");
+  // In float32 whatever the stored dtype; one output row at a time would also do, but a whole
+  // matrix in float32 is transient and the load converts each matrix once.
+  const at::Tensor f = w.to(at::kFloat);
+  const at::Tensor amax = f.abs().amax(1);
+  at::Tensor scale = amax / 127.0;
+  // A row of zeros keeps scale 0 and quantizes to zeros (no division by zero).
+  const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
+  at::Tensor q = (f / safe.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar).contiguous();
+  return {q, scale.contiguous()};
+}
+
+at::Tensor DequantizeInt8(const at::Tensor& q, const at::Tensor& scales, at::ScalarType dtype) {
+  return (q.to(at::kFloat) * scales.to(at::kFloat).unsqueeze(1)).to(dtype);
 }
 
 }  // namespace vlc::engine

@@ -17,7 +17,30 @@ namespace vlc::engine {
 // every call, which costs most at few rows; far above this the GEMM's blocking wins.
 inline constexpr int64_t kStreamingLinearMaxRows = 80;
 
-// x [rows, in] (float32), w [out, in] (float32, contiguous), b [out] or undefined -> [rows, out].
-at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+// x [rows, in] (float32, bfloat16 or half), w [out, in] (float32, bfloat16 or half, contiguous),
+// b [out] or undefined -> [rows, out] in x's dtype. Half-precision weights are read as stored and
+// widened to float32 in registers (a shift for bfloat16, F16C for half), so a decode step reads
+// half the bytes of float32 weights; x is widened to float32 once and every sum is float32.
+// Anything the kernel does not take (more rows, other dtypes, no AVX2) goes to at::linear.
+//
+// Int8 weights (weight-only quantization, QuantizeInt8 below) take `scales` [out], one per output
+// row: y = (x q^T) * scales + b, with q widened to float32 in registers (a quarter of float32's
+// bytes); more rows than the kernel takes go through the dequantized matrix and at::linear.
+at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {},
+                        const at::Tensor& scales = {});
+
+// Whether DecodeLinear takes x and w through the streaming kernel on this CPU.
+bool DecodeLinearStreams(const at::Tensor& x, const at::Tensor& w);
+
+// Weight-only int8, symmetric per output channel: w ~= q * scale[row], q in [-127, 127],
+// scale = max |w[row]| / 127 (0 for a row of zeros, whose q is all zeros). Rounding to nearest
+// makes each weight's error at most scale / 2.
+struct Int8Weight {
+  at::Tensor q;      // int8 [out, in], contiguous
+  at::Tensor scale;  // float32 [out]
+};
+Int8Weight QuantizeInt8(const at::Tensor& w);
+// q * scale as a dense matrix of `dtype` (the path for many rows: prefill).
+at::Tensor DequantizeInt8(const at::Tensor& q, const at::Tensor& scales, at::ScalarType dtype);
 
 }  // namespace vlc::engine
