@@ -174,6 +174,10 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", dtype, "Weights' dtype: float32, bfloat16 (the KV cache stays float32)")
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();
+  std::string quantize = "none";
+  app.add_option("--quantize", quantize, "Decoder weights: none or int8 (weight-only)")
+      ->check(CLI::IsMember({"none", "int8"}))
+      ->capture_default_str();
   app.add_option("--batches", batches,
                  "Batch scaling: these batch sizes against batch 1, alternated --repeats times")
       ->delimiter(',');
@@ -183,7 +187,7 @@ int main(int argc, char** argv) {
   if (threads > 0) at::set_num_threads(threads);
   else at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
 
-  auto target = engine::ResolveComputeTarget("cpu", dtype);
+  auto target = engine::ResolveComputeTarget("cpu", dtype, quantize);
   if (!target.ok()) {
     std::cerr << target.status() << "\n";
     return 1;
@@ -249,6 +253,7 @@ int main(int argc, char** argv) {
       {"prompt", prompt},              {"batch", batch},
       {"threads", at::get_num_threads()},
       {"dtype", dtype},
+      {"quantize", quantize},
       {"prefill_tokens_per_s", prompt / prefill},
       {"decode_ms_per_step", step * 1e3},
       {"decode_bytes_per_step", bytes},

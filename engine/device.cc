@@ -36,8 +36,14 @@ const std::vector<std::string>& DTypeNames() {
   return names;
 }
 
+const std::vector<std::string>& QuantizeNames() {
+  static const std::vector<std::string> names = {"none", "int8"};
+  return names;
+}
+
 absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
-                                                   const std::string& dtype) {
+                                                   const std::string& dtype,
+                                                   const std::string& quantize) {
   ComputeTarget target;
   if (device == "cuda") {
     if (absl::Status s = kvcache::CheckCudaUsable("--device cuda"); !s.ok()) return s;
@@ -63,11 +69,22 @@ absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
   } else {
     return Unknown("--dtype", dtype, DTypeNames());
   }
+  if (quantize == "int8") {
+    if (target.device.is_cuda()) {
+      return absl::InvalidArgumentError(
+          "--quantize int8 runs on the CPU only (its kernel is the CPU decode kernel); use "
+          "--device cpu, or --quantize none on cuda");
+    }
+    target.quantize = WeightQuantization::kInt8;
+  } else if (quantize != "none") {
+    return Unknown("--quantize", quantize, QuantizeNames());
+  }
   return target;
 }
 
 std::string ComputeTargetName(const ComputeTarget& target) {
-  return absl::StrCat(target.device.str(), " ", DTypeName(target.dtype));
+  return absl::StrCat(target.device.str(), " ", DTypeName(target.dtype),
+                      target.quantize == WeightQuantization::kInt8 ? " int8-weights" : "");
 }
 
 }  // namespace vlc::engine

@@ -13,9 +13,15 @@
 
 namespace vlc::engine {
 
+// How the decoder's matrices are stored. kInt8: weight-only int8, symmetric per output channel
+// (engine/cpu_linear.h), quantized once at load from the float checkpoint; activations, the
+// vision tower, norms and embeddings keep `dtype`. CPU only.
+enum class WeightQuantization { kNone, kInt8 };
+
 struct ComputeTarget {
   at::Device device = at::kCPU;
   at::ScalarType dtype = at::kFloat;
+  WeightQuantization quantize = WeightQuantization::kNone;
 };
 
 // `device`: "cpu", "cuda" (the current GPU) or "auto" (cuda when LibTorch sees a GPU and this
@@ -23,14 +29,17 @@ struct ComputeTarget {
 // (float32 on the CPU, bfloat16 on a GPU). INVALID_ARGUMENT for an unknown name or float16 on
 // the CPU (LibTorch's CPU GEMMs lack it); FAILED_PRECONDITION, saying why, when cuda is asked for
 // and cannot run here (this build's LibTorch has no CUDA, no GPU visible, no CUDA kernels).
+// `quantize`: "none" or "int8"; int8 with a cuda device is INVALID_ARGUMENT.
 absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
-                                                   const std::string& dtype);
+                                                   const std::string& dtype,
+                                                   const std::string& quantize = "none");
 
 // The names the options accept, for help texts and config checks.
 const std::vector<std::string>& DeviceNames();  // cpu, cuda, auto
 const std::vector<std::string>& DTypeNames();   // auto, float32, bfloat16, float16
+const std::vector<std::string>& QuantizeNames();  // none, int8
 
-// "cpu float32", "cuda:0 bfloat16": for logs and answers.
+// "cpu float32", "cuda:0 bfloat16", "cpu float32 int8-weights": for logs and answers.
 std::string ComputeTargetName(const ComputeTarget& target);
 
 }  // namespace vlc::engine

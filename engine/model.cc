@@ -17,9 +17,14 @@
 namespace vlc::engine {
 namespace {
 
-// y = x W^T + b; the few rows of a decode step take the streaming kernel (cpu_linear.h).
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor()) {
-  if (x.dim() == 2) return DecodeLinear(x, w, b);
+// y = x W^T + b; the few rows of a decode step take the streaming kernel (cpu_linear.h). Int8
+// weights come with their per-row scales.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor(),
+                  const at::Tensor& scales = at::Tensor()) {
+  if (x.dim() == 2) return DecodeLinear(x, w, b, scales);
+  if (w.scalar_type() == at::kChar) {
+    return at::linear(x, DequantizeInt8(w, scales, x.scalar_type()), b);
+  }
   return at::linear(x, w, b);
 }
 
@@ -66,11 +71,14 @@ struct LlavaModel::Impl {
   };
   struct TextLayer {
     at::Tensor in_norm, qkv_w, o_w, post_norm, gate_up_w, down_w;
+    // Per-row scales of the four matrices when they are int8 (undefined otherwise).
+    at::Tensor qkv_s, o_s, gate_up_s, down_s;
   };
   at::Tensor patch_w, class_emb, pos_emb, pre_ln_w, pre_ln_b;
   std::vector<VisionLayer> vision_layers;
   at::Tensor proj1_w, proj1_b, proj2_w, proj2_b;
   at::Tensor embed, norm, lm_head;
+  at::Tensor lm_head_s;  // int8 LM head's scales
   std::vector<TextLayer> text_layers;
   at::Tensor inv_freq;  // [head_dim / 2], float32 on the target device
   int vision_layers_needed = 0;
@@ -115,6 +123,24 @@ struct LlavaModel::Impl {
       }
     }
     inv_freq = inv_freq.to(t.device);
+    if (t.quantize == WeightQuantization::kInt8) {
+      // The decoder's matrices and the LM head, one at a time, so that only one float32 copy of
+      // a matrix exists beside the int8 ones. A tied LM head gets its own int8 copy; the
+      // embedding it shares stays in `dtype` for the lookups.
+      auto quantize = [](at::Tensor& w, at::Tensor& s) {
+        Int8Weight q = QuantizeInt8(w);
+        w = std::move(q.q);
+        s = std::move(q.scale);
+      };
+      for (auto& l : text_layers) {
+        quantize(l.qkv_w, l.qkv_s);
+        quantize(l.o_w, l.o_s);
+        quantize(l.gate_up_w, l.gate_up_s);
+        quantize(l.down_w, l.down_s);
+      }
+      if (lm_head.is_same(embed)) lm_head = embed.clone();
+      quantize(lm_head, lm_head_s);
+    }
   }
 };
 
@@ -260,12 +286,18 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
 }
 
 int64_t LlavaModel::DecodeWeightBytes() const {
-  int64_t n = impl_->lm_head.numel() + impl_->norm.numel();
+  // As stored: int8 matrices count one byte per weight plus their scales.
+  auto bytes = [](const at::Tensor& x) -> int64_t {
+    return x.defined() ? x.numel() * static_cast<int64_t>(x.element_size()) : 0;
+  };
+  int64_t n = bytes(impl_->lm_head) + bytes(impl_->lm_head_s) + bytes(impl_->norm);
   for (const auto& l : impl_->text_layers) {
-    n += l.in_norm.numel() + l.qkv_w.numel() + l.o_w.numel() + l.post_norm.numel() +
-         l.gate_up_w.numel() + l.down_w.numel();
+    for (const at::Tensor* x : {&l.in_norm, &l.qkv_w, &l.o_w, &l.post_norm, &l.gate_up_w,
+                                &l.down_w, &l.qkv_s, &l.o_s, &l.gate_up_s, &l.down_s}) {
+      n += bytes(*x);
+    }
   }
-  return n * static_cast<int64_t>(c10::elementSize(target_.dtype));
+  return n;
 }
 
 absl::StatusOr<at::Tensor> LlavaModel::EncodeImages(const at::Tensor& pixel_values) const {
@@ -424,7 +456,7 @@ absl::StatusOr<LlavaModel::StepLogits> LlavaModel::Step(const DecodeRows* decode
     const auto& l = p.text_layers[li];
     at::Tensor q, k, v;
     VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
-      auto qkv = Linear(RmsNorm(x, l.in_norm, t.rms_norm_eps), l.qkv_w);
+      auto qkv = Linear(RmsNorm(x, l.in_norm, t.rms_norm_eps), l.qkv_w, {}, l.qkv_s);
       q = ApplyRope(qkv.slice(1, 0, h * hd).view({b + n, h, hd}), cos, sin);
       k = ApplyRope(qkv.slice(1, h * hd, (h + hkv) * hd).view({b + n, hkv, hd}), cos, sin);
       v = qkv.slice(1, (h + hkv) * hd).view({b + n, hkv, hd});
@@ -468,10 +500,11 @@ absl::StatusOr<LlavaModel::StepLogits> LlavaModel::Step(const DecodeRows* decode
     }
     VLC_RETURN_IF_ERROR(CatchAll(what, [&] {
       auto a = attended.size() == 1 ? attended[0] : at::cat(attended);
-      x = x + Linear(a, l.o_w);
-      auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w);
+      x = x + Linear(a, l.o_w, {}, l.o_s);
+      auto gu = Linear(RmsNorm(x, l.post_norm, t.rms_norm_eps), l.gate_up_w, {}, l.gate_up_s);
       const int64_t inter = t.intermediate_size;
-      x = x + Linear(at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter), l.down_w);
+      x = x + Linear(at::silu(gu.slice(1, 0, inter)) * gu.slice(1, inter), l.down_w, {},
+                     l.down_s);
     }));
   }
   StepLogits out;
@@ -482,7 +515,8 @@ absl::StatusOr<LlavaModel::StepLogits> LlavaModel::Step(const DecodeRows* decode
     if (decode) rows.push_back(x.slice(0, 0, b));
     if (chunk) rows.push_back(all ? x.slice(0, b) : x.slice(0, b + n - 1));
     auto last = rows.size() == 1 ? rows[0] : at::cat(rows);
-    auto logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head).to(at::kCPU, at::kFloat);
+    auto logits = Linear(RmsNorm(last, p.norm, t.rms_norm_eps), p.lm_head, {}, p.lm_head_s)
+                      .to(at::kCPU, at::kFloat);
     if (decode) out.decode = logits.slice(0, 0, b);
     if (chunk) out.chunk = logits.slice(0, b);
   }));

@@ -38,7 +38,7 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
   }
   // Device and dtype first: a GPU that is not there is the clearest error, before any loading.
   VLC_ASSIGN_OR_RETURN(const ComputeTarget target,
-                       ResolveComputeTarget(options.device, options.dtype));
+                       ResolveComputeTarget(options.device, options.dtype, options.quantize));
   at::set_num_threads(options.num_threads > 0 ? options.num_threads : AvailableCores());
   VLC_ASSIGN_OR_RETURN(p->model_, LlavaModel::Load(model_dir, target));
   const auto& cfg = p->model_->config();

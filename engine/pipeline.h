@@ -37,6 +37,9 @@ struct PipelineOptions {
   // dtype; on the CPU it holds float32 (the CPU kernels' type) whatever the model computes in.
   std::string device = "cpu";
   std::string dtype = "auto";
+  // none | int8: weight-only int8 for the decoder's matrices and the LM head, quantized at load
+  // (CPU only; engine/device.h).
+  std::string quantize = "none";
   MediaLimits limits;
   int max_prompt_tokens = 8192;  // text and visual tokens together
   int max_new_tokens_limit = 4096;

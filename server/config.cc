@@ -219,6 +219,12 @@ std::vector<OptionSpec> Options() {
       "float16 (cuda only)",
       +[](ServerConfig& c) -> std::string& { return c.pipeline.dtype; },
       OneOf(engine::DTypeNames())));
+  o.push_back(StringOption(
+      "--quantize", "MODE",
+      "Decoder weights: none, or int8 (weight-only, per output channel, quantized at load; "
+      "cpu only)",
+      +[](ServerConfig& c) -> std::string& { return c.pipeline.quantize; },
+      OneOf(engine::QuantizeNames())));
   // Limits and scheduling
   o.push_back(IntOption(
       "--max-queue", "Requests waiting for admission before RESOURCE_EXHAUSTED",

@@ -63,6 +63,7 @@ struct Options {
   std::string renderer = "first";  // first: the one the demo model was trained on; second
   bool dense_frames = false;
   int report_page_tokens = 16;     // the kept share is also reported rounded to such pages
+  std::string dtype = "auto", quantize = "none";
   std::string save_images;         // a directory: the first items' frames as PNG files
 };
 
@@ -240,6 +241,8 @@ absl::Status Run(const Options& o) {
   VLC_ASSIGN_OR_RETURN(vqa::Split split, vqa::ParseSplit(o.split));
   engine::PipelineOptions popts;
   popts.num_threads = o.threads;
+  popts.dtype = o.dtype;
+  popts.quantize = o.quantize;
   popts.kv_page_tokens = 1;  // pages of one token: the bytes kept are exact, not page-rounded
   popts.kv_cache_bytes = int64_t{256} << 20;
   popts.limits.max_frames = std::max(popts.limits.max_frames, o.frames);
@@ -425,6 +428,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-new-tokens", o.max_new_tokens)->capture_default_str();
   app.add_option("--threads", o.threads, "LibTorch threads; 0 = cores available")
+      ->capture_default_str();
+  app.add_option("--dtype", o.dtype, "Model dtype on the CPU: auto (float32), float32, bfloat16")
+      ->capture_default_str();
+  app.add_option("--quantize", o.quantize,
+                 "Decoder weights: none, or int8 (weight-only, quantized at load)")
       ->capture_default_str();
   app.add_option("--json", o.json_path, "Write the results as JSON");
   app.add_option("--plot", o.plot_path, "Write accuracy vs budget as a PNG");

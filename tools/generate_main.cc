@@ -49,6 +49,10 @@ int main(int argc, char** argv) {
                  "Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, "
                  "float16 (cuda only)")
       ->capture_default_str();
+  app.add_option("--quantize", opts.quantize,
+                 "Decoder weights: none, or int8 (weight-only, per output channel, quantized at "
+                 "load; cpu only)")
+      ->capture_default_str();
   app.add_option("--max-frames", opts.limits.max_frames, "Most frames or images per request")
       ->capture_default_str();
   app.add_option("--max-prompt-tokens", opts.max_prompt_tokens,

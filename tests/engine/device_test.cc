@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -59,6 +60,20 @@ TEST(ComputeTarget, UnknownNamesAndFloat16OnTheCpuAreInvalidArguments) {
   auto half = ResolveComputeTarget("cpu", "float16");
   ASSERT_EQ(half.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Mentions(half.status().message(), "float16 needs --device cuda"));
+}
+
+TEST(ComputeTarget, Int8WeightsAreAnOptionOfTheCpu) {
+  auto none = ResolveComputeTarget("cpu", "auto");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->quantize, WeightQuantization::kNone);
+  auto int8 = ResolveComputeTarget("cpu", "bfloat16", "int8");
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  EXPECT_EQ(int8->quantize, WeightQuantization::kInt8);
+  EXPECT_EQ(int8->dtype, at::kBFloat16);
+  EXPECT_EQ(ComputeTargetName(*int8), "cpu bfloat16 int8-weights");
+  auto int4 = ResolveComputeTarget("cpu", "auto", "int4");
+  ASSERT_EQ(int4.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(int4.status().message(), "--quantize must be one of none, int8"));
 }
 
 TEST(ComputeTarget, CudaSaysWhyItCannotRunAndAutoFallsBackToTheCpu) {
@@ -267,6 +282,48 @@ TEST(Bfloat16OnCpu, CompressedGenerationKeepsTheSameBudget) {
   ASSERT_EQ(got.layer_budgets.size(), ref.layer_budgets.size());
   // The budgets split differently only if bfloat16 moves a layer's sparsity; their total is the
   // policy's accounting and cannot move.
+  EXPECT_EQ(Sum(got.layer_budgets), Sum(ref.layer_budgets));
+  EXPECT_EQ(Sum(got.lengths), Sum(ref.lengths));
+  EXPECT_EQ(got.tokens[0], ref.tokens[0]);
+}
+
+// ---- int8 weights on the CPU (everywhere) ---------------------------------------------------
+
+TEST(Int8OnCpu, MatricesAreStoredInOneBytePerWeightAndTrackFloat32) {
+  const ComputeTarget int8_f32{at::kCPU, at::kFloat, WeightQuantization::kInt8};
+  const ComputeTarget int8_bf16{at::kCPU, at::kBFloat16, WeightQuantization::kInt8};
+  for (const auto& c : {ThreeLayers(), ThreeLayers("mistral", 9)}) {
+    auto f32 = RandomModel(c);
+    ASSERT_TRUE(f32);
+    const Trace ref = TraceOf(*f32, 10);
+    for (const ComputeTarget& target : {int8_f32, int8_bf16}) {
+      auto q = RandomModel(c, 7, 0.2f, target);
+      ASSERT_TRUE(q);
+      // The four decoder matrices and the LM head at one byte (plus a float scale per row);
+      // the norms stay in the dtype.
+      EXPECT_LT(q->DecodeWeightBytes(), f32->DecodeWeightBytes() / 3) << ComputeTargetName(target);
+      const Trace got = TraceOf(*q, 10, ref.fed);
+      ASSERT_EQ(got.logits.size(), ref.logits.size());
+      // Each weight moves by at most half its row's scale, max |w| / 254: for a Gaussian row
+      // (max about 3.5 sd) about 1.4% of a typical weight, uniformly, where bfloat16 rounds
+      // each weight by at most 2^-9 of itself. So int8 alone sits near bfloat16's error, and
+      // int8 with bfloat16 activations above it: 1.5x bfloat16's tolerance, still far below the
+      // error of a wrong position, head or cache entry (the order of the logits themselves).
+      EXPECT_LT(RelativeError(ref, got), 1.5 * kBf16Tolerance) << ComputeTargetName(target);
+      std::printf("%s: relative logit error %.4f\n", ComputeTargetName(target).c_str(),
+                  RelativeError(ref, got));
+      EXPECT_GE(AgreeingArgmax(ref, got), 9) << "of 11 greedy choices, " << ComputeTargetName(target);
+    }
+  }
+}
+
+TEST(Int8OnCpu, CompressedGenerationKeepsTheSameBudget) {
+  auto f32 = RandomModel(ThreeLayers());
+  auto q = RandomModel(ThreeLayers(), 7, 0.2f,
+                       ComputeTarget{at::kCPU, at::kFloat, WeightQuantization::kInt8});
+  const Generated ref = Generate(*f32, "vlcache", 0.3, 10);
+  const Generated got = Generate(*q, "vlcache", 0.3, 10);
+  ASSERT_EQ(got.tokens.size(), 11u);
   EXPECT_EQ(Sum(got.layer_budgets), Sum(ref.layer_budgets));
   EXPECT_EQ(Sum(got.lengths), Sum(ref.lengths));
   EXPECT_EQ(got.tokens[0], ref.tokens[0]);

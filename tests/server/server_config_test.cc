@@ -269,6 +269,19 @@ TEST_F(ConfigTest, DeviceAndDtypeComeFromEnvironmentAndAreChecked) {
   EXPECT_TRUE(Mentions(bad_dtype.status().message(), "bfloat16"));
 }
 
+TEST_F(ConfigTest, QuantizeIsNoneByDefaultAndChecked) {
+  auto plain = Load({});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->pipeline.quantize, "none");
+  setenv("VLC_QUANTIZE", "int8", 1);
+  auto env = Load({});
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->pipeline.quantize, "int8");
+  auto bad = Load({"--quantize", "int4"});
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(bad.status().message(), "none, int8"));
+}
+
 TEST_F(ConfigTest, EmptyMetricsListenDisablesMetrics) {
   setenv("VLC_METRICS_LISTEN", "", 1);
   auto cfg = Load({});
