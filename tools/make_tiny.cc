@@ -337,6 +337,14 @@ absl::Status ValidateOptions(const TinyOptions& opts) {
         "hidden ", opts.text_hidden_size, ", intermediate ", opts.text_intermediate_size,
         ", layers ", opts.text_layers));
   }
+  if (opts.text_heads < 1 || opts.text_kv_heads < 1 || opts.text_heads % opts.text_kv_heads != 0 ||
+      opts.text_hidden_size % opts.text_heads != 0 ||
+      (opts.text_hidden_size / opts.text_heads) % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "text heads must divide the hidden size into an even head_dim, and KV heads the heads; "
+        "got hidden ", opts.text_hidden_size, ", heads ", opts.text_heads, ", KV heads ",
+        opts.text_kv_heads));
+  }
   if (opts.num_shards < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_shards must be at least 1, got ", opts.num_shards));
@@ -422,9 +430,9 @@ engine::LlavaConfig TinyConfig(const TinyOptions& opts, int tokenizer_vocab_size
   t.hidden_size = opts.text_hidden_size;
   t.intermediate_size = opts.text_intermediate_size;
   t.num_hidden_layers = opts.text_layers;
-  t.num_attention_heads = 4;
-  t.num_key_value_heads = 2;
-  t.head_dim = opts.text_hidden_size / 4;
+  t.num_attention_heads = opts.text_heads;
+  t.num_key_value_heads = opts.text_kv_heads;
+  t.head_dim = opts.text_hidden_size / opts.text_heads;
   t.max_position_embeddings = 4096;
   t.rope_theta = opts.text_model_type == "mistral" ? 1000000.0 : 10000.0;
   t.rms_norm_eps = 1e-5;

@@ -23,10 +23,12 @@ struct TinyOptions {
   std::string vision_feature_select_strategy = "default";
   float init_std = 0.02f;                  // weights ~ N(0, init_std); norms start at 1
   // Language model size (benchmarks that need more work per token than the tiny default);
-  // 4 query and 2 KV heads, head_dim = text_hidden_size / 4.
+  // by default 4 query and 2 KV heads, head_dim = text_hidden_size / text_heads.
   int text_hidden_size = 64;
   int text_intermediate_size = 128;
   int text_layers = 2;
+  int text_heads = 4;
+  int text_kv_heads = 2;
 };
 
 // The config the tiny checkpoint is written with (small enough that a forward pass takes

@@ -35,6 +35,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--text-layers", opts.text_layers, "language model layers")
       ->capture_default_str();
+  app.add_option("--text-heads", opts.text_heads, "language model query heads")
+      ->capture_default_str();
+  app.add_option("--text-kv-heads", opts.text_kv_heads, "language model KV heads")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
