@@ -148,7 +148,9 @@ namespace {
 
 class WeightTaker {
  public:
-  explicit WeightTaker(WeightMap* w) : w_(w) {}
+  // Tensors are taken in `dtype` (the target's), so a bfloat16 checkpoint served in bfloat16 is
+  // never widened to float32 on the way: each tensor leaves the map as it is taken.
+  WeightTaker(WeightMap* w, at::ScalarType dtype) : w_(w), dtype_(dtype) {}
   at::Tensor Take(const std::string& name, std::vector<int64_t> shape) {
     if (!status_.ok()) return {};
     auto it = w_->find(name);
@@ -165,13 +167,14 @@ class WeightTaker {
       return {};
     }
     w_->erase(it);
-    return t.to(at::kFloat).contiguous();
+    return t.to(dtype_).contiguous();
   }
   bool Has(const std::string& name) const { return w_->count(name) > 0; }
   const absl::Status& status() const { return status_; }
 
  private:
   WeightMap* w_;
+  at::ScalarType dtype_;
   absl::Status status_;
 };
 
@@ -184,7 +187,8 @@ LlavaModel::~LlavaModel() = default;
 absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const std::string& dir,
                                                               const ComputeTarget& target) {
   VLC_ASSIGN_OR_RETURN(LlavaConfig config, LlavaConfig::FromFile(dir + "/config.json"));
-  VLC_ASSIGN_OR_RETURN(WeightMap weights, LoadCheckpointWeights(dir, at::kFloat));
+  // Read in the target's dtype: a bfloat16 checkpoint served in bfloat16 needs no float32 copy.
+  VLC_ASSIGN_OR_RETURN(WeightMap weights, LoadCheckpointWeights(dir, target.dtype));
   auto model = FromWeights(config, std::move(weights), target);
   if (!model.ok()) {
     return absl::Status(model.status().code(), absl::StrCat(dir, ": ", model.status().message()));
@@ -197,7 +201,7 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
                                                                      const ComputeTarget& target) {
   std::unique_ptr<LlavaModel> m(new LlavaModel(c, target));
   Impl& p = *m->impl_;
-  WeightTaker w(&weights);
+  WeightTaker w(&weights, target.dtype);
   absl::Status st = CatchAll("loading weights", [&] {
     const auto& v = c.vision;
     const int64_t hv = v.hidden_size, iv = v.intermediate_size;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -268,8 +269,16 @@ absl::StatusOr<at::Tensor> SafetensorsFile::Load(const std::string& name,
     at::Tensor raw = at::empty(info->shape, at::TensorOptions().dtype(source->scalar_type));
     const uint64_t nbytes = info->end - info->begin;
     if (nbytes > 0) {
-      std::memcpy(raw.data_ptr(),
-                  static_cast<const unsigned char*>(map_) + data_offset_ + info->begin, nbytes);
+      const unsigned char* src = static_cast<const unsigned char*>(map_) + data_offset_ + info->begin;
+      std::memcpy(raw.data_ptr(), src, nbytes);
+      // The mapped pages are counted in this process's resident memory until released: let the
+      // ones wholly inside this tensor go, so that loading holds one copy of the weights, not two.
+      const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+      const uintptr_t first = (reinterpret_cast<uintptr_t>(src) + page - 1) / page * page;
+      const uintptr_t last = (reinterpret_cast<uintptr_t>(src) + nbytes) / page * page;
+      if (last > first) {
+        ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+      }
     }
     out = raw.to(dtype);
   }));
