@@ -1,5 +1,8 @@
 #include "engine/chat_template.h"
 
+#include <algorithm>
+#include <cstddef>
+
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer.h"
 
@@ -46,14 +49,45 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(const std::string& text,
 }
 
 std::vector<int> ChatTemplate::TurnIds(const Tokenizer& tokenizer, const std::string& prompt,
-                                       int last_token, bool opening_had_prefix) const {
+                                       int last_token, bool opening_had_prefix,
+                                       bool opening_had_media) const {
   std::vector<int> ids;
   if (last_token >= 0) {
     ids.push_back(last_token);
     auto more = tokenizer.Encode(turn_prefix_ + prompt + tail_, /*add_bos=*/false);
     ids.insert(ids.end(), more.begin(), more.end());
+  } else if (!opening_had_prefix) {
+    // The opening fed the head's text up to {prompt}; a one-shot prompt tokenises that text and
+    // the turn together, and SentencePiece splits the boundary differently when they are apart
+    // ("\n" + "▁what" against "\n" + "what"). Tokenise them together and feed what follows the
+    // opening's own pieces, so the first turn sees the ids a one-shot prompt would. Where the
+    // pieces do not line up (a merge across the boundary), the turn is tokenised on its own.
+    // The opening's text as EncodePrompt fed it: after the media when there were any; else the
+    // whole head, without the placeholder and the line break after it, from BOS.
+    const size_t image_at = head_.rfind(kImagePlaceholder);
+    const size_t image_len = std::string(kImagePlaceholder).size();
+    const bool after_image = image_at != std::string::npos && opening_had_media;
+    std::string opening = head_;
+    if (after_image) {
+      opening = head_.substr(image_at + image_len);
+    } else if (image_at != std::string::npos) {
+      std::string rest = head_.substr(image_at + image_len);
+      if (!rest.empty() && rest.front() == '\n') rest.erase(0, 1);
+      opening = head_.substr(0, image_at) + rest;
+    }
+    auto encode = [&](const std::string& text) {
+      return after_image ? tokenizer.EncodeContinuation(text)
+                         : tokenizer.Encode(text, /*add_bos=*/true);
+    };
+    const std::vector<int> lead = encode(opening);
+    const std::vector<int> joint = encode(opening + prompt + tail_);
+    if (joint.size() > lead.size() && std::equal(lead.begin(), lead.end(), joint.begin())) {
+      ids.assign(joint.begin() + static_cast<std::ptrdiff_t>(lead.size()), joint.end());
+    } else {
+      ids = tokenizer.Encode(prompt + tail_, /*add_bos=*/false);
+    }
   } else {
-    ids = tokenizer.Encode((opening_had_prefix ? " " : "") + prompt + tail_, /*add_bos=*/false);
+    ids = tokenizer.Encode(" " + prompt + tail_, /*add_bos=*/false);
   }
   return ids;
 }

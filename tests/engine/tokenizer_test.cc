@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "engine/chat_template.h"
 #include "tools/make_tiny.h"
 
 namespace vlc::engine {
@@ -309,6 +310,42 @@ TEST_F(TokenizerTest, StreamingFlushReleasesAnUnfinishedByteSequence) {
   for (int id : partial) streamed += detok.Push(id);
   streamed += detok.Flush();
   EXPECT_EQ(streamed, tok_->Decode(partial));
+}
+
+// A session's opening and its first turn feed the ids a one-shot prompt would: the head's text
+// and the turn tokenised apart would split the boundary differently ("\n" then "▁what" where
+// the one-shot prompt has "\n" then "what"). Both the tiny tokenizer and the demo model's, two
+// templates, prompts with leading spaces and line breaks.
+TEST_F(TokenizerTest, ASessionsFirstTurnFeedsTheOneShotPromptsIds) {
+  auto demo_probe =
+      Tokenizer::Load(std::string(VLC_SOURCE_DIR) + "/models/demo", std::numeric_limits<int>::max());
+  ASSERT_TRUE(demo_probe.ok()) << demo_probe.status();
+  auto demo = Tokenizer::Load(std::string(VLC_SOURCE_DIR) + "/models/demo",
+                              (*demo_probe)->vocab_size());
+  ASSERT_TRUE(demo.ok()) << demo.status();
+  const ChatTemplate def;
+  auto custom = ChatTemplate::Parse("<s>[INST] <image>\n{prompt} [/INST]");
+  ASSERT_TRUE(custom.ok()) << custom.status();
+  for (const Tokenizer* tok : {static_cast<const Tokenizer*>(tok_), static_cast<const Tokenizer*>(demo->get())}) {
+    for (const ChatTemplate* t : {&def, static_cast<const ChatTemplate*>(&*custom)}) {
+      for (const std::string prompt : {"what is at row 1 column 4?", "what color is the triangle?",
+                                       "hello", "  two spaces first", "\nnew line first"}) {
+        // With media: the opening ends at the media's text, which the turn's text continues.
+        // (A text-only opening such as "USER: " ends in a lone "▁" piece that has been fed
+        // before the turn is known; there the turn follows it as it always did.)
+        for (int visual : {16, 1}) {
+          auto one_shot = tok->EncodePrompt(prompt, visual, t->text());
+          auto opening = tok->EncodePrompt("", visual, t->SessionOpening());
+          ASSERT_TRUE(one_shot.ok() && opening.ok());
+          std::vector<int> session = *opening;
+          const std::vector<int> turn = t->TurnIds(*tok, prompt, -1, false, true);
+          session.insert(session.end(), turn.begin(), turn.end());
+          EXPECT_EQ(session, *one_shot) << "\"" << prompt << "\" visual " << visual << " template "
+                                       << t->text();
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
