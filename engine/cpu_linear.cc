@@ -223,15 +223,23 @@ at::Tensor DecodeLinear(const at::Tensor& x_in, const at::Tensor& w, const at::T
 
 Int8Weight QuantizeInt8(const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2, "QuantizeInt8 takes a [out, in] matrix");
-  // In float32 whatever the stored dtype; one output row at a time would also do, but a whole
-  // matrix in float32 is transient and the load converts each matrix once.
-  const at::Tensor f = w.to(at::kFloat);
-  const at::Tensor amax = f.abs().amax(1);
-  at::Tensor scale = amax / 127.0;
-  // A row of zeros keeps scale 0 and quantizes to zeros (no division by zero).
-  const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
-  at::Tensor q = (f / safe.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar).contiguous();
-  return {q, scale.contiguous()};
+  // In float32 whatever the stored dtype, a block of rows at a time, so that the float32
+  // temporaries stay a few MiB however large the matrix (a 7B model's loading quantizes as it
+  // reads).
+  const int64_t rows = w.size(0);
+  at::Tensor q = at::empty(w.sizes(), w.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({rows}, w.options().dtype(at::kFloat));
+  constexpr int64_t kBlock = 256;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t r1 = std::min(rows, r0 + kBlock);
+    const at::Tensor f = w.slice(0, r0, r1).to(at::kFloat);
+    const at::Tensor s = f.abs().amax(1) / 127.0;
+    // A row of zeros keeps scale 0 and quantizes to zeros (no division by zero).
+    const at::Tensor safe = at::where(s > 0, s, at::ones_like(s));
+    q.slice(0, r0, r1).copy_((f / safe.unsqueeze(1)).round().clamp(-127, 127));
+    scale.slice(0, r0, r1).copy_(s);
+  }
+  return {q.contiguous(), scale};
 }
 
 at::Tensor DequantizeInt8(const at::Tensor& q, const at::Tensor& scales, at::ScalarType dtype) {

@@ -99,7 +99,8 @@ struct LlavaModel::Impl {
   void MoveTo(const ComputeTarget& t) {
     target = t;
     auto move = [&](at::Tensor& x) {
-      if (x.defined()) x = x.to(t.device, t.dtype).contiguous();
+      // Int8 matrices (quantized as they were loaded) stay int8.
+      if (x.defined() && x.scalar_type() != at::kChar) x = x.to(t.device, t.dtype).contiguous();
     };
     const bool tied = lm_head.is_same(embed);
     for (at::Tensor* x : {&patch_w, &class_emb, &pos_emb, &pre_ln_w, &pre_ln_b, &proj1_w,
@@ -128,6 +129,7 @@ struct LlavaModel::Impl {
       // a matrix exists beside the int8 ones. A tied LM head gets its own int8 copy; the
       // embedding it shares stays in `dtype` for the lookups.
       auto quantize = [](at::Tensor& w, at::Tensor& s) {
+        if (w.scalar_type() == at::kChar) return;  // quantized as it was loaded
         Int8Weight q = QuantizeInt8(w);
         w = std::move(q.q);
         s = std::move(q.scale);
@@ -167,7 +169,10 @@ class WeightTaker {
       return {};
     }
     w_->erase(it);
-    return t.to(dtype_).contiguous();
+    // Always a private copy: a mapped view (MapCheckpointWeights) must not outlive the load, and
+    // when the map's entry and `t` go, the view's pages leave resident memory.
+    return t.scalar_type() == dtype_ ? t.clone(at::MemoryFormat::Contiguous)
+                                     : t.to(dtype_).contiguous();
   }
   bool Has(const std::string& name) const { return w_->count(name) > 0; }
   const absl::Status& status() const { return status_; }
@@ -187,8 +192,10 @@ LlavaModel::~LlavaModel() = default;
 absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::Load(const std::string& dir,
                                                               const ComputeTarget& target) {
   VLC_ASSIGN_OR_RETURN(LlavaConfig config, LlavaConfig::FromFile(dir + "/config.json"));
-  // Read in the target's dtype: a bfloat16 checkpoint served in bfloat16 needs no float32 copy.
-  VLC_ASSIGN_OR_RETURN(WeightMap weights, LoadCheckpointWeights(dir, target.dtype));
+  // Mapped, not read: each tensor is copied out in the target's dtype as the model takes it, and
+  // its pages are released then, so loading never holds the checkpoint twice (nor a float32 copy
+  // of a bfloat16 one).
+  VLC_ASSIGN_OR_RETURN(WeightMap weights, MapCheckpointWeights(dir));
   auto model = FromWeights(config, std::move(weights), target);
   if (!model.ok()) {
     return absl::Status(model.status().code(), absl::StrCat(dir, ": ", model.status().message()));
@@ -264,6 +271,16 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
       // Fused projections: one pass over the activations and one BLAS call instead of three/two.
       l.qkv_w = at::cat({q, k, vv}, 0);
       l.gate_up_w = at::cat({gate, up}, 0);
+      if (target.quantize == WeightQuantization::kInt8) {
+        // As each layer is read, so that only one layer's matrices exist in `dtype` at a time.
+        for (auto [w8, s8] : {std::pair{&l.qkv_w, &l.qkv_s}, std::pair{&l.o_w, &l.o_s},
+                              std::pair{&l.gate_up_w, &l.gate_up_s},
+                              std::pair{&l.down_w, &l.down_s}}) {
+          Int8Weight q8 = QuantizeInt8(*w8);
+          *w8 = std::move(q8.q);
+          *s8 = std::move(q8.scale);
+        }
+      }
       p.text_layers.push_back(std::move(l));
     }
     p.norm = w.Take("lm.norm.weight", {ht});

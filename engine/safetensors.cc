@@ -21,6 +21,15 @@
 namespace vlc::engine {
 namespace {
 
+// Releases the pages wholly inside [p, p + n) from the resident set (they are re-read from the
+// file if touched again).
+void ReleasePages(const void* p, uint64_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 // The format stores little-endian bytes and the reader copies them verbatim.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes little-endian");
 
@@ -273,14 +282,29 @@ absl::StatusOr<at::Tensor> SafetensorsFile::Load(const std::string& name,
       std::memcpy(raw.data_ptr(), src, nbytes);
       // The mapped pages are counted in this process's resident memory until released: let the
       // ones wholly inside this tensor go, so that loading holds one copy of the weights, not two.
-      const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-      const uintptr_t first = (reinterpret_cast<uintptr_t>(src) + page - 1) / page * page;
-      const uintptr_t last = (reinterpret_cast<uintptr_t>(src) + nbytes) / page * page;
-      if (last > first) {
-        ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-      }
+      ReleasePages(src, nbytes);
     }
     out = raw.to(dtype);
+  }));
+  return out;
+}
+
+absl::StatusOr<at::Tensor> SafetensorsFile::View(const std::shared_ptr<const SafetensorsFile>& file,
+                                                 const std::string& name) {
+  const SafetensorInfo* info = file->Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrCat(file->path_, ": no tensor named '", name, "'"));
+  }
+  const DtypeInfo* source = FindDtype(info->dtype);
+  const uint64_t nbytes = info->end - info->begin;
+  void* data = static_cast<unsigned char*>(file->map_) + file->data_offset_ + info->begin;
+  at::Tensor out;
+  VLC_RETURN_IF_ERROR(CatchAll(absl::StrCat(file->path_, ": mapping '", name, "'").c_str(), [&] {
+    std::shared_ptr<const SafetensorsFile> keep = file;
+    out = at::from_blob(
+        data, info->shape,
+        [keep, nbytes](void* p) { ReleasePages(p, nbytes); },
+        at::TensorOptions().dtype(source->scalar_type));
   }));
   return out;
 }

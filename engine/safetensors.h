@@ -44,6 +44,13 @@ class SafetensorsFile {
   absl::StatusOr<at::Tensor> Load(const std::string& name,
                                   at::ScalarType dtype = at::kFloat) const;
 
+  // Tensor `name` in its stored dtype, reading the mapping in place: no copy is made and no page
+  // is read until the tensor is. The tensor keeps `file` (this file) mapped while it lives; when
+  // it is destroyed, the pages wholly inside it are released from this process's resident
+  // memory. For loading: copy what is needed out of it, then let it go. NOT_FOUND when absent.
+  static absl::StatusOr<at::Tensor> View(const std::shared_ptr<const SafetensorsFile>& file,
+                                         const std::string& name);
+
  private:
   SafetensorsFile() = default;
   std::string path_;

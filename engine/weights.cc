@@ -29,8 +29,16 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
 // Canonical name -> the HF key it came from, so a clash can name both keys.
 using Origins = std::map<std::string, std::string>;
 
-absl::Status AddWeight(const SafetensorsFile& file, const std::string& hf_key, at::ScalarType dtype,
-                       Origins* origins, WeightMap* weights) {
+// How tensors come out of the files: copied and converted to a dtype, or mapped in place.
+struct ReadMode {
+  at::ScalarType dtype = at::kFloat;
+  bool mapped = false;
+};
+
+absl::Status AddWeight(const std::shared_ptr<const SafetensorsFile>& shared,
+                       const std::string& hf_key, const ReadMode& mode, Origins* origins,
+                       WeightMap* weights) {
+  const SafetensorsFile& file = *shared;
   const std::string canonical = CanonicalWeightName(hf_key);
   if (canonical.empty()) return absl::OkStatus();
   auto [it, inserted] = origins->emplace(canonical, hf_key);
@@ -40,24 +48,26 @@ absl::Status AddWeight(const SafetensorsFile& file, const std::string& hf_key, a
                                                    "' and '", hf_key, "' both map to the weight '",
                                                    canonical, "'"));
   }
-  // Load() turns LibTorch's exceptions into a Status that names the file and the tensor.
-  VLC_ASSIGN_OR_RETURN(at::Tensor tensor, file.Load(hf_key, dtype));
+  // Load() and View() turn LibTorch's exceptions into a Status naming the file and the tensor.
+  VLC_ASSIGN_OR_RETURN(at::Tensor tensor, mode.mapped ? SafetensorsFile::View(shared, hf_key)
+                                                      : file.Load(hf_key, mode.dtype));
   weights->emplace(canonical, std::move(tensor));
   return absl::OkStatus();
 }
 
-absl::StatusOr<WeightMap> LoadSingleFile(const std::string& path, at::ScalarType dtype) {
-  VLC_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+absl::StatusOr<WeightMap> LoadSingleFile(const std::string& path, const ReadMode& mode) {
+  VLC_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> opened, SafetensorsFile::Open(path));
+  const std::shared_ptr<const SafetensorsFile> file(std::move(opened));
   WeightMap weights;
   Origins origins;
   for (const SafetensorInfo& info : file->tensors()) {
-    VLC_RETURN_IF_ERROR(AddWeight(*file, info.name, dtype, &origins, &weights));
+    VLC_RETURN_IF_ERROR(AddWeight(file, info.name, mode, &origins, &weights));
   }
   return weights;
 }
 
 absl::StatusOr<WeightMap> LoadSharded(const std::string& dir, const std::string& index_path,
-                                      at::ScalarType dtype) {
+                                      const ReadMode& mode) {
   nlohmann::json index;
   {
     std::ifstream in(index_path, std::ios::binary);
@@ -87,21 +97,22 @@ absl::StatusOr<WeightMap> LoadSharded(const std::string& dir, const std::string&
   Origins origins;
   for (const auto& [shard, keys] : keys_by_shard) {
     const std::string shard_path = JoinPath(dir, shard);
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(shard_path);
-    if (absl::IsNotFound(file.status())) {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> opened = SafetensorsFile::Open(shard_path);
+    if (absl::IsNotFound(opened.status())) {
       return absl::NotFoundError(absl::StrCat(index_path, ": lists shard '", shard, "' (for '",
                                               keys.front(), "'), but ", shard_path,
                                               " does not exist"));
     }
-    if (!file.ok()) return file.status();
+    if (!opened.ok()) return opened.status();
+    const std::shared_ptr<const SafetensorsFile> file(std::move(*opened));
     for (const std::string& key : keys) {
       // Checked even for keys the engine skips: a shard that disagrees with its index means the
       // download is incomplete or mixed from two revisions.
-      if ((*file)->Find(key) == nullptr) {
+      if (file->Find(key) == nullptr) {
         return absl::InvalidArgumentError(absl::StrCat(index_path, ": maps '", key, "' to ",
                                                        shard_path, ", which has no such tensor"));
       }
-      VLC_RETURN_IF_ERROR(AddWeight(**file, key, dtype, &origins, &weights));
+      VLC_RETURN_IF_ERROR(AddWeight(file, key, mode, &origins, &weights));
     }
   }
   return weights;
@@ -132,16 +143,28 @@ std::string CanonicalWeightName(const std::string& hf_key) {
   return "";
 }
 
-absl::StatusOr<WeightMap> LoadCheckpointWeights(const std::string& dir, at::ScalarType dtype) {
+namespace {
+
+absl::StatusOr<WeightMap> ReadCheckpoint(const std::string& dir, const ReadMode& mode) {
   const std::string index_path = JoinPath(dir, kIndexFile);
   std::error_code ec;
-  if (std::filesystem::exists(index_path, ec)) return LoadSharded(dir, index_path, dtype);
+  if (std::filesystem::exists(index_path, ec)) return LoadSharded(dir, index_path, mode);
   const std::string single_path = JoinPath(dir, kSingleFile);
   if (!std::filesystem::exists(single_path, ec)) {
     return absl::NotFoundError(absl::StrCat(dir, ": neither ", kSingleFile, " nor ", kIndexFile,
                                             " exists (looked for ", single_path, ")"));
   }
-  return LoadSingleFile(single_path, dtype);
+  return LoadSingleFile(single_path, mode);
+}
+
+}  // namespace
+
+absl::StatusOr<WeightMap> LoadCheckpointWeights(const std::string& dir, at::ScalarType dtype) {
+  return ReadCheckpoint(dir, ReadMode{dtype, false});
+}
+
+absl::StatusOr<WeightMap> MapCheckpointWeights(const std::string& dir) {
+  return ReadCheckpoint(dir, ReadMode{at::kFloat, true});
 }
 
 }  // namespace vlc::engine

@@ -28,4 +28,10 @@ using WeightMap = std::unordered_map<std::string, at::Tensor>;
 absl::StatusOr<WeightMap> LoadCheckpointWeights(const std::string& dir,
                                                 at::ScalarType dtype = at::kFloat);
 
+// The same tensors in their stored dtypes, mapped in place (SafetensorsFile::View): nothing is
+// read or copied until a tensor is, and a tensor's pages leave resident memory when it is
+// destroyed. For loading a model one tensor at a time: copy each out in the dtype it is served
+// in and drop the view, so that the process never holds the whole checkpoint twice.
+absl::StatusOr<WeightMap> MapCheckpointWeights(const std::string& dir);
+
 }  // namespace vlc::engine

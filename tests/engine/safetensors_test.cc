@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <memory>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -133,6 +135,35 @@ TEST_F(SafetensorsRoundTrip, RoundTripsBF16AsTheTorchConversion) {
   auto as_bf16 = (*file)->Load("w", at::kBFloat16);
   ASSERT_TRUE(as_bf16.ok());
   EXPECT_EQ(as_bf16->scalar_type(), at::kBFloat16);
+}
+
+TEST_F(SafetensorsRoundTrip, ViewsReadTheMappingInPlaceAndKeepTheFileMapped) {
+  at::Tensor a = at::randn({300, 257});  // larger than a page, so pages are released on drop
+  at::Tensor b = at::randn({7});
+  const std::string path = PathOf("view.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"a", a}, {"b", b}}, at::kBFloat16).ok());
+  at::Tensor va, vb;
+  {
+    auto opened = SafetensorsFile::Open(path);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    const std::shared_ptr<const SafetensorsFile> file(std::move(*opened));
+    auto view_a = SafetensorsFile::View(file, "a");
+    auto view_b = SafetensorsFile::View(file, "b");
+    ASSERT_TRUE(view_a.ok() && view_b.ok()) << view_a.status();
+    va = *view_a;
+    vb = *view_b;
+    EXPECT_EQ(SafetensorsFile::View(file, "c").status().code(), absl::StatusCode::kNotFound);
+  }
+  // The file object is gone from here; the views keep it mapped.
+  EXPECT_EQ(va.scalar_type(), at::kBFloat16);  // stored dtype, no conversion
+  EXPECT_TRUE(at::equal(va, a.to(at::kBFloat16)));
+  EXPECT_TRUE(at::equal(vb, b.to(at::kBFloat16)));
+  // Dropping a view releases its pages; they are read again from the file if touched (here
+  // through the other view's copy, taken after).
+  at::Tensor copy = va.clone();
+  va.reset();
+  EXPECT_TRUE(at::equal(copy, a.to(at::kBFloat16)));
+  EXPECT_TRUE(at::equal(vb, b.to(at::kBFloat16)));
 }
 
 TEST_F(SafetensorsRoundTrip, WritesNonContiguousTensorsInLogicalOrder) {
