@@ -259,27 +259,33 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
       const std::string pre = absl::StrCat("lm.layers.", i, ".");
       Impl::TextLayer l;
       l.in_norm = w.Take(pre + "input_layernorm.weight", {ht});
-      auto q = w.Take(pre + "self_attn.q_proj.weight", {nq, ht});
-      auto k = w.Take(pre + "self_attn.k_proj.weight", {nkv, ht});
-      auto vv = w.Take(pre + "self_attn.v_proj.weight", {nkv, ht});
-      l.o_w = w.Take(pre + "self_attn.o_proj.weight", {ht, nq});
       l.post_norm = w.Take(pre + "post_attention_layernorm.weight", {ht});
-      auto gate = w.Take(pre + "mlp.gate_proj.weight", {t.intermediate_size, ht});
-      auto up = w.Take(pre + "mlp.up_proj.weight", {t.intermediate_size, ht});
-      l.down_w = w.Take(pre + "mlp.down_proj.weight", {ht, t.intermediate_size});
+      // With int8 weights each matrix is quantized as soon as it is read, before the fused ones
+      // are formed: rows are quantized independently, so the fused int8 matrix is the quantized
+      // fused one, and only one matrix at a time exists in `dtype`, not a layer's.
+      const bool int8 = target.quantize == WeightQuantization::kInt8;
+      auto take = [&](const std::string& name, std::vector<int64_t> shape, at::Tensor* scale) {
+        at::Tensor x = w.Take(pre + name, std::move(shape));
+        if (!int8 || !x.defined()) return x;
+        Int8Weight q8 = QuantizeInt8(x);
+        *scale = std::move(q8.scale);
+        return std::move(q8.q);
+      };
+      at::Tensor qs, ks, vs, gs, us;
+      auto q = take("self_attn.q_proj.weight", {nq, ht}, &qs);
+      auto k = take("self_attn.k_proj.weight", {nkv, ht}, &ks);
+      auto vv = take("self_attn.v_proj.weight", {nkv, ht}, &vs);
+      l.o_w = take("self_attn.o_proj.weight", {ht, nq}, &l.o_s);
+      auto gate = take("mlp.gate_proj.weight", {t.intermediate_size, ht}, &gs);
+      auto up = take("mlp.up_proj.weight", {t.intermediate_size, ht}, &us);
+      l.down_w = take("mlp.down_proj.weight", {ht, t.intermediate_size}, &l.down_s);
       if (!w.status().ok()) return;
       // Fused projections: one pass over the activations and one BLAS call instead of three/two.
       l.qkv_w = at::cat({q, k, vv}, 0);
       l.gate_up_w = at::cat({gate, up}, 0);
-      if (target.quantize == WeightQuantization::kInt8) {
-        // As each layer is read, so that only one layer's matrices exist in `dtype` at a time.
-        for (auto [w8, s8] : {std::pair{&l.qkv_w, &l.qkv_s}, std::pair{&l.o_w, &l.o_s},
-                              std::pair{&l.gate_up_w, &l.gate_up_s},
-                              std::pair{&l.down_w, &l.down_s}}) {
-          Int8Weight q8 = QuantizeInt8(*w8);
-          *w8 = std::move(q8.q);
-          *s8 = std::move(q8.scale);
-        }
+      if (int8) {
+        l.qkv_s = at::cat({qs, ks, vs}, 0);
+        l.gate_up_s = at::cat({gs, us}, 0);
       }
       p.text_layers.push_back(std::move(l));
     }
