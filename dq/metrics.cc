@@ -423,26 +423,15 @@ CategoricalRun PrepareCategorical(const Column& c) {
   r.values = SortedFrom(std::move(counts));
 
   absl::flat_hash_map<std::string, int64_t> patterns;
-  std::string pattern;
   int64_t length = 0, letters = 0, digits = 0, other = 0;
   for (const auto& [value, n] : r.values) {
-    pattern.clear();
-    int64_t value_length = 0, value_letters = 0, value_digits = 0, value_other = 0;
-    std::optional<CharClass> last;
-    ForEachCodePoint(value, [&](CharClass cls) {
-      ++value_length;
-      value_letters += cls == CharClass::kLetter;
-      value_digits += cls == CharClass::kDigit;
-      value_other += cls == CharClass::kOther;
-      if (last == cls) return;
-      last = cls;
-      pattern += cls == CharClass::kLetter ? "\\l" : cls == CharClass::kDigit ? "\\d" : "-";
+    ForEachCodePoint(value, [&, n = n](CharClass cls) {
+      length += n;
+      letters += cls == CharClass::kLetter ? n : 0;
+      digits += cls == CharClass::kDigit ? n : 0;
+      other += cls == CharClass::kOther ? n : 0;
     });
-    length += n * value_length;
-    letters += n * value_letters;
-    digits += n * value_digits;
-    other += n * value_other;
-    patterns[pattern] += n;
+    patterns[ValuePattern(value)] += n;
   }
   r.patterns = SortedFrom(std::move(patterns));
   if (r.non_null > 0) {

@@ -50,39 +50,25 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(const std::string& text,
 
 std::vector<int> ChatTemplate::TurnIds(const Tokenizer& tokenizer, const std::string& prompt,
                                        int last_token, bool opening_had_prefix,
-                                       bool opening_had_media) const {
+                                       int opening_visual_tokens) const {
   std::vector<int> ids;
   if (last_token >= 0) {
     ids.push_back(last_token);
     auto more = tokenizer.Encode(turn_prefix_ + prompt + tail_, /*add_bos=*/false);
     ids.insert(ids.end(), more.begin(), more.end());
   } else if (!opening_had_prefix) {
-    // The opening fed the head's text up to {prompt}; a one-shot prompt tokenises that text and
-    // the turn together, and SentencePiece splits the boundary differently when they are apart
-    // ("\n" + "▁what" against "\n" + "what"). Tokenise them together and feed what follows the
-    // opening's own pieces, so the first turn sees the ids a one-shot prompt would. Where the
-    // pieces do not line up (a merge across the boundary), the turn is tokenised on its own.
-    // The opening's text as EncodePrompt fed it: after the media when there were any; else the
-    // whole head, without the placeholder and the line break after it, from BOS.
-    const size_t image_at = head_.rfind(kImagePlaceholder);
-    const size_t image_len = std::string(kImagePlaceholder).size();
-    const bool after_image = image_at != std::string::npos && opening_had_media;
-    std::string opening = head_;
-    if (after_image) {
-      opening = head_.substr(image_at + image_len);
-    } else if (image_at != std::string::npos) {
-      std::string rest = head_.substr(image_at + image_len);
-      if (!rest.empty() && rest.front() == '\n') rest.erase(0, 1);
-      opening = head_.substr(0, image_at) + rest;
-    }
-    auto encode = [&](const std::string& text) {
-      return after_image ? tokenizer.EncodeContinuation(text)
-                         : tokenizer.Encode(text, /*add_bos=*/true);
-    };
-    const std::vector<int> lead = encode(opening);
-    const std::vector<int> joint = encode(opening + prompt + tail_);
-    if (joint.size() > lead.size() && std::equal(lead.begin(), lead.end(), joint.begin())) {
-      ids.assign(joint.begin() + static_cast<std::ptrdiff_t>(lead.size()), joint.end());
+    // The opening fed EncodePrompt("", media, SessionOpening()); a one-shot prompt with the same
+    // media and text is EncodePrompt(prompt, media, text()). Feed what the one-shot prompt has
+    // after the opening's ids: SentencePiece splits the boundary differently when the head's
+    // text and the turn are tokenised apart ("\n" + "▁what" against "\n" + "what"). Where the
+    // opening's ids are not a prefix of the one-shot prompt's (a text-only opening ends in a
+    // lone "▁" piece), the turn is tokenised on its own.
+    auto opening = tokenizer.EncodePrompt("", opening_visual_tokens, SessionOpening());
+    auto one_shot = tokenizer.EncodePrompt(prompt, opening_visual_tokens, text_);
+    if (opening.ok() && one_shot.ok() && one_shot->size() > opening->size() &&
+        std::equal(opening->begin(), opening->end(), one_shot->begin())) {
+      ids.assign(one_shot->begin() + static_cast<std::ptrdiff_t>(opening->size()),
+                 one_shot->end());
     } else {
       ids = tokenizer.Encode(prompt + tail_, /*add_bos=*/false);
     }

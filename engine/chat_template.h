@@ -37,10 +37,10 @@ class ChatTemplate {
   // The ids a session turn feeds. `last_token` is the previous answer's last sampled token, which
   // was never fed (< 0 for the first turn); the first turn continues the opening's prefix text
   // (after a space when there was one). Without prefix text, the first turn's ids are those a
-  // one-shot prompt with the same media and text has after the opening's: the head's text and
-  // the turn tokenised together, as EncodePrompt does.
+  // one-shot prompt with the same media (`opening_visual_tokens` of them) and text has after
+  // the opening's.
   std::vector<int> TurnIds(const Tokenizer& tokenizer, const std::string& prompt, int last_token,
-                           bool opening_had_prefix, bool opening_had_media = true) const;
+                           bool opening_had_prefix, int opening_visual_tokens) const;
 
  private:
   struct Unparsed {};

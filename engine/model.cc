@@ -17,15 +17,11 @@
 namespace vlc::engine {
 namespace {
 
-// y = x W^T + b; the few rows of a decode step take the streaming kernel (cpu_linear.h). Int8
-// weights come with their per-row scales.
+// y = x W^T + b (int8 weights with their per-row scales): the few rows of a decode step take the
+// streaming kernel, anything else at::linear (cpu_linear.h decides).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = at::Tensor(),
                   const at::Tensor& scales = at::Tensor()) {
-  if (x.dim() == 2) return DecodeLinear(x, w, b, scales);
-  if (w.scalar_type() == at::kChar) {
-    return at::linear(x, DequantizeInt8(w, scales, x.scalar_type()), b);
-  }
-  return at::linear(x, w, b);
+  return DecodeLinear(x, w, b, scales);
 }
 
 // Softmax over the last dim; half-precision scores are normalised in float32 (as transformers
@@ -124,25 +120,6 @@ struct LlavaModel::Impl {
       }
     }
     inv_freq = inv_freq.to(t.device);
-    if (t.quantize == WeightQuantization::kInt8) {
-      // The decoder's matrices and the LM head, one at a time, so that only one float32 copy of
-      // a matrix exists beside the int8 ones. A tied LM head gets its own int8 copy; the
-      // embedding it shares stays in `dtype` for the lookups.
-      auto quantize = [](at::Tensor& w, at::Tensor& s) {
-        if (w.scalar_type() == at::kChar) return;  // quantized as it was loaded
-        Int8Weight q = QuantizeInt8(w);
-        w = std::move(q.q);
-        s = std::move(q.scale);
-      };
-      for (auto& l : text_layers) {
-        quantize(l.qkv_w, l.qkv_s);
-        quantize(l.o_w, l.o_s);
-        quantize(l.gate_up_w, l.gate_up_s);
-        quantize(l.down_w, l.down_s);
-      }
-      if (lm_head.is_same(embed)) lm_head = embed.clone();
-      quantize(lm_head, lm_head_s);
-    }
   }
 };
 
@@ -294,6 +271,12 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
       p.lm_head = p.embed;
     } else {
       p.lm_head = w.Take("lm_head.weight", {t.vocab_size, ht});
+    }
+    if (target.quantize == WeightQuantization::kInt8 && p.lm_head.defined()) {
+      // A tied head becomes a separate int8 matrix; the embedding stays in `dtype` for lookups.
+      Int8Weight q8 = QuantizeInt8(p.lm_head);
+      p.lm_head = std::move(q8.q);
+      p.lm_head_s = std::move(q8.scale);
     }
     p.inv_freq = 1.0 / at::pow(t.rope_theta, at::arange(0, hd, 2, at::kLong).to(at::kFloat) /
                                                  static_cast<double>(hd));

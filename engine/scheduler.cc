@@ -571,7 +571,7 @@ Scheduler::Admission Scheduler::StartTurn(const std::shared_ptr<Job>& job) {
   // The turn's text follows the previous answer (its last token was sampled, never fed).
   std::vector<int> ids = pipeline_->chat_template().TurnIds(
       pipeline_->tokenizer(), job->request.prompt, session.last_token, session.has_prefix,
-      session.visual_tokens > 0);
+      session.visual_tokens);
   session.busy = true;  // not a candidate for eviction while its pages are found
   const Admission pages = ReservePages(*job, session.seq, static_cast<int64_t>(ids.size()));
   session.busy = false;

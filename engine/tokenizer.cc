@@ -827,14 +827,9 @@ absl::StatusOr<std::vector<int>> Tokenizer::EncodePrompt(const std::string& prom
   // legacy=false behaves alike). The rule kept here is the simple, deterministic part of that:
   // when the dummy prefix comes out as a piece of its own, as before "\n", it is dropped; when
   // BPE merged it into the first word ("▁word") the piece is kept as SentencePiece chose it.
-  std::vector<int> tail = EncodeContinuation(after);
+  std::vector<int> tail = Encode(after, /*add_bos=*/false);
+  if (!tail.empty() && sp_->IdToPiece(tail.front()) == kSpaceSymbol) tail.erase(tail.begin());
   ids.insert(ids.end(), tail.begin(), tail.end());
-  return ids;
-}
-
-std::vector<int> Tokenizer::EncodeContinuation(const std::string& text) const {
-  std::vector<int> ids = Encode(text, /*add_bos=*/false);
-  if (!ids.empty() && sp_->IdToPiece(ids.front()) == kSpaceSymbol) ids.erase(ids.begin());
   return ids;
 }
 

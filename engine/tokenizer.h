@@ -29,9 +29,6 @@ class Tokenizer {
 
   // Plain text to ids (no template, no placeholder handling).
   std::vector<int> Encode(const std::string& text, bool add_bos) const;
-  // Text that continues after the media (no BOS): Encode, without the "▁" dummy prefix when it
-  // comes out as a piece of its own (EncodePrompt's rule for the text after <image>).
-  std::vector<int> EncodeContinuation(const std::string& text) const;
   // Ids to text; BOS, EOS, the image token and ids outside the vocabulary are skipped.
   std::string Decode(const std::vector<int>& ids) const;
 

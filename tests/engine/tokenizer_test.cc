@@ -338,7 +338,7 @@ TEST_F(TokenizerTest, ASessionsFirstTurnFeedsTheOneShotPromptsIds) {
           auto opening = tok->EncodePrompt("", visual, t->SessionOpening());
           ASSERT_TRUE(one_shot.ok() && opening.ok());
           std::vector<int> session = *opening;
-          const std::vector<int> turn = t->TurnIds(*tok, prompt, -1, false, true);
+          const std::vector<int> turn = t->TurnIds(*tok, prompt, -1, false, visual);
           session.insert(session.end(), turn.begin(), turn.end());
           EXPECT_EQ(session, *one_shot) << "\"" << prompt << "\" visual " << visual << " template "
                                        << t->text();
