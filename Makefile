@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench serve clean fuzz soak sanitize
+.PHONY: all deps configure build test bench bench-peer serve clean fuzz soak sanitize
 
 # The model `make serve` runs: the shipped demo model when present, else a tiny random one.
 MODEL ?= $(if $(wildcard models/demo/config.json),models/demo,$(BUILD)/models/tiny)
@@ -40,6 +40,17 @@ bench: build
 	@$(BUILD)/bin/vlcache-bench-engine --hidden 4096 --intermediate 11008 --layers 2 --json $(BUILD)/bench-engine.json
 	@$(BUILD)/bin/vlcache-bench-kvcache --prompts 2048,8192,32768 --budget 0.1 --repeats 3 --steps 6 --json $(BUILD)/bench-kvcache.json
 	@$(BUILD)/bin/vlcache-bench-dq --json $(BUILD)/bench-dq.json
+
+# vlcache against llama.cpp on the same random weights (bench/peer_llama_cpp.py): builds llama.cpp
+# from the llama-cpp-python source on PyPI into $(BUILD)/peer once (scripts/peer-setup.sh), checks
+# that both engines give the same greedy tokens, alternates them PEER_ROUNDS times and rewrites
+# the peer table of docs/BENCHMARKS.md. Not part of `make test`; about 30 minutes the first time
+# (the build, then 5 rounds of about 4 minutes).
+PEER_ROUNDS ?= 5
+bench-peer: build
+	@JOBS=$(JOBS) ./scripts/peer-setup.sh $(BUILD)
+	@$(BUILD)/peer/venv/bin/python bench/peer_llama_cpp.py --build $(BUILD) --rounds $(PEER_ROUNDS) \
+	  --json $(BUILD)/bench-peer.json --markdown docs/BENCHMARKS.md
 
 serve: deps
 	@$(MAKE) --no-print-directory build

@@ -10,6 +10,7 @@
 // --prompt random tokens.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <chrono>
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +26,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "engine/cpu_linear.h"
 #include "engine/model.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_cache.h"
@@ -147,6 +150,86 @@ int BatchScaling(const vlc::engine::LlavaModel& model, std::vector<int> batches,
   return 0;
 }
 
+// Bytes per second of the fastest plain read of `bytes` at `p` this machine does: AVX-512 loads
+// into eight independent sums, each thread sweeping one contiguous part (the physical limit of a
+// kernel that must read every weight once).
+__attribute__((target("avx512f"))) long long SweepPart(const char* p, int64_t c0, int64_t c1) {
+  __m512i acc[8];
+  for (auto& v : acc) v = _mm512_setzero_si512();
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int k = 0; k < 8; ++k) {
+      acc[k] = _mm512_add_epi64(acc[k], _mm512_loadu_si512(p + c * 512 + k * 64));
+    }
+  }
+  long long s = 0;
+  for (auto& v : acc) s += _mm512_reduce_add_epi64(v);
+  return s;
+}
+
+double SweepRead(const char* p, int64_t bytes) {
+  std::vector<long long> partial(at::get_num_threads(), 0);
+  auto a = Clock::now();
+  at::parallel_for(0, bytes / 512, 1, [&](int64_t c0, int64_t c1) {
+    partial[at::get_thread_num()] += SweepPart(p, c0, c1);
+  });
+  const double t = Seconds(a, Clock::now());
+  if (std::accumulate(partial.begin(), partial.end(), 0LL) == 42) std::puts("");
+  return static_cast<double>(bytes) / t;
+}
+
+// DecodeLinear alone on one [out, in] matrix per weight dtype and one row of x (a decode step's
+// largest product), against SweepRead over the same bytes, the two alternating call after call.
+int KernelOnly(int64_t in, int64_t out, int repeats, const std::string& json_path) {
+  using namespace vlc;
+  nlohmann::json j = nlohmann::json::array();
+  // Huge-page memory, as the model's weights are held (cpu_linear.h).
+  const at::Tensor w32 = kvcache::OnHugePages(at::randn({out, in}));
+  const engine::Int8Weight q = engine::QuantizeInt8(w32);
+  struct Case {
+    std::string name;
+    at::Tensor w, scales, x;
+  };
+  const std::vector<Case> cases = {
+      {"float32", w32, {}, at::randn({1, in})},
+      {"bfloat16", kvcache::OnHugePages(w32.to(at::kBFloat16)), {},
+       at::randn({1, in}).to(at::kBFloat16)},
+      {"int8", q.q, q.scale, at::randn({1, in}).to(at::kBFloat16)},
+  };
+  std::printf("weights    path  kernel GB/s  read GB/s  kernel / read (median [min, max] of %d)"
+              "  read from 4 KiB pages / huge pages\n",
+              repeats);
+  for (const Case& c : cases) {
+    const int64_t bytes = c.w.numel() * c.w.element_size();
+    // The same bytes in ordinary memory (4 KiB pages unless THP is `always`), to show what the
+    // huge pages are worth.
+    const at::Tensor small_pages = c.w.clone();
+    std::vector<double> kernel, read, ratio, small_ratio;
+    for (int r = 0; r < repeats; ++r) {
+      auto a = Clock::now();
+      auto y = engine::DecodeLinear(c.x, c.w, {}, c.scales);
+      kernel.push_back(static_cast<double>(bytes) / Seconds(a, Clock::now()));
+      read.push_back(SweepRead(static_cast<const char*>(c.w.data_ptr()), bytes));
+      ratio.push_back(kernel.back() / read.back());
+      small_ratio.push_back(SweepRead(static_cast<const char*>(small_pages.data_ptr()), bytes) /
+                            read.back());
+    }
+    auto sorted = ratio;
+    std::sort(sorted.begin(), sorted.end());
+    auto small_sorted = small_ratio;
+    std::sort(small_sorted.begin(), small_sorted.end());
+    const int path = static_cast<int>(engine::CpuLinearPath(c.x, c.w));
+    std::printf("%-9s  %4d  %11.2f  %9.2f  %.3f [%.3f, %.3f]  %.3f [%.3f, %.3f]\n",
+                c.name.c_str(), path, Median(kernel) / 1e9, Median(read) / 1e9, Median(ratio),
+                sorted.front(), sorted.back(), Median(small_ratio), small_sorted.front(),
+                small_sorted.back());
+    j.push_back({{"weights", c.name}, {"path", path}, {"kernel_gb_per_s", Median(kernel) / 1e9},
+                 {"read_gb_per_s", Median(read) / 1e9}, {"ratio", Median(ratio)},
+                 {"ratios", ratio}, {"small_page_read_over_huge", Median(small_ratio)}});
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << j.dump(2) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -178,6 +261,10 @@ int main(int argc, char** argv) {
   app.add_option("--quantize", quantize, "Decoder weights: none or int8 (weight-only)")
       ->check(CLI::IsMember({"none", "int8"}))
       ->capture_default_str();
+  bool kernel = false;
+  app.add_flag("--kernel", kernel,
+               "The decode kernel alone: one [--intermediate, --hidden] matrix per weight dtype "
+               "against a plain read of its bytes, --repeats times");
   app.add_option("--batches", batches,
                  "Batch scaling: these batch sizes against batch 1, alternated --repeats times")
       ->delimiter(',');
@@ -187,6 +274,7 @@ int main(int argc, char** argv) {
   if (threads > 0) at::set_num_threads(threads);
   else at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
 
+  if (kernel) return KernelOnly(t.hidden_size, t.intermediate_size, repeats, json_path);
   auto target = engine::ResolveComputeTarget("cpu", dtype, quantize);
   if (!target.ok()) {
     std::cerr << target.status() << "\n";
@@ -205,7 +293,20 @@ int main(int argc, char** argv) {
     const Bandwidth measured = MeasureBandwidth(int64_t{1} << 30, 3);
     copy_bw.push_back(measured.copy);
     read_bw.push_back(measured.read);
-    auto cache = model.NewContiguousCache();
+    // The paged cache the server decodes over (float32 pages on the CPU), with room for every
+    // sequence's prompt and steps.
+    kvcache::PagePoolOptions po;
+    po.page_tokens = 16;
+    po.kv_heads = t.num_key_value_heads;
+    po.head_dim = t.head_dim;
+    po.capacity_bytes = int64_t{batch} * t.num_hidden_layers * ((prompt + steps + 31) / 16) * 16 *
+                        2 * t.num_key_value_heads * t.head_dim * 4;
+    auto pool = kvcache::PagePool::Create(po);
+    if (!pool.ok()) {
+      std::cerr << pool.status() << "\n";
+      return 1;
+    }
+    auto cache = std::make_unique<kvcache::PagedKvCache>(t.num_hidden_layers, pool->get());
     std::vector<engine::SeqId> seqs;
     std::vector<int> tokens;
     std::vector<int64_t> pos;

@@ -5,7 +5,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace vlc::engine {
 namespace {
@@ -129,13 +134,130 @@ void Tile(int nx, const WT* w, int64_t in, int64_t k0, int64_t k1, const float* 
   }
 }
 
+// Bfloat16 weights against bfloat16 x on CPUs with AVX512-BF16: VDPBF16PS multiplies 32 pairs
+// and adds them into 16 float32 sums in one instruction, where widening takes three per 16
+// weights. Products of two bfloat16 values are exact in float32, so only the order of the float32
+// additions differs from the widening path (adjacent pairs first); x is never rounded, since it is
+// bfloat16 already.
+template <int NR, int NX>
+__attribute__((target("avx2,fma,avx512f,avx512bf16"), flatten)) void Bf16DotBlock(
+    const BFloat16Bits* w, int64_t in, int64_t k0, int64_t k1, const BFloat16Bits* const* xs,
+    float* y, int64_t ldy, int64_t r) {
+  __m512 acc[NR * NX];
+  for (int k = 0; k < NR * NX; ++k) acc[k] = _mm512_setzero_ps();
+  for (int64_t i = k0; i < k1; i += 32) {
+    __m512bh wv[NR];
+#pragma GCC unroll 8
+    for (int a = 0; a < NR; ++a) wv[a] = (__m512bh)_mm512_loadu_si512(w + (r + a) * in + i);
+#pragma GCC unroll 8
+    for (int j = 0; j < NX; ++j) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xs[j] + i);
+#pragma GCC unroll 8
+      for (int a = 0; a < NR; ++a) acc[a * NX + j] = _mm512_dpbf16_ps(acc[a * NX + j], wv[a], xv);
+    }
+  }
+  for (int a = 0; a < NR; ++a) {
+    for (int j = 0; j < NX; ++j) {
+      float* out = y + j * ldy + r + a;
+      const float s = Avx512::Sum(acc[a * NX + j]);
+      *out = k0 == 0 ? s : *out + s;
+    }
+  }
+}
+
+// x rows quantized for the int8 dot product: per block of kXBlock inputs a scale (max |x| / 127),
+// the magnitudes |round(x / scale)| as unsigned bytes and the signs as a 64-bit mask.
+constexpr int64_t kXBlock = 64;
+struct QuantizedX {
+  std::vector<uint8_t> magnitude;  // [rows, in]
+  std::vector<uint64_t> negative;  // [rows, in / kXBlock], bit i: element i of the block is < 0
+  std::vector<float> scale;        // [rows, in / kXBlock]
+  int64_t in = 0;
+};
+
+QuantizedX QuantizeX(const float* x, int64_t rows, int64_t in) {
+  QuantizedX q;
+  const int64_t blocks = in / kXBlock;
+  q.in = in;
+  q.magnitude.resize(rows * in);
+  q.negative.resize(rows * blocks);
+  q.scale.resize(rows * blocks);
+  for (int64_t b = 0; b < rows * blocks; ++b) {
+    const float* xb = x + b * kXBlock;
+    float m = 0;
+    for (int64_t i = 0; i < kXBlock; ++i) m = std::max(m, std::fabs(xb[i]));
+    const float s = m / 127.0f;
+    const float inv = m > 0 ? 127.0f / m : 0.0f;  // a block of zeros quantizes to zeros
+    uint64_t neg = 0;
+    for (int64_t i = 0; i < kXBlock; ++i) {
+      const float v = std::nearbyint(xb[i] * inv);
+      q.magnitude[b * kXBlock + i] = static_cast<uint8_t>(std::min(127.0f, std::fabs(v)));
+      if (v < 0) neg |= uint64_t{1} << i;
+    }
+    q.negative[b] = neg;
+    q.scale[b] = s;
+  }
+  return q;
+}
+
+// Int8 weights against quantized x on CPUs with AVX512-VNNI: VPDPBUSD multiplies 64 unsigned
+// bytes by 64 signed bytes and adds each four into 16 int32 sums in one instruction. x's signs
+// are moved onto the weights (a masked negate: weights are in [-127, 127]), each block's integer
+// sum is converted once and scaled by its x scale into float32 sums. Five instructions per 64
+// weights, where widening takes sixteen.
+template <int NR, int NX>
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vnni"), flatten)) void Int8DotBlock(
+    const int8_t* w, int64_t in, int64_t k0, int64_t k1, const QuantizedX& x, int64_t j0,
+    float* y, int64_t ldy, int64_t r) {
+  const int64_t blocks = in / kXBlock;
+  __m512 acc[NR * NX];
+  for (int k = 0; k < NR * NX; ++k) acc[k] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t i = k0; i < k1; i += kXBlock) {
+    __m512i wv[NR];
+#pragma GCC unroll 8
+    for (int a = 0; a < NR; ++a) wv[a] = _mm512_loadu_si512(w + (r + a) * in + i);
+    const int64_t b = i / kXBlock;
+#pragma GCC unroll 8
+    for (int j = 0; j < NX; ++j) {
+      const int64_t row = j0 + j;
+      const __m512i ux = _mm512_loadu_si512(x.magnitude.data() + row * in + i);
+      const __mmask64 neg = x.negative[row * blocks + b];
+      const __m512 s = _mm512_set1_ps(x.scale[row * blocks + b]);
+#pragma GCC unroll 8
+      for (int a = 0; a < NR; ++a) {
+        const __m512i signed_w = _mm512_mask_sub_epi8(wv[a], neg, zero, wv[a]);
+        const __m512i d = _mm512_dpbusd_epi32(zero, ux, signed_w);
+        acc[a * NX + j] =
+            _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, d), s, acc[a * NX + j]);
+      }
+    }
+  }
+  for (int a = 0; a < NR; ++a) {
+    for (int j = 0; j < NX; ++j) {
+      float* out = y + j * ldy + r + a;
+      const float s = Avx512::Sum(acc[a * NX + j]);
+      *out = k0 == 0 ? s : *out + s;
+    }
+  }
+}
+
+// Rows [r0, r1) of one register-blocked kernel: NR rows at a time, then one.
+template <int NR, typename Fn>
+void Rows(int64_t r0, int64_t r1, Fn block) {
+  int64_t r = r0;
+  for (; r + NR <= r1; r += NR) block(std::integral_constant<int, NR>{}, r);
+  for (; r < r1; ++r) block(std::integral_constant<int, 1>{}, r);
+}
+
 // The weights stream from memory once for the whole batch. A block of kRowBlock weight rows is
 // read kInputBlock inputs at a time (384 KiB: it stays in L2) and applied to every group of four
 // x rows (64 KiB of inputs, also in L2); the first group reads the block from memory, the others
 // from L2. Measured here (Zen 4, 2 cores), longer runs per row stream faster than input blocks
-// that fit L1, since every row is then read in long contiguous runs.
-template <typename I, typename WT>
-void Stream(const float* xp, int64_t rows, int64_t in, const WT* wp, int64_t out, float* yp) {
+// that fit L1, since every row is then read in long contiguous runs. `tile(nx, j, k0, k1, r0, r1)`
+// applies rows [r0, r1) over inputs [k0, k1) to x rows [j, j + nx).
+template <typename TileFn>
+void Stream(int64_t rows, int64_t in, int64_t out, TileFn tile) {
   constexpr int64_t kRowBlock = 24;  // a multiple of every register blocking above
   constexpr int64_t kInputBlock = 4096;
   // Enough rows per task that scheduling costs little next to streaming them.
@@ -146,13 +268,20 @@ void Stream(const float* xp, int64_t rows, int64_t in, const WT* wp, int64_t out
       for (int64_t k0 = 0; k0 < in; k0 += kInputBlock) {
         const int64_t k1 = std::min(in, k0 + kInputBlock);
         for (int64_t j = 0; j < rows; j += 4) {
-          const float* xs[4] = {xp + j * in, xp + (j + 1) * in, xp + (j + 2) * in,
-                                xp + (j + 3) * in};
-          Tile<I, WT>(static_cast<int>(std::min<int64_t>(4, rows - j)), wp, in, k0, k1, xs,
-                  yp + j * out, out, rb, re);
+          tile(static_cast<int>(std::min<int64_t>(4, rows - j)), j, k0, k1, rb, re);
         }
       }
     }
+  });
+}
+
+template <typename I, typename WT>
+void StreamWidening(const float* xp, int64_t rows, int64_t in, const WT* wp, int64_t out,
+                    float* yp) {
+  Stream(rows, in, out, [&](int nx, int64_t j, int64_t k0, int64_t k1, int64_t rb, int64_t re) {
+    const float* xs[4] = {xp + j * in, xp + std::min(j + 1, rows - 1) * in,
+                          xp + std::min(j + 2, rows - 1) * in, xp + std::min(j + 3, rows - 1) * in};
+    Tile<I, WT>(nx, wp, in, k0, k1, xs, yp + j * out, out, rb, re);
   });
 }
 
@@ -163,21 +292,88 @@ void StreamAny(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
   float* yp = y.data_ptr<float>();
   switch (w.scalar_type()) {
     case at::kBFloat16:
-      Stream<I>(xp, rows, in, static_cast<const BFloat16Bits*>(w.data_ptr()), out, yp);
+      StreamWidening<I>(xp, rows, in, static_cast<const BFloat16Bits*>(w.data_ptr()), out, yp);
       break;
     case at::kHalf:
-      Stream<I>(xp, rows, in, static_cast<const HalfBits*>(w.data_ptr()), out, yp);
+      StreamWidening<I>(xp, rows, in, static_cast<const HalfBits*>(w.data_ptr()), out, yp);
       break;
     case at::kChar:
-      Stream<I>(xp, rows, in, w.data_ptr<int8_t>(), out, yp);
+      StreamWidening<I>(xp, rows, in, w.data_ptr<int8_t>(), out, yp);
       break;
     default:
-      Stream<I>(xp, rows, in, w.data_ptr<float>(), out, yp);
+      StreamWidening<I>(xp, rows, in, w.data_ptr<float>(), out, yp);
       break;
   }
 }
 
+void StreamBf16Dot(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
+  const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
+  const auto* xp = static_cast<const BFloat16Bits*>(x.data_ptr());
+  const auto* wp = static_cast<const BFloat16Bits*>(w.data_ptr());
+  float* yp = y.data_ptr<float>();
+  Stream(rows, in, out, [&](int nx, int64_t j, int64_t k0, int64_t k1, int64_t rb, int64_t re) {
+    const BFloat16Bits* xs[4] = {xp + j * in, xp + std::min(j + 1, rows - 1) * in,
+                                 xp + std::min(j + 2, rows - 1) * in,
+                                 xp + std::min(j + 3, rows - 1) * in};
+    float* yj = yp + j * out;
+    auto run = [&](auto nr_c, auto nx_c) {
+      Rows<decltype(nr_c)::value>(rb, re, [&](auto n, int64_t r) {
+        Bf16DotBlock<decltype(n)::value, decltype(nx_c)::value>(wp, in, k0, k1, xs, yj, out, r);
+      });
+    };
+    switch (nx) {
+      case 1: run(std::integral_constant<int, 8>{}, std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 8>{}, std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 6>{}, std::integral_constant<int, 3>{}); break;
+      default: run(std::integral_constant<int, 6>{}, std::integral_constant<int, 4>{}); break;
+    }
+  });
+}
+
+void StreamInt8Dot(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
+  const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
+  const QuantizedX qx = QuantizeX(x.data_ptr<float>(), rows, in);
+  const int8_t* wp = w.data_ptr<int8_t>();
+  float* yp = y.data_ptr<float>();
+  Stream(rows, in, out, [&](int nx, int64_t j, int64_t k0, int64_t k1, int64_t rb, int64_t re) {
+    float* yj = yp + j * out;
+    auto run = [&](auto nr_c, auto nx_c) {
+      Rows<decltype(nr_c)::value>(rb, re, [&](auto n, int64_t r) {
+        Int8DotBlock<decltype(n)::value, decltype(nx_c)::value>(wp, in, k0, k1, qx, j, yj, out, r);
+      });
+    };
+    switch (nx) {
+      case 1: run(std::integral_constant<int, 8>{}, std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 6>{}, std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 4>{}, std::integral_constant<int, 3>{}); break;
+      default: run(std::integral_constant<int, 4>{}, std::integral_constant<int, 4>{}); break;
+    }
+  });
+}
+
 }  // namespace
+
+LinearPath CpuLinearPath(const at::Tensor& x, const at::Tensor& w) {
+  if (!DecodeLinearStreams(x, w)) return LinearPath::kLibrary;
+  // VLC_CPU_DOT=0 keeps the widening kernel everywhere (x never quantized): an A/B switch for
+  // benchmarks, and for anyone who wants int8 weights without the activation rounding.
+  static const bool dot_allowed = [] {
+    const char* v = std::getenv("VLC_CPU_DOT");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  static const bool bf16_dot = dot_allowed && __builtin_cpu_supports("avx512f") &&
+                               __builtin_cpu_supports("avx512bf16");
+  static const bool int8_dot = dot_allowed && __builtin_cpu_supports("avx512f") &&
+                               __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vnni");
+  const int64_t in = x.size(1);
+  if (bf16_dot && w.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
+      in % 32 == 0) {
+    return LinearPath::kBf16Dot;
+  }
+  if (int8_dot && w.scalar_type() == at::kChar && in % kXBlock == 0) return LinearPath::kInt8Dot;
+  return LinearPath::kWidening;
+}
 
 bool DecodeLinearStreams(const at::Tensor& x, const at::Tensor& w) {
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -205,15 +401,24 @@ at::Tensor DecodeLinear(const at::Tensor& x_in, const at::Tensor& w, const at::T
     return at::linear(x_in, w, b);
   }
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  // The few rows of x are widened to float32 (a few KiB); the weights stay as stored and are
-  // widened in registers; every sum is float32. The result takes x's dtype.
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
-  auto y = at::empty({rows, out}, x.options());
-  if (avx512 && in % 16 == 0) {
-    StreamAny<Avx512>(x, w, y);
+  const int64_t rows = x_in.size(0), in = x_in.size(1), out = w.size(0);
+  auto y = at::empty({rows, out}, x_in.options().dtype(at::kFloat));
+  if (w.scalar_type() == at::kBFloat16 && x_in.scalar_type() == at::kBFloat16 &&
+      CpuLinearPath(x_in, w) == LinearPath::kBf16Dot) {
+    StreamBf16Dot(x_in.contiguous(), w, y);
   } else {
-    StreamAny<Avx2>(x, w, y);
+    // The few rows of x are widened to float32 (a few KiB); the weights stay as stored and are
+    // widened in registers (or, for int8 on VNNI CPUs, x is quantized per block of 64); every
+    // sum is float32. The result takes x's dtype.
+    const at::Tensor x = x_in.to(at::kFloat).contiguous();
+    const LinearPath path = CpuLinearPath(x_in, w);
+    if (path == LinearPath::kInt8Dot) {
+      StreamInt8Dot(x, w, y);
+    } else if (avx512 && in % 16 == 0) {
+      StreamAny<Avx512>(x, w, y);
+    } else {
+      StreamAny<Avx2>(x, w, y);
+    }
   }
   // Int8 rows were summed as integers times x; each row's scale comes after the whole sum.
   if (w.scalar_type() == at::kChar) y.mul_(scales.to(at::kFloat));
@@ -227,7 +432,8 @@ Int8Weight QuantizeInt8(const at::Tensor& w) {
   // temporaries stay a few MiB however large the matrix (a 7B model's loading quantizes as it
   // reads).
   const int64_t rows = w.size(0);
-  at::Tensor q = at::empty(w.sizes(), w.options().dtype(at::kChar));
+  at::Tensor q = w.device().is_cpu() ? kvcache::HugePageEmpty(w.sizes(), at::kChar)
+                                     : at::empty(w.sizes(), w.options().dtype(at::kChar));
   at::Tensor scale = at::empty({rows}, w.options().dtype(at::kFloat));
   constexpr int64_t kBlock = 256;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
@@ -243,7 +449,31 @@ Int8Weight QuantizeInt8(const at::Tensor& w) {
 }
 
 at::Tensor DequantizeInt8(const at::Tensor& q, const at::Tensor& scales, at::ScalarType dtype) {
-  return (q.to(at::kFloat) * scales.to(at::kFloat).unsqueeze(1)).to(dtype);
+  if (!q.device().is_cpu() || !q.is_contiguous() || q.dim() != 2 ||
+      (dtype != at::kFloat && dtype != at::kBFloat16)) {
+    return (q.to(at::kFloat) * scales.to(at::kFloat).unsqueeze(1)).to(dtype);
+  }
+  // One pass and one allocation (a prefill widens every int8 matrix on every call): each weight
+  // times its row's scale in float32, rounded to the dtype as the tensor expression above does.
+  const int64_t rows = q.size(0), in = q.size(1);
+  at::Tensor out = at::empty({rows, in}, q.options().dtype(dtype));
+  const at::Tensor s = scales.to(at::kFloat).contiguous();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = s.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int8_t* src = qp + r * in;
+      const float scale = sp[r];
+      if (dtype == at::kFloat) {
+        float* dst = out.data_ptr<float>() + r * in;
+        for (int64_t k = 0; k < in; ++k) dst[k] = static_cast<float>(src[k]) * scale;
+      } else {
+        c10::BFloat16* dst = out.data_ptr<c10::BFloat16>() + r * in;
+        for (int64_t k = 0; k < in; ++k) dst[k] = c10::BFloat16(static_cast<float>(src[k]) * scale);
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace vlc::engine

@@ -10,6 +10,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "kvcache/huge_pages.h"  // HugePageEmpty: where the model's weights live
+
 namespace vlc::engine {
 
 // Rows of x up to which DecodeLinear uses the streaming kernel: a decode step, and a prefill
@@ -23,14 +25,32 @@ inline constexpr int64_t kStreamingLinearMaxRows = 80;
 // half the bytes of float32 weights; x is widened to float32 once and every sum is float32.
 // Anything the kernel does not take (more rows, other dtypes, no AVX2) goes to at::linear.
 //
+// Where the CPU has them, two dot-product instructions replace the widening, which otherwise
+// costs more instructions than the bytes it reads can feed (CpuLinearPath says which is taken):
+//  - bfloat16 weights with bfloat16 x (a bfloat16 model's activations) go through AVX512-BF16's
+//    VDPBF16PS: the products are exact as before, the float32 sums are added in another order.
+//  - int8 weights go through AVX512-VNNI's VPDPBUSD, for which x is quantized too, per block of 64
+//    inputs (scale max |x| / 127, rounded to nearest; llama.cpp's Q8_0 does the same per 32):
+//    each x element's error is at most half its block's scale.
+//
 // Int8 weights (weight-only quantization, QuantizeInt8 below) take `scales` [out], one per output
 // row: y = (x q^T) * scales + b, with q widened to float32 in registers (a quarter of float32's
-// bytes); more rows than the kernel takes go through the dequantized matrix and at::linear.
+// bytes) or multiplied as above; more rows than the kernel takes go through the dequantized
+// matrix and at::linear.
 at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {},
                         const at::Tensor& scales = {});
 
 // Whether DecodeLinear takes x and w through the streaming kernel on this CPU.
 bool DecodeLinearStreams(const at::Tensor& x, const at::Tensor& w);
+
+enum class LinearPath {
+  kLibrary,    // at::linear (or the dequantized matrix for int8)
+  kWidening,   // the streaming kernel, weights widened to float32 in registers
+  kBf16Dot,    // the streaming kernel on VDPBF16PS
+  kInt8Dot,    // the streaming kernel on VPDPBUSD, x quantized per block of 64
+};
+// The path DecodeLinear takes for x and w on this CPU.
+LinearPath CpuLinearPath(const at::Tensor& x, const at::Tensor& w);
 
 // Weight-only int8, symmetric per output channel: w ~= q * scale[row], q in [-127, 127],
 // scale = max |w[row]| / 127 (0 for a row of zeros, whose q is all zeros). Rounding to nearest

@@ -68,6 +68,26 @@ inline void Axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// A run of `count` consecutive K rows of one page against the group's queries, and the same for
+// V rows into the group's accumulators: decode attention's inner loops, compiled for AVX-512,
+// AVX2 and the baseline and chosen by the CPU at load time (the project builds for baseline
+// x86-64, where these loops run 4 floats wide).
+__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void ScoreRun(
+    const float* q, int64_t group, const float* k, int64_t count, int64_t d, float scale,
+    float* scores, int64_t stride) {
+  for (int64_t j = 0; j < count; ++j, k += d) {
+    for (int64_t g = 0; g < group; ++g) scores[g * stride + j] = Dot(q + g * d, k, d) * scale;
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void AccumulateRun(
+    const float* weights, int64_t group, const float* v, int64_t count, int64_t d,
+    int64_t stride, float* acc) {
+  for (int64_t j = 0; j < count; ++j, v += d) {
+    for (int64_t g = 0; g < group; ++g) Axpy(weights[g * stride + j], v, acc + g * d, d);
+  }
+}
+
 // Checks k or v [kv_heads, t, head_dim] against the layout and returns it contiguous float32.
 at::Tensor TokensArg(const at::Tensor& x, const PageLayout& layout, const char* name) {
   TORCH_CHECK(x.dim() == 3 && x.size(0) == layout.kv_heads && x.size(2) == layout.head_dim, name,
@@ -125,12 +145,8 @@ void PagedDecodeAttention(const at::Tensor& storage, const std::vector<PagedSeqV
       // Scores, one K row at a time for all the group's queries, so each row is loaded once.
       ForEachPageRun(seq.pages, b_tokens, first, seq.length,
                      [&](int32_t page, int64_t off, int64_t i0, int64_t count) {
-                       const float* k = base + layout.KeyRow(page, h, off);
-                       for (int64_t j = 0; j < count; ++j, k += d) {
-                         for (int64_t g = 0; g < group; ++g) {
-                           scores[g * n + i0 + j] = Dot(qh + g * d, k, d) * fscale;
-                         }
-                       }
+                       ScoreRun(qh, group, base + layout.KeyRow(page, h, off), count, d, fscale,
+                                scores.data() + i0, n);
                      });
 
       // Stable softmax per query head: subtract the max before exp; normalise at the end.
@@ -150,12 +166,9 @@ void PagedDecodeAttention(const at::Tensor& storage, const std::vector<PagedSeqV
       std::fill(acc.begin(), acc.end(), 0.f);
       ForEachPageRun(seq.pages, b_tokens, first, seq.length,
                      [&](int32_t page, int64_t off, int64_t i0, int64_t count) {
-                       const float* v = base + layout.KeyRow(page, h, off) + layout.half();
-                       for (int64_t j = 0; j < count; ++j, v += d) {
-                         for (int64_t g = 0; g < group; ++g) {
-                           Axpy(scores[g * n + i0 + j], v, acc.data() + g * d, d);
-                         }
-                       }
+                       AccumulateRun(scores.data() + i0, group,
+                                     base + layout.KeyRow(page, h, off) + layout.half(), count, d,
+                                     n, acc.data());
                      });
       for (int64_t g = 0; g < group; ++g) {
         const float* a = acc.data() + g * d;

@@ -8,6 +8,9 @@
 #include <limits>
 #include <string>
 #include <utility>
+#include <vector>
+
+#include "kvcache/huge_pages.h"
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -62,8 +65,13 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(const PagePoolOptions
   at::Tensor storage;
   try {
     // Not zeroed: every page is written before any token of it is read.
-    storage = at::empty({num_pages, 2, options.kv_heads, options.page_tokens, options.head_dim},
-                        at::TensorOptions().dtype(options.dtype).device(options.device));
+    // On the CPU in huge-page memory (huge_pages.h): decode attention reads every page of a
+    // sequence on every step, a few KiB from each.
+    const std::vector<int64_t> shape = {num_pages, 2, options.kv_heads, options.page_tokens,
+                                        options.head_dim};
+    storage = options.device.is_cpu()
+                  ? HugePageEmpty(shape, options.dtype)
+                  : at::empty(shape, at::TensorOptions().dtype(options.dtype).device(options.device));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     msg.resize(std::min(msg.size(), msg.find('\n')));

@@ -1,6 +1,10 @@
 // vlcache-generate: one request from the command line, e.g.
 //   vlcache-generate --model models/demo --image cat.png --prompt "What is in the picture?"
 // Streams the text to stdout, or prints one JSON object with --json.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -11,6 +15,17 @@
 
 #include "engine/pipeline.h"
 #include "common/openmp_env.h"
+
+namespace {
+
+// The process's peak resident memory so far (Linux reports ru_maxrss in KiB).
+int64_t MaxRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   vlc::PreferSleepingOpenMpWorkers(argv);
@@ -78,7 +93,14 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "Print one JSON object with the text, token counts and timings");
   CLI11_PARSE(app, argc, argv);
 
+  // Loading's own cost, as a user of a large model sees it: wall time and the process's peak
+  // resident memory once the weights are in place, before any request.
+  const auto load_start = std::chrono::steady_clock::now();
   auto pipeline = Pipeline::Load(model_dir, opts);
+  const double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start)
+          .count();
+  const int64_t max_rss_after_load = MaxRssBytes();
   if (!pipeline.ok()) {
     std::cerr << "error: " << pipeline.status().message() << "\n";
     return 1;
@@ -128,6 +150,9 @@ int main(int argc, char** argv) {
         {"ttft_ms", res->ttft_ms},
         {"decode_ms_per_token", res->decode_ms_per_token},
         {"total_ms", res->total_ms},
+        {"load_ms", load_ms},
+        {"max_rss_after_load_bytes", max_rss_after_load},
+        {"max_rss_bytes", MaxRssBytes()},
         {"kv_policy", res->kv_policy},
         {"kv_budget", opts.cache_policy.budget},
         {"kv_bytes_kept", res->kv_bytes},

@@ -349,13 +349,32 @@ absl::Status ValidateOptions(const TinyOptions& opts) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_shards must be at least 1, got ", opts.num_shards));
   }
+  if (opts.vision_hidden_size < 1 || opts.vision_intermediate_size < 1 || opts.vision_layers < 1 ||
+      opts.vision_heads < 1 || opts.vision_hidden_size % opts.vision_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vision sizes must be positive with the heads dividing the hidden size; got hidden ",
+        opts.vision_hidden_size, ", intermediate ", opts.vision_intermediate_size, ", layers ",
+        opts.vision_layers, ", heads ", opts.vision_heads));
+  }
+  if (opts.patch_size < 1 || opts.image_size < opts.patch_size ||
+      opts.image_size % opts.patch_size != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image_size must be a positive multiple of patch_size; got image_size ",
+                     opts.image_size, ", patch_size ", opts.patch_size));
+  }
+  if (opts.text_vocab_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("text_vocab_size must be 0 (the tokenizer's) or positive, got ",
+                     opts.text_vocab_size));
+  }
   return absl::OkStatus();
 }
 
 // The shared random weights (tools/random_weights.h) under the Hugging Face keys of the layout
 // asked for.
 NamedTensors BuildWeights(const LlavaConfig& cfg, const TinyOptions& opts) {
-  NamedTensors tensors = RandomLlavaWeights(cfg, opts.seed, opts.init_std);
+  NamedTensors tensors =
+      RandomLlavaWeights(cfg, opts.seed, opts.init_std, DtypeFromName(opts.dtype));
   for (auto& [name, tensor] : tensors) name = HfWeightName(name, opts.new_key_layout);
   return tensors;
 }
@@ -412,21 +431,22 @@ absl::Status WriteWeights(const fs::path& out_dir, const NamedTensors& tensors,
 engine::LlavaConfig TinyConfig(const TinyOptions& opts, int tokenizer_vocab_size) {
   LlavaConfig cfg;
   auto& v = cfg.vision;
-  v.hidden_size = 32;
-  v.intermediate_size = 64;
-  v.num_hidden_layers = 2;
-  v.num_attention_heads = 2;
+  v.hidden_size = opts.vision_hidden_size;
+  v.intermediate_size = opts.vision_intermediate_size;
+  v.num_hidden_layers = opts.vision_layers;
+  v.num_attention_heads = opts.vision_heads;
   v.num_channels = 3;
-  v.image_size = 32;
-  v.patch_size = 8;
+  v.image_size = opts.image_size;
+  v.patch_size = opts.patch_size;
   v.layer_norm_eps = 1e-5;
   v.hidden_act = "quick_gelu";
 
   auto& t = cfg.text;
   t.model_type = opts.text_model_type;
   // The image token is the id right after the SentencePiece vocabulary; the embedding table is
-  // padded to a multiple of 8, as LLaVA checkpoints pad theirs.
-  t.vocab_size = (tokenizer_vocab_size + 1 + 7) / 8 * 8;
+  // padded to a multiple of 8, as LLaVA checkpoints pad theirs, unless a size is asked for.
+  t.vocab_size = opts.text_vocab_size > 0 ? opts.text_vocab_size
+                                          : (tokenizer_vocab_size + 1 + 7) / 8 * 8;
   t.hidden_size = opts.text_hidden_size;
   t.intermediate_size = opts.text_intermediate_size;
   t.num_hidden_layers = opts.text_layers;
@@ -464,7 +484,18 @@ absl::StatusOr<int> WriteBpeTokenizer(const std::vector<std::string>& corpus, in
 absl::Status MakeTinyCheckpoint(const std::string& out_dir, const TinyOptions& opts) {
   VLC_RETURN_IF_ERROR(ValidateOptions(opts));
   // Everything is built in memory first, so invalid options leave the directory untouched.
-  const std::vector<Piece> pieces = TrainBpePieces(TrainingCorpus());
+  std::vector<Piece> pieces = TrainBpePieces(TrainingCorpus());
+  if (opts.text_vocab_size > 0) {
+    if (static_cast<size_t>(opts.text_vocab_size) < pieces.size() + 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("text_vocab_size ", opts.text_vocab_size, " is below the tokenizer's ",
+                       pieces.size(), " pieces plus the image token"));
+    }
+    // Unused ids stay decodable: control pieces, which no text ever encodes to.
+    for (int id = static_cast<int>(pieces.size()); id < opts.text_vocab_size - 1; ++id) {
+      pieces.push_back({absl::StrCat("<unused_", id, ">"), 0.0f, kPieceControl});
+    }
+  }
   const LlavaConfig cfg = TinyConfig(opts, static_cast<int>(pieces.size()));
   NamedTensors tensors;
   VLC_RETURN_IF_ERROR(

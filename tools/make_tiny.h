@@ -29,6 +29,19 @@ struct TinyOptions {
   int text_layers = 2;
   int text_heads = 4;
   int text_kv_heads = 2;
+  // Rows of the language model's embedding and LM head. 0 keeps the trained tokenizer's pieces
+  // plus the image token, padded to a multiple of 8. A larger size pads the tokenizer with unused
+  // control pieces (<unused_N>) to text_vocab_size - 1 pieces, so the image token is the last id:
+  // the vocabulary of a real-sized model for benchmarks, with a tokenizer that covers every id.
+  int text_vocab_size = 0;
+  // Vision tower size (CLIP ViT): hidden, MLP, layers, heads, and the square input's side and
+  // patch side in pixels; (image_size / patch_size)^2 patches become visual tokens.
+  int vision_hidden_size = 32;
+  int vision_intermediate_size = 64;
+  int vision_layers = 2;
+  int vision_heads = 2;
+  int image_size = 32;
+  int patch_size = 8;
 };
 
 // The config the tiny checkpoint is written with (small enough that a forward pass takes

@@ -39,6 +39,28 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--text-kv-heads", opts.text_kv_heads, "language model KV heads")
       ->capture_default_str();
+  app.add_option("--text-vocab", opts.text_vocab_size,
+                 "embedding rows; 0 = the tokenizer's pieces plus the image token. A larger size "
+                 "pads the tokenizer with unused control pieces and puts the image token last")
+      ->capture_default_str();
+  app.add_option("--vision-hidden", opts.vision_hidden_size, "vision tower hidden size")
+      ->capture_default_str();
+  app.add_option("--vision-intermediate", opts.vision_intermediate_size, "vision tower MLP size")
+      ->capture_default_str();
+  app.add_option("--vision-layers", opts.vision_layers, "vision tower layers")
+      ->capture_default_str();
+  app.add_option("--vision-heads", opts.vision_heads, "vision tower heads")
+      ->capture_default_str();
+  app.add_option("--image-size", opts.image_size, "vision tower input side in pixels")
+      ->capture_default_str();
+  app.add_option("--patch-size", opts.patch_size, "vision tower patch side in pixels")
+      ->capture_default_str();
+  app.footer(
+      "A LLaVA-1.5-7B-shaped checkpoint (random weights, 14 GB in bfloat16):\n"
+      "  vlcache-make-tiny --out DIR --seed 1 --dtype BF16 --shards 4 --text-hidden 4096\n"
+      "    --text-intermediate 11008 --text-layers 32 --text-heads 32 --text-kv-heads 32\n"
+      "    --text-vocab 32064 --vision-hidden 1024 --vision-intermediate 4096 --vision-layers 24\n"
+      "    --vision-heads 16 --image-size 336 --patch-size 14");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,15 +9,19 @@
 namespace vlc::tools {
 
 std::vector<std::pair<std::string, at::Tensor>> RandomLlavaWeights(const engine::LlavaConfig& c,
-                                                                   uint64_t seed,
-                                                                   float init_std) {
+                                                                   uint64_t seed, float init_std,
+                                                                   at::ScalarType dtype) {
   at::Generator gen = at::detail::createCPUGenerator(seed);
   std::vector<std::pair<std::string, at::Tensor>> w;
   auto randn = [&](const std::string& name, std::vector<int64_t> shape) {
-    w.emplace_back(name, at::normal(0.0, init_std, shape, gen));
+    w.emplace_back(name, at::normal(0.0, init_std, shape, gen).to(dtype));
   };
-  auto ones = [&](const std::string& name, int64_t n) { w.emplace_back(name, at::ones({n})); };
-  auto zeros = [&](const std::string& name, int64_t n) { w.emplace_back(name, at::zeros({n})); };
+  auto ones = [&](const std::string& name, int64_t n) {
+    w.emplace_back(name, at::ones({n}, at::TensorOptions().dtype(dtype)));
+  };
+  auto zeros = [&](const std::string& name, int64_t n) {
+    w.emplace_back(name, at::zeros({n}, at::TensorOptions().dtype(dtype)));
+  };
 
   const auto& v = c.vision;
   const int64_t hv = v.hidden_size, iv = v.intermediate_size;

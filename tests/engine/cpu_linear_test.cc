@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace vlc::engine {
 namespace {
@@ -69,12 +71,14 @@ TEST(DecodeLinear, HalfPrecisionWeightsAreWidenedExactly) {
 TEST(DecodeLinear, HalfPrecisionResultsDoNotDependOnTheBatch) {
   at::manual_seed(4);
   for (at::ScalarType wt : {at::kBFloat16, at::kHalf}) {
-    auto w = at::randn({301, 256}).to(wt);
-    auto x = at::randn({7, 256});
-    auto batch = DecodeLinear(x, w);
-    for (int64_t r = 0; r < 7; ++r) {
-      EXPECT_TRUE(at::equal(DecodeLinear(x.slice(0, r, r + 1), w)[0], batch[r]))
-          << at::toString(wt) << " row " << r;
+    for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {  // bfloat16 x: the dot path
+      auto w = at::randn({301, 256}).to(wt);
+      auto x = at::randn({7, 256}).to(xt);
+      auto batch = DecodeLinear(x, w);
+      for (int64_t r = 0; r < 7; ++r) {
+        EXPECT_TRUE(at::equal(DecodeLinear(x.slice(0, r, r + 1), w)[0], batch[r]))
+            << at::toString(wt) << " x " << at::toString(xt) << " row " << r;
+      }
     }
   }
 }
@@ -97,7 +101,31 @@ TEST(QuantizeInt8, EachWeightIsWithinHalfAScaleAndZeroRowsStayZero) {
   EXPECT_TRUE((err <= bound).all().item<bool>()) << (err - bound).max().item<double>();
 }
 
-TEST(DecodeLinear, Int8WeightsEqualTheDequantizedProduct) {
+// The error DecodeLinear may make on int8 weights beyond float32 summation: none where it widens
+// the weights; on the VNNI path x is quantized per block of 64 inputs, each element within half
+// its block's scale (max |x| / 127), so |y - x w^T| <= sum_k |w_k| * scale_block(k) / 2.
+at::Tensor XQuantizationBound(const at::Tensor& x, const at::Tensor& w_abs, LinearPath path) {
+  if (path != LinearPath::kInt8Dot) return at::zeros({x.size(0), w_abs.size(0)}, at::kDouble);
+  const int64_t in = x.size(1);
+  const at::Tensor xs = x.to(at::kDouble).reshape({x.size(0), in / 64, 64});
+  const at::Tensor half_scale = xs.abs().amax(2, /*keepdim=*/true) / 127.0 / 2;
+  const at::Tensor per_input = half_scale.expand({x.size(0), in / 64, 64}).reshape({x.size(0), in});
+  return at::matmul(per_input, w_abs.t());
+}
+
+// The one-pass widening equals the tensor expression it replaces, bit for bit.
+TEST(QuantizeInt8, DequantizingEqualsScalingInFloat32ThenRounding) {
+  at::manual_seed(8);
+  const Int8Weight q = QuantizeInt8(at::randn({77, 136}) * 3);
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
+    const at::Tensor want = (q.q.to(at::kFloat) * q.scale.unsqueeze(1)).to(dt);
+    const at::Tensor got = DequantizeInt8(q.q, q.scale, dt);
+    EXPECT_EQ(got.scalar_type(), dt);
+    EXPECT_TRUE(at::equal(got, want)) << at::toString(dt);
+  }
+}
+
+TEST(DecodeLinear, Int8WeightsEqualTheDequantizedProductUpToXsQuantization) {
   at::manual_seed(6);
   for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {
     for (int64_t in : {16, 200, 4096}) {
@@ -108,13 +136,24 @@ TEST(DecodeLinear, Int8WeightsEqualTheDequantizedProduct) {
         for (int64_t rows : {int64_t{1}, int64_t{5}, kStreamingLinearMaxRows,
                              kStreamingLinearMaxRows + 1}) {  // the last: dequantized + at::linear
           auto x = at::randn({rows, in}).to(xt);
+          const LinearPath path = CpuLinearPath(x, q.q);
           auto got = DecodeLinear(x, q.q, bias, q.scale);
           EXPECT_EQ(got.scalar_type(), xt);
           auto ref = at::linear(x.to(at::kDouble), w, bias.to(at::kDouble));
+          const at::Tensor bound = XQuantizationBound(x, w.abs(), path);
           const double rel = xt == at::kFloat ? 1e-5 : 8e-3;
           const double tol = rel * (ref.abs().max().item<double>() + 1) + 1e-4 * std::sqrt(in);
-          EXPECT_LT((got.to(at::kDouble) - ref).abs().max().item<double>(), tol)
-              << at::toString(xt) << " in " << in << " out " << out << " rows " << rows;
+          const at::Tensor excess = (got.to(at::kDouble) - ref).abs() - bound - tol;
+          EXPECT_LE(excess.max().item<double>(), 0)
+              << at::toString(xt) << " in " << in << " out " << out << " rows " << rows
+              << " path " << static_cast<int>(path);
+          if (path == LinearPath::kInt8Dot && in >= 200) {
+            // The bound above is the worst case; the errors of independent roundings mostly
+            // cancel, so the typical error is far smaller: under 2% of the product in RMS.
+            const double err = (got.to(at::kDouble) - ref).pow(2).mean().sqrt().item<double>();
+            EXPECT_LT(err, 0.02 * ref.pow(2).mean().sqrt().item<double>())
+                << at::toString(xt) << " in " << in << " out " << out << " rows " << rows;
+          }
         }
       }
     }
@@ -126,6 +165,58 @@ TEST(DecodeLinear, Int8WeightsEqualTheDequantizedProduct) {
   for (int64_t r = 0; r < 7; ++r) {
     EXPECT_TRUE(at::equal(DecodeLinear(x.slice(0, r, r + 1), q.q, {}, q.scale)[0], batch[r]));
   }
+}
+
+// Blocks of x that are all zero, one huge outlier beside tiny values, and values at the rounding
+// midpoints: the quantized product stays within the bound, and a zero block adds nothing.
+TEST(DecodeLinear, Int8XBlocksOfZerosAndOutliersStayWithinTheBound) {
+  at::manual_seed(7);
+  const int64_t in = 256, out = 40;
+  const Int8Weight q = QuantizeInt8(at::randn({out, in}));
+  const at::Tensor w = DequantizeInt8(q.q, q.scale, at::kDouble);
+  auto x = at::randn({3, in});
+  x[0].slice(0, 0, 64).zero_();
+  x[1][70] = 1e4;
+  x[2].slice(0, 128, 192).copy_(at::arange(64) * (1.0 / 127) + 0.5 / 127);
+  const LinearPath path = CpuLinearPath(x, q.q);
+  auto got = DecodeLinear(x, q.q, {}, q.scale).to(at::kDouble);
+  auto ref = at::linear(x.to(at::kDouble), w);
+  const at::Tensor bound = XQuantizationBound(x, w.abs(), path);
+  const double tol = 1e-5 * (ref.abs().max().item<double>() + 1);
+  EXPECT_LE(((got - ref).abs() - bound - tol).max().item<double>(), 0);
+  // The first row's zero block contributes exactly nothing: the same as its other blocks alone.
+  auto x0 = x.slice(0, 0, 1).clone();
+  auto alone = DecodeLinear(x0.slice(1, 64, in).contiguous(), q.q.slice(1, 64, in).contiguous(),
+                            {}, q.scale);
+  if (path == LinearPath::kInt8Dot) {
+    EXPECT_TRUE(at::allclose(DecodeLinear(x0, q.q, {}, q.scale), alone, 1e-5, 1e-5));
+  }
+}
+
+// The dot-product paths are taken exactly where the CPU has the instructions and the shapes fit.
+// VLC_CPU_DOT=0 turns them off.
+TEST(DecodeLinear, PathFollowsTheCpuAndTheShapes) {
+  const char* env = std::getenv("VLC_CPU_DOT");
+  const bool allowed = env == nullptr || std::string(env) != "0";
+  const bool bf16_dot =
+      allowed && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  const bool int8_dot = allowed && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const auto streaming = avx2 ? LinearPath::kWidening : LinearPath::kLibrary;
+  auto w16 = at::randn({8, 128}).to(at::kBFloat16);
+  EXPECT_EQ(CpuLinearPath(at::randn({1, 128}).to(at::kBFloat16), w16),
+            avx2 && bf16_dot ? LinearPath::kBf16Dot : streaming);
+  EXPECT_EQ(CpuLinearPath(at::randn({1, 128}), w16), streaming);  // float32 x: widened
+  auto w16_odd = at::randn({8, 136}).to(at::kBFloat16);           // 136 % 32 != 0
+  EXPECT_EQ(CpuLinearPath(at::randn({1, 136}).to(at::kBFloat16), w16_odd), streaming);
+  auto w8 = QuantizeInt8(at::randn({8, 128})).q;
+  EXPECT_EQ(CpuLinearPath(at::randn({1, 128}), w8),
+            avx2 && int8_dot ? LinearPath::kInt8Dot : streaming);
+  auto w8_odd = QuantizeInt8(at::randn({8, 96})).q;  // 96 % 64 != 0
+  EXPECT_EQ(CpuLinearPath(at::randn({1, 96}), w8_odd), streaming);
+  EXPECT_EQ(CpuLinearPath(at::randn({kStreamingLinearMaxRows + 1, 128}), w8),
+            LinearPath::kLibrary);
 }
 
 }  // namespace

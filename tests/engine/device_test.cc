@@ -4,6 +4,7 @@
 // norms and softmax, float32 logits back); and, where a GPU is visible, the model on cuda in
 // float32 and bfloat16 against the CPU's float32 run, with the paged cache on the GPU (the CUDA
 // kernels) and the fused prefill attention. Only the GPU cases skip, and only without a GPU.
+#include "engine/cpu_linear.h"
 #include "engine/device.h"
 
 #include <ATen/ATen.h>
@@ -309,10 +310,20 @@ TEST(Int8OnCpu, MatricesAreStoredInOneBytePerWeightAndTrackFloat32) {
       // each weight by at most 2^-9 of itself. So int8 alone sits near bfloat16's error, and
       // int8 with bfloat16 activations above it: 1.5x bfloat16's tolerance, still far below the
       // error of a wrong position, head or cache entry (the order of the logits themselves).
+      //
+      // On CPUs with AVX512-VNNI the decode kernel also quantizes the activations, per block of
+      // 64 (cpu_linear.h), each element by at most max |x_block| / 254: a second error of the
+      // weights' size. On these random weights (sd 0.2, so near-tied logits) it measured
+      // 0.08-0.12 against 0.05-0.09 with the weights widened, and one more greedy choice of 11
+      // may flip; the kernel's own bound is tested in cpu_linear_test.
+      const bool x_quantized =
+          CpuLinearPath(at::zeros({1, c.text.hidden_size}, target.dtype),
+                        at::zeros({8, c.text.hidden_size}, at::kChar)) == LinearPath::kInt8Dot;
       EXPECT_LT(RelativeError(ref, got), 1.5 * kBf16Tolerance) << ComputeTargetName(target);
-      std::printf("%s: relative logit error %.4f\n", ComputeTargetName(target).c_str(),
-                  RelativeError(ref, got));
-      EXPECT_GE(AgreeingArgmax(ref, got), 9) << "of 11 greedy choices, " << ComputeTargetName(target);
+      std::printf("%s%s: relative logit error %.4f\n", ComputeTargetName(target).c_str(),
+                  x_quantized ? " (activations quantized)" : "", RelativeError(ref, got));
+      EXPECT_GE(AgreeingArgmax(ref, got), x_quantized ? 8 : 9)
+          << "of 11 greedy choices, " << ComputeTargetName(target);
     }
   }
 }

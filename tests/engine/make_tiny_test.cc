@@ -226,6 +226,42 @@ TEST(MakeTiny, TinyConfigFollowsTheOptions) {
   EXPECT_EQ(TinyConfig(TinyOptions{}, 504).text.vocab_size, 512);
 }
 
+// Real-sized shapes for benchmarks: the vocabulary grows with unused control pieces (the image
+// token last, every id decodable), and the vision tower takes the sizes asked for.
+TEST(MakeTiny, VocabularyAndVisionSizesFollowTheOptions) {
+  TempDir dir;
+  TinyOptions opts;
+  opts.text_vocab_size = 1000;
+  opts.vision_hidden_size = 48;
+  opts.vision_intermediate_size = 96;
+  opts.vision_layers = 3;
+  opts.vision_heads = 4;
+  opts.image_size = 56;
+  opts.patch_size = 14;
+  opts.dtype = "BF16";
+  ASSERT_TRUE(MakeTinyCheckpoint(dir.path(), opts).ok());
+  const engine::LlavaConfig cfg = LoadConfig(dir);
+  EXPECT_EQ(cfg.text.vocab_size, 1000);
+  EXPECT_EQ(cfg.image_token_index, 999);
+  EXPECT_EQ(cfg.vision.hidden_size, 48);
+  EXPECT_EQ(cfg.vision.num_hidden_layers, 3);
+  EXPECT_EQ(cfg.vision.num_patches(), 16);
+  auto tok = engine::Tokenizer::Load(dir.path(), cfg.image_token_index);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->vocab_size(), 999);
+  // Ordinary text never encodes to a padding piece, and one decodes to nothing.
+  auto ids = (*tok)->Encode("the red square is left of the blue circle", false);
+  for (int id : ids) EXPECT_LT(id, 512) << id;
+  EXPECT_EQ((*tok)->Decode({998}), "");
+  auto weights = engine::LoadCheckpointWeights(dir.path());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ(weights->at("lm.embed_tokens.weight").sizes().vec(), (std::vector<int64_t>{1000, 64}));
+  EXPECT_EQ(weights->at("vision.encoder.layers.2.mlp.fc1.weight").sizes().vec(),
+            (std::vector<int64_t>{96, 48}));
+  EXPECT_EQ(weights->at("vision.embeddings.patch_embedding.weight").sizes().vec(),
+            (std::vector<int64_t>{48, 3, 14, 14}));
+}
+
 TEST(MakeTiny, MistralCheckpointReadsBackAsMistral) {
   TempDir dir;
   TinyOptions opts;
@@ -418,7 +454,14 @@ TEST(MakeTiny, RejectsInvalidOptions) {
   no_shards.num_shards = 0;
   TinyOptions too_many_shards;
   too_many_shards.num_shards = 100000;
-  for (const TinyOptions& opts : {bad_dtype, bad_model, bad_strategy, no_shards, too_many_shards}) {
+  TinyOptions small_vocab;  // below the tokenizer's pieces plus the image token
+  small_vocab.text_vocab_size = 100;
+  TinyOptions bad_patch;
+  bad_patch.image_size = 30;  // not a multiple of the patch size 8
+  TinyOptions bad_vision_heads;
+  bad_vision_heads.vision_heads = 5;  // does not divide 32
+  for (const TinyOptions& opts : {bad_dtype, bad_model, bad_strategy, no_shards, too_many_shards,
+                                  small_vocab, bad_patch, bad_vision_heads}) {
     EXPECT_EQ(MakeTinyCheckpoint(dir.path(), opts).code(), absl::StatusCode::kInvalidArgument);
   }
   // Options are checked before anything is written.
