@@ -286,10 +286,6 @@ struct Look {
   double border = 1;             // a box outline's width, times the default
   int line_type = cv::LINE_AA;
   std::array<int, 3> shade = {0, 0, 0};  // added to the colour's RGB
-  // The digit's glyph itself, warped about its centre: horizontal shear (x += shear * y), a
-  // rotation in radians and a width-to-height stretch. Identity by default.
-  double digit_shear = 0, digit_rotate = 0, digit_aspect = 1;
-  double cross_bar = 1;  // a cross's bar width, times the default (a third of its half-extent)
 };
 
 cv::Scalar Shaded(Color color, const Look& look) {
@@ -323,7 +319,7 @@ void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell, const Look& 
       poly = {Fixed(cx, cy - h), Fixed(cx + h, cy), Fixed(cx, cy + h), Fixed(cx - h, cy)};
       break;
     case Shape::kCross: {
-      const double a = h / 3 * look.cross_bar;  // half the width of a bar
+      const double a = h / 3;  // half the width of a bar
       poly = {Fixed(cx - a, cy - h), Fixed(cx + a, cy - h), Fixed(cx + a, cy - a),
               Fixed(cx + h, cy - a), Fixed(cx + h, cy + a), Fixed(cx + a, cy + a),
               Fixed(cx + a, cy + h), Fixed(cx - a, cy + h), Fixed(cx - a, cy + a),
@@ -348,33 +344,6 @@ cv::Mat InkMask(const std::string& text, double scale, int thickness,
   return canvas(cv::boundingRect(canvas)).clone();
 }
 
-// A glyph's coverage sheared, rotated and stretched about its centre (training-time variation of
-// the digits' hand), cropped to what it inks and scaled down, if it grew, to `max_height` rows.
-cv::Mat WarpGlyph(const cv::Mat& mask, const Look& look, int max_height) {
-  const double c = std::cos(look.digit_rotate), s = std::sin(look.digit_rotate);
-  // x' = R * Shear * Stretch * x, about the centre.
-  const cv::Matx22d a = cv::Matx22d(c, -s, s, c) * cv::Matx22d(1, look.digit_shear, 0, 1) *
-                        cv::Matx22d(look.digit_aspect, 0, 0, 1);
-  const int pad = mask.rows + mask.cols;  // room for any of the warps AugmentedLook draws
-  const cv::Point2d in_centre((mask.cols - 1) / 2.0, (mask.rows - 1) / 2.0);
-  const cv::Point2d out_centre(in_centre.x + pad, in_centre.y + pad);
-  const cv::Vec2d t = cv::Vec2d(out_centre.x, out_centre.y) - a * cv::Vec2d(in_centre.x, in_centre.y);
-  const cv::Matx23d m(a(0, 0), a(0, 1), t[0], a(1, 0), a(1, 1), t[1]);
-  cv::Mat warped;
-  cv::warpAffine(mask, warped, m, cv::Size(mask.cols + 2 * pad, mask.rows + 2 * pad),
-                 cv::INTER_LINEAR, cv::BORDER_CONSTANT, cv::Scalar(0));
-  const cv::Rect inked = cv::boundingRect(warped);
-  if (inked.empty()) return mask;
-  cv::Mat out = warped(inked).clone();
-  if (out.rows > max_height) {
-    const double f = static_cast<double>(max_height) / out.rows;
-    cv::resize(out, out, cv::Size(std::max(1, static_cast<int>(std::lround(out.cols * f))),
-                                  max_height),
-               0, 0, cv::INTER_AREA);
-  }
-  return out;
-}
-
 // The digit's coverage, its "0" kDigitHeight of the cell tall. Hershey glyphs carry side bearings
 // and a baseline offset that differ per digit, so the digit is drawn apart and later centred by
 // the pixels it actually inks. getTextSize misjudges the inked height (the stroke does not scale,
@@ -393,9 +362,7 @@ cv::Mat DigitMask(int digit, int cell_size, int max_height, const Look& look = {
       hi = mid;
     }
   }
-  const cv::Mat mask = InkMask(std::to_string(digit), lo, thickness, look.font, look.line_type);
-  if (look.digit_shear == 0 && look.digit_rotate == 0 && look.digit_aspect == 1) return mask;
-  return WarpGlyph(mask, look, target);
+  return InkMask(std::to_string(digit), lo, thickness, look.font, look.line_type);
 }
 
 void DrawBox(cv::Mat& img, const Object& o, const CellRect& cell, BoxStyle style,
@@ -474,14 +441,6 @@ Look AugmentedLook(Rng& rng) {
   l.border = uniform(0.5, 2.0);
   l.line_type = rng.Chance(2, 5) ? cv::LINE_8 : cv::LINE_AA;
   for (int& c : l.shade) c = rng.Below(41) - 20;
-  // Drawn after the rest, so every other variation of a seed stays what it was: the digit's hand
-  // (slant, tilt, width) in 60% of objects, and a cross's bar width.
-  if (rng.Chance(3, 5)) {
-    l.digit_shear = uniform(-0.35, 0.35);
-    l.digit_rotate = uniform(-0.2, 0.2);
-    l.digit_aspect = uniform(0.75, 1.3);
-  }
-  l.cross_bar = uniform(0.7, 1.4);
   return l;
 }
 
