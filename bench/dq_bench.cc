@@ -443,8 +443,9 @@ History MakeHistory(size_t columns, size_t runs, size_t run_rows, uint64_t seed)
 // both alike), the parts of that learning redone with the same calls: metrics of every run
 // against the one before, the synthetic issues, and their metrics against the latest run. Then
 // AppendAndLearn into a fresh SQLite store: what `vlcache-dq learn` pays once the files are read.
-nlohmann::json BenchLearn(const History& h, int repeats) {
-  const dq::AvhOptions options;
+nlohmann::json BenchLearn(const History& h, int repeats, size_t issue_runs) {
+  dq::AvhOptions options;
+  options.issue_runs = issue_runs;
   const dq::Table& latest = h.runs.back();
   const size_t columns = latest.num_columns();
   std::vector<std::pair<std::string, dq::Table>> keyed;
@@ -600,6 +601,12 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "Repeats of the column metrics; medians are reported")
       ->capture_default_str();
   app.add_option("--learn-repeats", learn_repeats, "Repeats of learning")->capture_default_str();
+  size_t issue_runs = dq::AvhOptions().issue_runs;
+  app.add_option("--issue-runs", issue_runs,
+                 "Runs whose synthetic issues the learning counts (AvhOptions::issue_runs; "
+                 "AppendAndLearn keeps the library's default)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--seed", seed)->capture_default_str();
   app.add_flag("--quick", quick, "Small sizes, one repeat: a smoke test in seconds");
   app.add_option("--json", json_path, "Also write the results here");
@@ -641,7 +648,7 @@ int main(int argc, char** argv) {
       "\nlearning: %zu columns (%zu numeric, %zu string) x %zu runs x ~%zu rows, "
       "median of %d\n",
       columns, h.numeric_columns, h.string_columns, runs, run_rows, learn_repeats);
-  out["learn"] = BenchLearn(h, learn_repeats);
+  out["learn"] = BenchLearn(h, learn_repeats, issue_runs);
   if (g_sink == 42.0) std::puts("");  // keeps every result observable
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
   return 0;

@@ -52,12 +52,16 @@ absl::Status CheckOptions(const AvhOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "normality_alpha must lie in [0, 1) (0: no normality check), got ", options.normality_alpha));
   }
+  if (options.issue_runs < 1) {
+    return absl::InvalidArgumentError("issue_runs must be at least 1 (1: the latest run's issues)");
+  }
   return absl::OkStatus();
 }
 
 struct LearnCandidate {
   Constraint constraint;
   std::vector<std::size_t> covers;
+  int group = 0;  // one constraint per metric and transform
 };
 
 // Coverage of a set of chosen candidates.
@@ -205,7 +209,8 @@ absl::StatusOr<Constraint> ConstraintFromJson(const nlohmann::json& j, const std
   }
   VLC_ASSIGN_OR_RETURN(const std::string bound, Field<std::string>(j, "bound", where));
   known = false;
-  for (auto kind : {BoundKind::kCantelli, BoundKind::kNormal, BoundKind::kChebyshev}) {
+  for (auto kind :
+       {BoundKind::kCantelli, BoundKind::kNormal, BoundKind::kChebyshev, BoundKind::kUnimodal}) {
     if (bound == BoundKindName(kind)) {
       c.bound = kind;
       known = true;
@@ -234,6 +239,17 @@ absl::StatusOr<Constraint> ConstraintFromJson(const nlohmann::json& j, const std
 }
 
 }  // namespace
+
+AvhOptions PaperAvhOptions() {
+  AvhOptions o;
+  o.k_grid = KGrid();
+  o.normality_alpha = 0;
+  o.unimodal = false;
+  o.issue_runs = 1;
+  o.predictive = false;
+  o.all_transforms = false;
+  return o;
+}
 
 BoundAndSide BoundAndSideFor(Metric metric) {
   switch (metric) {
@@ -399,15 +415,25 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
     VLC_ASSIGN_OR_RETURN(MetricRow row, MetricsOf(history[i], i > 0 ? &history[i - 1] : nullptr));
     rows.push_back(std::move(row));
   }
-  const std::vector<SyntheticIssue> issues =
-      GenerateIssues(latest, other_columns, options.issue_seed);
+  // The synthetic issues: the latest run's as the next run (issue_at = history.size()), then,
+  // with issue_runs > 1, those of each earlier run t in its own place (issue_at = t).
   std::vector<MetricRow> issue_rows;
-  issue_rows.reserve(issues.size());
-  for (const SyntheticIssue& issue : issues) {
-    VLC_ASSIGN_OR_RETURN(MetricRow row, MetricsOf(issue.column, &latest));
-    issue_rows.push_back(std::move(row));
+  std::vector<std::size_t> issue_at;
+  const std::size_t runs_with_issues =
+      std::min(options.issue_runs, std::max<std::size_t>(1, history.size() / 2));
+  for (std::size_t r = 0; r < runs_with_issues; ++r) {
+    const std::size_t t = history.size() - 1 - r;
+    const Column& base = history[t];
+    const std::vector<SyntheticIssue> issues =
+        GenerateIssues(base, other_columns, r == 0 ? options.issue_seed : options.issue_seed + t);
+    for (const SyntheticIssue& issue : issues) {
+      VLC_ASSIGN_OR_RETURN(MetricRow row,
+                           MetricsOf(issue.column, r == 0 ? &latest : &history[t - 1]));
+      issue_rows.push_back(std::move(row));
+      issue_at.push_back(r == 0 ? history.size() : t);
+    }
   }
-  program.issues_total = issues.size();
+  program.issues_total = issue_rows.size();
 
   std::vector<LearnCandidate> learned;
   for (Metric metric : MetricsFor(type)) {
@@ -427,8 +453,9 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
                                            " (0 = oldest), e.g. a run without non-null values"));
       continue;
     }
-    absl::StatusOr<TransformSearchResult> search =
-        FindStationaryTransform(series, options.transform);
+    TransformSearchOptions search_options = options.transform;
+    search_options.all = options.all_transforms;
+    absl::StatusOr<TransformSearchResult> search = FindStationaryTransform(series, search_options);
     if (!search.ok()) {
       program.notes.push_back(
           absl::StrCat(name, " dropped: stationarity test failed: ", search.status().message()));
@@ -440,65 +467,94 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
           options.transform.max_diff_lag, ") or their logs (", search->tested, " tests run)"));
       continue;
     }
-    const Transform transform = *search->transform;
-    VLC_ASSIGN_OR_RETURN(const std::vector<double> transformed, transform.Apply(series));
+    for (std::size_t ti = 0; ti < search->all.size(); ++ti) {
+      const Transform transform = search->all[ti];
+      VLC_ASSIGN_OR_RETURN(const std::vector<double> transformed, transform.Apply(series));
 
-    // Each issue's value as the next run's, transformed; NaN when undefined or outside the
-    // transform's domain, which every constraint rejects.
-    std::vector<double> issue_values(issues.size(), kNaN);
-    for (std::size_t j = 0; j < issues.size(); ++j) {
-      const double raw = issue_rows[j][m];
-      if (std::isnan(raw)) continue;
-      absl::StatusOr<double> v = transform.ApplyToNew(series, raw);
-      if (v.ok()) issue_values[j] = *v;
-    }
+      // Each issue's value as the run after the history before it, transformed; NaN when undefined
+      // or outside the transform's domain, which every constraint rejects. An earlier run's issue
+      // whose history is too short for the transform counts as accepted (not covered).
+      std::vector<double> issue_values(issue_rows.size(), kNaN);
+      const std::size_t first_run = IsPairwise(metric) ? 1 : 0;
+      for (std::size_t j = 0; j < issue_rows.size(); ++j) {
+        const double raw = issue_rows[j][m];
+        if (std::isnan(raw)) continue;
+        const std::size_t before = std::min(series.size(), issue_at[j] - first_run);
+        absl::StatusOr<double> v =
+            transform.ApplyToNew(absl::MakeConstSpan(series).first(before), raw);
+        if (v.ok()) {
+          issue_values[j] = *v;
+        } else if (issue_at[j] != history.size()) {
+          issue_values[j] = transformed.empty() ? 0.0 : transformed.back();
+        }
+      }
 
-    BoundAndSide bs = BoundAndSideFor(metric);
-    VLC_ASSIGN_OR_RETURN(const Moments moments, ComputeMoments(transformed));
-    if (bs.kind == BoundKind::kNormal && options.normality_alpha > 0 && !moments.constant) {
-      // The Normal tail is the FPR only if the metric is close to normal; a history that is not
-      // (a monthly row count with its Februaries) gets the distribution-free bound instead.
-      absl::StatusOr<ShapiroWilk> sw = ShapiroWilkTest(transformed);
-      if (!sw.ok() || !(sw->p_value >= options.normality_alpha)) {
-        bs = {BoundKind::kChebyshev, Side::kTwoSided};
-        program.notes.push_back(absl::StrCat(
-            name, ": Chebyshev bound, not Normal: ",
-            sw.ok() ? absl::StrCat("Shapiro-Wilk p = ", sw->p_value, " < ", options.normality_alpha)
-                    : std::string(sw.status().message())));
+      BoundAndSide bs = BoundAndSideFor(metric);
+      if (options.unimodal && bs.kind != BoundKind::kNormal) bs.kind = BoundKind::kUnimodal;
+      VLC_ASSIGN_OR_RETURN(const Moments moments, ComputeMoments(transformed));
+      if (bs.kind == BoundKind::kNormal && options.normality_alpha > 0 && !moments.constant) {
+        // The Normal tail is the FPR only if the metric is close to normal; a history that is not
+        // (a monthly row count with its Februaries) gets the distribution-free bound instead.
+        absl::StatusOr<ShapiroWilk> sw = ShapiroWilkTest(transformed);
+        if (!sw.ok() || !(sw->p_value >= options.normality_alpha)) {
+          bs = {options.unimodal ? BoundKind::kUnimodal : BoundKind::kChebyshev, Side::kTwoSided};
+          program.notes.push_back(absl::StrCat(
+              name, ": ", options.unimodal ? "unimodal" : "Chebyshev", " bound, not Normal",
+              (ti > 0 ? absl::StrCat(" under ", transform.ToString()) : std::string()), ": ",
+              sw.ok()
+                  ? absl::StrCat("Shapiro-Wilk p = ", sw->p_value, " < ", options.normality_alpha)
+                  : std::string(sw.status().message())));
+        }
       }
-    }
-    const std::vector<double> ks =
-        moments.constant ? std::vector<double>{options.k_grid.front()} : options.k_grid;
-    for (double k : ks) {
-      VLC_ASSIGN_OR_RETURN(const QConstraint q, MakeQConstraint(transformed, k, bs.kind, bs.side));
-      LearnCandidate cand;
-      Constraint& c = cand.constraint;
-      c.metric = metric;
-      c.transform = transform;
-      c.bound = q.kind;
-      c.side = q.side;
-      c.k = q.k;
-      c.mean = q.mean;
-      c.sd = q.sd;
-      c.lo = q.lo;
-      c.hi = q.hi;
-      c.fpr = q.fpr;
-      c.invariant = q.invariant;
-      for (std::size_t j = 0; j < issues.size(); ++j) {
-        if (!c.Accepts(issue_values[j])) cand.covers.push_back(j);
+      const std::vector<double> ks =
+          moments.constant ? std::vector<double>{options.k_grid.front()} : options.k_grid;
+      // The intervals of one metric and transform are nested in k, and so are the issues they
+      // cover: of the candidates that cover the same issues only the cheapest (widest) can be
+      // chosen, and one that covers nothing at a cost never is. Only those are kept, which leaves
+      // the selection's result as it was and its work a fraction (the wide grid's 108 k give a
+      // handful of distinct coverages).
+      const std::size_t group_begin = learned.size();
+      for (double k : ks) {
+        VLC_ASSIGN_OR_RETURN(const QConstraint q,
+                             MakeQConstraint(transformed, k, bs.kind, bs.side, options.predictive));
+        LearnCandidate cand;
+        Constraint& c = cand.constraint;
+        c.metric = metric;
+        c.transform = transform;
+        c.bound = q.kind;
+        c.side = q.side;
+        c.k = q.k;
+        c.mean = q.mean;
+        c.sd = q.sd;
+        c.lo = q.lo;
+        c.hi = q.hi;
+        c.fpr = q.fpr;
+        c.invariant = q.invariant;
+        for (std::size_t j = 0; j < issue_values.size(); ++j) {
+          if (!c.Accepts(issue_values[j])) cand.covers.push_back(j);
+        }
+        c.covered_issues = cand.covers.size();
+        cand.group = m * 64 + static_cast<int>(ti);
+        if (cand.covers.empty() && c.fpr > 0) continue;
+        if (learned.size() > group_begin && learned.back().covers.size() == cand.covers.size() &&
+            learned.back().constraint.fpr >= c.fpr) {
+          learned.back() = std::move(cand);  // same issues, cheaper
+          continue;
+        }
+        learned.push_back(std::move(cand));
       }
-      c.covered_issues = cand.covers.size();
-      learned.push_back(std::move(cand));
-    }
+      // An invariant stays one under every other transform: one constraint says it.
+      if (moments.constant) break;
+    }  // transforms
   }
 
   std::vector<CoverageCandidate> candidates;
   candidates.reserve(learned.size());
   for (const LearnCandidate& l : learned) {
-    candidates.push_back({static_cast<int>(l.constraint.metric), l.constraint.fpr, l.covers});
+    candidates.push_back({l.group, l.constraint.fpr, l.covers});
   }
   const CoverageSelection selection =
-      SelectBudgetedMaxCoverage(candidates, issues.size(), options.delta);
+      SelectBudgetedMaxCoverage(candidates, issue_rows.size(), options.delta);
   for (std::size_t i : selection.chosen) program.constraints.push_back(learned[i].constraint);
   program.issues_covered = selection.covered;
   return program;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <boost/math/distributions/normal.hpp>
+#include <boost/math/distributions/students_t.hpp>
 #include <cmath>
 #include <initializer_list>
 #include <limits>
@@ -25,7 +26,7 @@ absl::Status CheckK(double k) {
 
 absl::Status CheckPairing(BoundKind kind, Side side) {
   const bool one_sided = side != Side::kTwoSided;
-  if ((kind == BoundKind::kCantelli) != one_sided) {
+  if (kind != BoundKind::kUnimodal && (kind == BoundKind::kCantelli) != one_sided) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the ", BoundKindName(kind), " bound does not hold for a ", SideName(side),
         " constraint: Cantelli bounds one side (upper or lower), Normal and Chebyshev both"));
@@ -43,6 +44,8 @@ const char* BoundKindName(BoundKind kind) {
       return "normal";
     case BoundKind::kChebyshev:
       return "chebyshev";
+    case BoundKind::kUnimodal:
+      return "unimodal";
   }
   return "unknown";
 }
@@ -89,7 +92,7 @@ absl::StatusOr<std::vector<double>> ParseKGrid(const std::string& text) {
   return grid;
 }
 
-absl::StatusOr<double> FprBound(BoundKind kind, double k) {
+absl::StatusOr<double> FprBound(BoundKind kind, double k, Side side) {
   VLC_RETURN_IF_ERROR(CheckK(k));
   switch (kind) {
     case BoundKind::kCantelli:
@@ -103,6 +106,17 @@ absl::StatusOr<double> FprBound(BoundKind kind, double k) {
     case BoundKind::kChebyshev:
       // The inequality is vacuous (> 1) for k < 1; a probability bound never exceeds 1.
       return k <= 1.0 ? 1.0 : 1.0 / (k * k);
+    case BoundKind::kUnimodal: {
+      // Both branches meet at the switch point (1/6 there); the lower one exceeds 1 near k = 0.
+      if (side == Side::kTwoSided) {
+        const double k2 = k * k;
+        if (k2 >= 8.0 / 3.0) return 4.0 / (9.0 * k2);
+        return k2 == 0.0 ? 1.0 : std::min(1.0, 4.0 / (3.0 * k2) - 1.0 / 3.0);
+      }
+      const double s2 = 1.0 + k * k;
+      if (s2 - 1.0 >= 5.0 / 3.0) return 4.0 / (9.0 * s2);
+      return std::min(1.0, 4.0 / (3.0 * s2) - 1.0 / 3.0);
+    }
   }
   return absl::InvalidArgumentError("unknown bound kind");
 }
@@ -145,7 +159,7 @@ absl::StatusOr<Moments> ComputeMoments(absl::Span<const double> values) {
 }
 
 absl::StatusOr<QConstraint> MakeQConstraint(absl::Span<const double> history, double k,
-                                            BoundKind kind, Side side) {
+                                            BoundKind kind, Side side, bool predictive) {
   VLC_RETURN_IF_ERROR(CheckK(k));
   VLC_RETURN_IF_ERROR(CheckPairing(kind, side));
   VLC_ASSIGN_OR_RETURN(const Moments moments, ComputeMoments(history));
@@ -164,7 +178,17 @@ absl::StatusOr<QConstraint> MakeQConstraint(absl::Span<const double> history, do
     q.hi = q.mean + kQSlack;
     return q;
   }
-  VLC_ASSIGN_OR_RETURN(q.fpr, FprBound(kind, k));
+  VLC_ASSIGN_OR_RETURN(q.fpr, FprBound(kind, k, side));
+  if (predictive && kind == BoundKind::kNormal && moments.n >= 2) {
+    // A new value X of a normal metric, against the mean and the population sd of n earlier
+    // ones: (X - mean) / (s sqrt(1 + 1/n)) is Student's t with n - 1 degrees of freedom (s the
+    // sample sd, sd sqrt(n / (n - 1))), so |X - mean| > k sd has probability
+    // 2 P(T > k sqrt((n - 1) / (n + 1))).
+    const double n = static_cast<double>(moments.n);
+    const boost::math::students_t_distribution<double> t(n - 1);
+    q.fpr = std::min(
+        1.0, 2.0 * boost::math::cdf(boost::math::complement(t, k * std::sqrt((n - 1) / (n + 1)))));
+  }
   const double half_width = k * q.sd + kQSlack;
   q.lo = side == Side::kUpper ? -kInf : q.mean - half_width;
   q.hi = side == Side::kLower ? kInf : q.mean + half_width;

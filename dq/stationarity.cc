@@ -347,9 +347,12 @@ absl::StatusOr<TransformSearchResult> FindStationaryTransform(
     }
     ++result.tested;
     if (test->stationary) {
-      result.transform = t;
-      result.adf = *std::move(test);
-      return result;
+      result.all.push_back(t);
+      if (!result.transform) {
+        result.transform = t;
+        result.adf = *std::move(test);
+      }
+      if (!options.all) return result;
     }
   }
   return result;

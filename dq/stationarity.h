@@ -128,6 +128,7 @@ struct TransformSearchOptions {
   // series allows, n/2 - 2, rather than failing the search.
   AdfOptions adf;
   int max_diff_lag = 10;  // differencing lags tried: 1..max_diff_lag (docs/METHODS.md: 10)
+  bool all = false;       // go on after the first stationary candidate (TransformSearchResult::all)
 };
 
 struct TransformSearchResult {
@@ -136,6 +137,9 @@ struct TransformSearchResult {
   std::optional<Transform> transform;
   AdfResult adf;   // the test that accepted `transform` (default-constructed when none)
   int tested = 0;  // candidates whose ADF test ran
+  // With TransformSearchOptions::all, every stationary candidate in search order (`transform` is
+  // the first); otherwise just `transform`.
+  std::vector<Transform> all;
 };
 
 // Searches CandidateTransforms(options.max_diff_lag, all values > 0) for the first stationary

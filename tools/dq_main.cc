@@ -304,6 +304,28 @@ int main(int argc, char** argv) {
                    "Chebyshev's elsewhere; 0 keeps the Normal bound as the paper assigns it")
       ->check(CLI::Range(0.0, 0.999))
       ->capture_default_str();
+  std::string bounds = "unimodal", normal_fpr = "predictive", transforms = "all";
+  eval->add_option("--bounds", bounds,
+                   "Metrics without the Normal bound: unimodal (Vysochanskij-Petunin, assuming one "
+                   "mode) or paper (Chebyshev's and Cantelli's, any distribution)")
+      ->check(CLI::IsMember({"unimodal", "paper"}))
+      ->capture_default_str();
+  eval->add_option("--normal-fpr", normal_fpr,
+                   "The Normal bound's FPR against the history's estimated mean and sd "
+                   "(predictive: Student's t) or as if they were the true ones (paper)")
+      ->check(CLI::IsMember({"predictive", "paper"}))
+      ->capture_default_str();
+  eval->add_option("--transforms", transforms,
+                   "Candidates under every stationary transform of a metric (all) or the first "
+                   "(paper)")
+      ->check(CLI::IsMember({"all", "paper"}))
+      ->capture_default_str();
+  eval->add_option("--issue-runs", eval_options.avh.issue_runs,
+                   "Runs whose synthetic issues AVH's coverage counts: 1 is the latest run's (the "
+                   "paper's), n adds those injected into each of the n - 1 runs before it, in its "
+                   "place (at most half the history)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   eval->add_option("--json", json_path,
                    "Also write the results (methods, realistic issues, counts) as JSON here");
 
@@ -328,5 +350,8 @@ int main(int argc, char** argv) {
   }
   eval_options.avh.k_grid = *grid;
   eval_options.relearn_every_run = relearn == "every";
+  eval_options.avh.unimodal = bounds == "unimodal";
+  eval_options.avh.predictive = normal_fpr == "predictive";
+  eval_options.avh.all_transforms = transforms == "all";
   return Eval(table_path, partition_by, period, eval_options, json_path);
 }

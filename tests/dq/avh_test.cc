@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -281,7 +282,10 @@ TEST(DqAvh, ANonNormalCountHistoryGetsChebyshevNotNormal) {
   EXPECT_FALSE(c0->Accepts(56.0)) << "the Normal bound's k rejects a 56-row month";
   EXPECT_FALSE(has_note(*normal, "num_count: Chebyshev bound"));
 
-  absl::StatusOr<ColumnProgram> checked = LearnColumnProgram(history, {});  // default: 0.05
+  AvhOptions chebyshev;  // normality_alpha 0.05 by default
+  chebyshev.unimodal = false;
+  chebyshev.all_transforms = false;  // Count under its first transform only
+  absl::StatusOr<ColumnProgram> checked = LearnColumnProgram(history, {}, chebyshev);
   ASSERT_TRUE(checked.ok()) << checked.status();
   PrintProgram(*checked);
   EXPECT_TRUE(has_note(*checked, "num_count: Chebyshev bound, not Normal: Shapiro-Wilk p = "));
@@ -295,6 +299,70 @@ TEST(DqAvh, ANonNormalCountHistoryGetsChebyshevNotNormal) {
 
   AvhOptions bad;
   bad.normality_alpha = 1.0;
+  EXPECT_EQ(LearnColumnProgram(history, {}, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Rows per run with a weekly pattern (a busy Tuesday, a quiet Sunday). With the options beyond
+// the paper the program weighs issues injected into four runs, keeps candidates under several
+// transforms of a metric, and gives no metric Chebyshev's or Cantelli's bound; it stays within
+// its budget, passes the next clean run and flags one with a tenth of its values in other units.
+TEST(DqAvh, OptionsBeyondThePaperStayWithinTheBudget) {
+  const int weekday_rows[] = {200, 240, 260, 250, 230, 120, 100};
+  Normal gen(31);
+  std::vector<Column> runs;
+  for (int i = 0; i < 43; ++i) {
+    const int rows = weekday_rows[i % 7] + static_cast<int>(std::lround(gen.Next(0.0, 2.0)));
+    runs.push_back(NormalRun(gen, static_cast<size_t>(rows)));
+  }
+  const std::vector<Column> history(runs.begin(), runs.begin() + 42);
+  auto passes = [&](const ColumnProgram& p, const Column& run) {
+    absl::StatusOr<ColumnReport> report = ValidateColumn(p, history, run);
+    EXPECT_TRUE(report.ok()) << report.status();
+    return report.ok() && report->passed;
+  };
+
+  absl::StatusOr<ColumnProgram> paper = LearnColumnProgram(history, {}, PaperAvhOptions());
+  ASSERT_TRUE(paper.ok()) << paper.status();
+  AvhOptions beyond;  // the defaults, spelled out
+  beyond.all_transforms = true;
+  beyond.issue_runs = 4;
+  beyond.unimodal = true;
+  beyond.predictive = true;
+  absl::StatusOr<ColumnProgram> program = LearnColumnProgram(history, {}, beyond);
+  ASSERT_TRUE(program.ok()) << program.status();
+  PrintProgram(*program);
+  EXPECT_LE(program->ExpectedFpr(), beyond.delta);
+  EXPECT_EQ(program->issues_total, 4 * paper->issues_total);
+  std::map<Metric, std::set<std::string>> transforms;
+  for (const Constraint& c : program->constraints) {
+    EXPECT_TRUE(transforms[c.metric].insert(c.transform.ToString()).second)
+        << MetricName(c.metric) << " twice under " << c.transform.ToString();
+    EXPECT_NE(c.bound, BoundKind::kCantelli) << MetricName(c.metric);
+    EXPECT_NE(c.bound, BoundKind::kChebyshev) << MetricName(c.metric);
+  }
+  size_t most = 0;
+  for (const auto& [metric, names] : transforms) most = std::max(most, names.size());
+  EXPECT_GE(most, 2u);  // some metric kept under two transforms
+  EXPECT_TRUE(passes(*program, runs[42]));
+  absl::StatusOr<Column> units =
+      ApplyIssue(Spec(ColumnType::kNumeric, "unit_change x10 p=0.1"), runs[42], {}, 3);
+  ASSERT_TRUE(units.ok());
+  EXPECT_FALSE(passes(*program, *units));
+
+  // The program, unimodal bounds included, survives its JSON.
+  absl::StatusOr<ColumnProgram> back =
+      ColumnProgramFromJson(nlohmann::json::parse(ToJson(*program).dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->constraints.size(), program->constraints.size());
+  for (size_t i = 0; i < back->constraints.size(); ++i) {
+    EXPECT_EQ(back->constraints[i].bound, program->constraints[i].bound);
+    EXPECT_EQ(back->constraints[i].transform, program->constraints[i].transform);
+    EXPECT_EQ(back->constraints[i].fpr, program->constraints[i].fpr);
+  }
+
+  AvhOptions bad;
+  bad.issue_runs = 0;
   EXPECT_EQ(LearnColumnProgram(history, {}, bad).status().code(),
             absl::StatusCode::kInvalidArgument);
 }

@@ -93,6 +93,35 @@ TEST(DqFprBound, StrongerAssumptionsGiveSmallerBoundsOnTheGrid) {
   }
 }
 
+// Vysochanskij-Petunin (two-sided) and its one-sided form: 4/9 of Chebyshev's and Cantelli's
+// bounds in the tails, a second branch near the mean, continuous where they meet.
+TEST(DqFprBound, UnimodalIsFourNinthsOfTheDistributionFreeTail) {
+  auto two = [](double k) { return *FprBound(BoundKind::kUnimodal, k, Side::kTwoSided); };
+  auto one = [](double k) { return *FprBound(BoundKind::kUnimodal, k, Side::kUpper); };
+  EXPECT_DOUBLE_EQ(two(3.0), 4.0 / 81.0);
+  EXPECT_DOUBLE_EQ(two(10.0), 4.0 / 900.0);
+  EXPECT_DOUBLE_EQ(two(1.5), 4.0 / (3.0 * 2.25) - 1.0 / 3.0);  // below sqrt(8/3)
+  EXPECT_DOUBLE_EQ(two(0.0), 1.0);
+  EXPECT_DOUBLE_EQ(two(0.5), 1.0);  // 5 - 1/3 without the cap
+  EXPECT_NEAR(two(std::sqrt(8.0 / 3.0)), 1.0 / 6.0, 1e-12);
+  EXPECT_NEAR(two(std::sqrt(8.0 / 3.0) - 1e-9), 1.0 / 6.0, 1e-8);
+  EXPECT_DOUBLE_EQ(one(2.0), 4.0 / 45.0);
+  EXPECT_DOUBLE_EQ(one(1.0), 4.0 / 6.0 - 1.0 / 3.0);  // below sqrt(5/3)
+  EXPECT_EQ(*FprBound(BoundKind::kUnimodal, 2.0, Side::kLower), one(2.0));
+  EXPECT_NEAR(one(std::sqrt(5.0 / 3.0) - 1e-9), 1.0 / 6.0, 1e-8);
+  for (double k : WideKGrid()) {
+    EXPECT_LE(two(k), Fpr(BoundKind::kChebyshev, k)) << k;
+    EXPECT_LE(one(k), Fpr(BoundKind::kCantelli, k)) << k;
+    if (k >= 2.0) EXPECT_NEAR(two(k), 4.0 / 9.0 * Fpr(BoundKind::kChebyshev, k), 1e-15) << k;
+  }
+  // The bound holds for a skewed single-moded distribution: Exp(1) (mean 1, sd 1), whose upper
+  // tail P(X >= 1 + k) = exp(-(1 + k)) is its two-sided tail for k >= 1.
+  for (double k = 1.0; k <= 20.0; k += 0.5) {
+    EXPECT_LE(std::exp(-(1.0 + k)), one(k)) << k;
+    EXPECT_LE(std::exp(-(1.0 + k)), two(k)) << k;
+  }
+}
+
 TEST(DqFprBound, RejectsNegativeAndNonFiniteK) {
   EXPECT_EQ(FprBound(BoundKind::kNormal, -1.0).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(FprBound(BoundKind::kCantelli, std::nan("")).status().code(),
@@ -192,6 +221,53 @@ TEST(DqQConstraint, ConstantHistoryIsAnInvariantWithZeroFpr) {
     EXPECT_FALSE(q->Accepts(1.0 + 2e-5));
     EXPECT_FALSE(q->Accepts(1.0 - 2e-5));
   }
+}
+
+// The Normal bound against the history's estimated mean and sd: Student's t with n - 1 degrees
+// of freedom (scipy 1.17.1: 2 * t.sf(k * sqrt((n - 1) / (n + 1)), n - 1)), and what a simulation
+// of normal histories and next values measures.
+TEST(DqQConstraint, PredictiveNormalBoundIsTheStudentTTail) {
+  struct Case {
+    int n;
+    double k, expected;
+  };
+  for (const Case& c : {Case{29, 3.0, 0.007213298183566647}, Case{10, 2.0, 0.10388813106210176},
+                        Case{24, 4.5, 0.0002559900036545517}}) {
+    std::vector<double> history;
+    for (int i = 0; i < c.n; ++i) history.push_back(std::sin(i * 1.7) + 0.1 * (i % 3));
+    absl::StatusOr<QConstraint> q =
+        MakeQConstraint(history, c.k, BoundKind::kNormal, Side::kTwoSided, /*predictive=*/true);
+    ASSERT_TRUE(q.ok()) << q.status();
+    EXPECT_NEAR(q->fpr, c.expected, 1e-12 * c.expected) << c.n << " " << c.k;
+    absl::StatusOr<QConstraint> plugin =
+        MakeQConstraint(history, c.k, BoundKind::kNormal, Side::kTwoSided);
+    EXPECT_LT(plugin->fpr, q->fpr);
+    EXPECT_EQ(plugin->lo, q->lo);  // the same interval; only its stated FPR differs
+    EXPECT_EQ(plugin->hi, q->hi);
+  }
+  // Simulated: 10 normal values, then an 11th; how often is it outside mean +- 2 sd?
+  uint64_t state = 12345;
+  auto uniform = [&] {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return ((state >> 11) + 0.5) / 9007199254740992.0;
+  };
+  auto gauss = [&] {
+    return std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * M_PI * uniform());
+  };
+  const int trials = 200000;
+  int outside = 0;
+  double stated = 0.0;
+  for (int t = 0; t < trials; ++t) {
+    std::vector<double> h(10);
+    for (double& v : h) v = gauss();
+    const QConstraint q = *MakeQConstraint(h, 2.0, BoundKind::kNormal, Side::kTwoSided, true);
+    stated = q.fpr;
+    outside += !q.Accepts(gauss());
+  }
+  const double measured = static_cast<double>(outside) / trials;
+  // 0.1039 expected; the binomial sd over 200,000 trials is 0.0007.
+  EXPECT_NEAR(measured, stated, 0.004);
+  EXPECT_GT(measured, *FprBound(BoundKind::kNormal, 2.0) + 0.03);  // the plug-in says 0.0455
 }
 
 TEST(DqQConstraint, RejectsPairingsTheBoundDoesNotCover) {
