@@ -254,8 +254,10 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "Repeats; medians are reported")->capture_default_str();
   app.add_option("--json", json_path, "Also write the results here");
   std::string dtype = "float32";
-  app.add_option("--dtype", dtype, "Weights' dtype: float32, bfloat16 (the KV cache stays float32)")
-      ->check(CLI::IsMember({"float32", "bfloat16"}))
+  app.add_option("--dtype", dtype,
+                 "Weights' dtype: float32, bfloat16, float16 (float32 activations; the KV cache "
+                 "stays float32)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
       ->capture_default_str();
   std::string quantize = "none";
   app.add_option("--quantize", quantize, "Decoder weights: none or int8 (weight-only)")

@@ -393,25 +393,29 @@ at::Tensor DecodeLinear(const at::Tensor& x_in, const at::Tensor& w, const at::T
   if (w.scalar_type() == at::kChar) {
     TORCH_CHECK(scales.defined() && scales.numel() == w.size(0),
                 "int8 weights need one scale per output row");
-    if (!DecodeLinearStreams(x_in, w)) {
-      const at::ScalarType xt = x_in.scalar_type();
-      return at::linear(x_in, DequantizeInt8(w, scales, xt), b.defined() ? b.to(xt) : b);
+  }
+  // The path is decided once per call (CpuLinearPath checks DecodeLinearStreams' conditions).
+  const LinearPath path = CpuLinearPath(x_in, w);
+  if (path == LinearPath::kLibrary) {
+    if (w.scalar_type() == at::kHalf && x_in.scalar_type() != at::kHalf && x_in.device().is_cpu()) {
+      // Float16 weights under float32 activations (LibTorch's CPU has no half GEMM): widened
+      // for the call, as int8 weights are dequantized.
+      return at::linear(x_in, w.to(x_in.scalar_type()), b);
     }
-  } else if (!DecodeLinearStreams(x_in, w)) {
-    return at::linear(x_in, w, b);
+    if (w.scalar_type() != at::kChar) return at::linear(x_in, w, b);
+    const at::ScalarType xt = x_in.scalar_type();
+    return at::linear(x_in, DequantizeInt8(w, scales, xt), b.defined() ? b.to(xt) : b);
   }
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   const int64_t rows = x_in.size(0), in = x_in.size(1), out = w.size(0);
   auto y = at::empty({rows, out}, x_in.options().dtype(at::kFloat));
-  if (w.scalar_type() == at::kBFloat16 && x_in.scalar_type() == at::kBFloat16 &&
-      CpuLinearPath(x_in, w) == LinearPath::kBf16Dot) {
+  if (path == LinearPath::kBf16Dot) {
     StreamBf16Dot(x_in.contiguous(), w, y);
   } else {
     // The few rows of x are widened to float32 (a few KiB); the weights stay as stored and are
     // widened in registers (or, for int8 on VNNI CPUs, x is quantized per block of 64); every
     // sum is float32. The result takes x's dtype.
     const at::Tensor x = x_in.to(at::kFloat).contiguous();
-    const LinearPath path = CpuLinearPath(x_in, w);
     if (path == LinearPath::kInt8Dot) {
       StreamInt8Dot(x, w, y);
     } else if (avx512 && in % 16 == 0) {

@@ -60,12 +60,14 @@ absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
   } else if (dtype == "bfloat16") {
     target.dtype = at::kBFloat16;
   } else if (dtype == "float16") {
-    if (!target.device.is_cuda()) {
-      return absl::InvalidArgumentError(
-          "--dtype float16 needs --device cuda (LibTorch's CPU matrix products lack float16); "
-          "use bfloat16 or float32 on the CPU");
+    if (target.device.is_cuda()) {
+      target.dtype = at::kHalf;
+    } else {
+      // LibTorch's CPU arithmetic lacks float16: the weights are stored in it and widened as
+      // they are read; everything else computes in float32.
+      target.dtype = at::kFloat;
+      target.quantize = WeightQuantization::kFloat16;
     }
-    target.dtype = at::kHalf;
   } else {
     return Unknown("--dtype", dtype, DTypeNames());
   }
@@ -74,6 +76,11 @@ absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
       return absl::InvalidArgumentError(
           "--quantize int8 runs on the CPU only (its kernel is the CPU decode kernel); use "
           "--device cpu, or --quantize none on cuda");
+    }
+    if (target.quantize == WeightQuantization::kFloat16) {
+      return absl::InvalidArgumentError(
+          "--quantize int8 with --dtype float16 on the CPU asks for two weight formats; use "
+          "--dtype float32 or bfloat16 with --quantize int8, or --dtype float16 alone");
     }
     target.quantize = WeightQuantization::kInt8;
   } else if (quantize != "none") {
@@ -84,7 +91,9 @@ absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
 
 std::string ComputeTargetName(const ComputeTarget& target) {
   return absl::StrCat(target.device.str(), " ", DTypeName(target.dtype),
-                      target.quantize == WeightQuantization::kInt8 ? " int8-weights" : "");
+                      target.quantize == WeightQuantization::kInt8      ? " int8-weights"
+                      : target.quantize == WeightQuantization::kFloat16 ? " float16-weights"
+                                                                        : "");
 }
 
 }  // namespace vlc::engine

@@ -15,8 +15,11 @@ namespace vlc::engine {
 
 // How the decoder's matrices are stored. kInt8: weight-only int8, symmetric per output channel
 // (engine/cpu_linear.h), quantized once at load from the float checkpoint; activations, the
-// vision tower, norms and embeddings keep `dtype`. CPU only.
-enum class WeightQuantization { kNone, kInt8 };
+// vision tower, norms and embeddings keep `dtype`. kFloat16: the matrices (and the LM head) in
+// IEEE half precision, widened to float32 in registers by the decode kernel (F16C) and per call
+// for a prefill; what `--dtype float16` means on the CPU, whose LibTorch lacks half-precision
+// arithmetic, so `dtype` (activations, the rest of the model, the KV cache) is float32. CPU only.
+enum class WeightQuantization { kNone, kInt8, kFloat16 };
 
 struct ComputeTarget {
   at::Device device = at::kCPU;
@@ -26,10 +29,12 @@ struct ComputeTarget {
 
 // `device`: "cpu", "cuda" (the current GPU) or "auto" (cuda when LibTorch sees a GPU and this
 // build has the CUDA kernels, else cpu). `dtype`: "float32", "bfloat16", "float16" or "auto"
-// (float32 on the CPU, bfloat16 on a GPU). INVALID_ARGUMENT for an unknown name or float16 on
-// the CPU (LibTorch's CPU GEMMs lack it); FAILED_PRECONDITION, saying why, when cuda is asked for
+// (float32 on the CPU, bfloat16 on a GPU); float16 on the CPU is float16 weights with float32
+// activations (WeightQuantization::kFloat16). INVALID_ARGUMENT for an unknown name;
+// FAILED_PRECONDITION, saying why, when cuda is asked for
 // and cannot run here (this build's LibTorch has no CUDA, no GPU visible, no CUDA kernels).
-// `quantize`: "none" or "int8"; int8 with a cuda device is INVALID_ARGUMENT.
+// `quantize`: "none" or "int8"; int8 with a cuda device, or with float16 on the CPU (two weight
+// formats), is INVALID_ARGUMENT.
 absl::StatusOr<ComputeTarget> ResolveComputeTarget(const std::string& device,
                                                    const std::string& dtype,
                                                    const std::string& quantize = "none");

@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -95,8 +96,11 @@ struct LlavaModel::Impl {
   void MoveTo(const ComputeTarget& t) {
     target = t;
     auto move = [&](at::Tensor& x) {
-      // Int8 matrices (quantized as they were loaded) stay int8.
-      if (x.defined() && x.scalar_type() != at::kChar) x = x.to(t.device, t.dtype).contiguous();
+      // Int8 and float16 matrices (stored so as they were loaded) stay as they are.
+      if (x.defined() && x.scalar_type() != at::kChar &&
+          !(t.quantize == WeightQuantization::kFloat16 && x.scalar_type() == at::kHalf)) {
+        x = x.to(t.device, t.dtype).contiguous();
+      }
     };
     const bool tied = lm_head.is_same(embed);
     for (at::Tensor* x : {&patch_w, &class_emb, &pos_emb, &pre_ln_w, &pre_ln_b, &proj1_w,
@@ -139,7 +143,9 @@ class WeightTaker {
   // Tensors are taken in `dtype` (the target's), so a bfloat16 checkpoint served in bfloat16 is
   // never widened to float32 on the way: each tensor leaves the map as it is taken.
   WeightTaker(WeightMap* w, at::ScalarType dtype) : w_(w), dtype_(dtype) {}
-  at::Tensor Take(const std::string& name, std::vector<int64_t> shape) {
+  // `as` overrides the dtype (float16 weights on the CPU).
+  at::Tensor Take(const std::string& name, std::vector<int64_t> shape,
+                  std::optional<at::ScalarType> as = std::nullopt) {
     if (!status_.ok()) return {};
     auto it = w_->find(name);
     if (it == w_->end()) {
@@ -158,7 +164,7 @@ class WeightTaker {
     // Always a private copy: a mapped view (MapCheckpointWeights) must not outlive the load, and
     // when the map's entry and `t` go, the view's pages leave resident memory. The copy is made
     // in huge-page memory (cpu_linear.h), which decode streams faster.
-    at::Tensor out = kvcache::HugePageEmpty(t.sizes(), dtype_);
+    at::Tensor out = kvcache::HugePageEmpty(t.sizes(), as.value_or(dtype_));
     out.copy_(t);
     return out;
   }
@@ -234,6 +240,11 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
       p.vision_layers.push_back(std::move(l));
     }
     const auto& t = c.text;
+    // The decoder's matrices and the LM head in float16 (WeightQuantization::kFloat16), taken
+    // straight into it; everything else in the target's dtype.
+    const std::optional<at::ScalarType> matrix_dtype =
+        target.quantize == WeightQuantization::kFloat16 ? std::optional<at::ScalarType>(at::kHalf)
+                                                        : std::nullopt;
     const int64_t ht = t.hidden_size, hd = t.head_dim;
     const int64_t nq = t.num_attention_heads * hd, nkv = t.num_key_value_heads * hd;
     p.proj1_w = w.Take("projector.linear_1.weight", {ht, hv});
@@ -253,7 +264,7 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
       // fused one, and only one matrix at a time exists in `dtype`, not a layer's.
       const bool int8 = target.quantize == WeightQuantization::kInt8;
       auto take = [&](const std::string& name, std::vector<int64_t> shape, at::Tensor* scale) {
-        at::Tensor x = w.Take(pre + name, std::move(shape));
+        at::Tensor x = w.Take(pre + name, std::move(shape), matrix_dtype);
         if (!int8 || !x.defined()) return x;
         Int8Weight q8 = QuantizeInt8(x);
         *scale = std::move(q8.scale);
@@ -279,9 +290,10 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::FromWeights(const LlavaC
     }
     p.norm = w.Take("lm.norm.weight", {ht});
     if (t.tie_word_embeddings) {
-      p.lm_head = p.embed;
+      // A float16 head is its own copy; the embedding stays in `dtype` for lookups.
+      p.lm_head = matrix_dtype ? p.embed.to(*matrix_dtype).contiguous() : p.embed;
     } else {
-      p.lm_head = w.Take("lm_head.weight", {t.vocab_size, ht});
+      p.lm_head = w.Take("lm_head.weight", {t.vocab_size, ht}, matrix_dtype);
     }
     if (target.quantize == WeightQuantization::kInt8 && p.lm_head.defined()) {
       // A tied head becomes a separate int8 matrix; the embedding stays in `dtype` for lookups.

@@ -216,7 +216,7 @@ std::vector<OptionSpec> Options() {
   o.push_back(StringOption(
       "--dtype", "DTYPE",
       "The model's element type: auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, "
-      "float16 (cuda only)",
+      "float16 (on cpu: float16 weights, float32 activations)",
       +[](ServerConfig& c) -> std::string& { return c.pipeline.dtype; },
       OneOf(engine::DTypeNames())));
   o.push_back(StringOption(

@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--dtype", opts.dtype,
                  "Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, "
-                 "float16 (cuda only)")
+                 "float16 (on cpu: float16 weights, float32 activations)")
       ->capture_default_str();
   app.add_option("--quantize", opts.quantize,
                  "Decoder weights: none, or int8 (weight-only, per output channel, quantized at "

@@ -51,16 +51,26 @@ TEST(ComputeTarget, CpuFloat32IsTheDefaultAndAutoDtypeFollowsTheDevice) {
   EXPECT_EQ(f32->dtype, at::kFloat);
 }
 
-TEST(ComputeTarget, UnknownNamesAndFloat16OnTheCpuAreInvalidArguments) {
+TEST(ComputeTarget, UnknownNamesAreInvalidArguments) {
   auto device = ResolveComputeTarget("gpu", "auto");
   ASSERT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Mentions(device.status().message(), "--device must be one of cpu, cuda, auto"));
   auto dtype = ResolveComputeTarget("cpu", "fp8");
   ASSERT_EQ(dtype.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Mentions(dtype.status().message(), "auto, float32, bfloat16, float16"));
+}
+
+// LibTorch's CPU has no half-precision arithmetic: float16 there means float16 weights under
+// float32 activations, and it cannot be combined with int8 weights.
+TEST(ComputeTarget, Float16OnTheCpuIsFloat16WeightsUnderFloat32) {
   auto half = ResolveComputeTarget("cpu", "float16");
-  ASSERT_EQ(half.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(Mentions(half.status().message(), "float16 needs --device cuda"));
+  ASSERT_TRUE(half.ok()) << half.status();
+  EXPECT_EQ(half->dtype, at::kFloat);
+  EXPECT_EQ(half->quantize, WeightQuantization::kFloat16);
+  EXPECT_EQ(ComputeTargetName(*half), "cpu float32 float16-weights");
+  auto both = ResolveComputeTarget("cpu", "float16", "int8");
+  ASSERT_EQ(both.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(both.status().message(), "two weight formats"));
 }
 
 TEST(ComputeTarget, Int8WeightsAreAnOptionOfTheCpu) {
@@ -326,6 +336,42 @@ TEST(Int8OnCpu, MatricesAreStoredInOneBytePerWeightAndTrackFloat32) {
           << "of 11 greedy choices, " << ComputeTargetName(target);
     }
   }
+}
+
+// ---- float16 weights on the CPU (everywhere) ------------------------------------------------
+
+TEST(Float16OnCpu, MatricesAreStoredInTwoBytesAndTrackFloat32) {
+  const ComputeTarget half{at::kCPU, at::kFloat, WeightQuantization::kFloat16};
+  for (const auto& c : {ThreeLayers(), ThreeLayers("mistral", 9)}) {
+    auto f32 = RandomModel(c);
+    ASSERT_TRUE(f32);
+    const Trace ref = TraceOf(*f32, 10);
+    auto h = RandomModel(c, 7, 0.2f, half);
+    ASSERT_TRUE(h);
+    // The decoder's matrices and the LM head at two bytes, the norms at four.
+    EXPECT_LT(h->DecodeWeightBytes(), f32->DecodeWeightBytes() * 0.55);
+    EXPECT_GT(h->DecodeWeightBytes(), f32->DecodeWeightBytes() * 0.45);
+    const Trace got = TraceOf(*h, 10, ref.fed);
+    ASSERT_EQ(got.logits.size(), ref.logits.size());
+    // Float16 rounds each weight by at most 2^-11 of itself, a quarter of bfloat16's rounding,
+    // and the activations stay float32: well inside bfloat16's tolerance, every greedy choice
+    // the same.
+    const double err = RelativeError(ref, got);
+    std::printf("%s: relative logit error %.5f\n", ComputeTargetName(half).c_str(), err);
+    EXPECT_LT(err, kBf16Tolerance / 4);
+    EXPECT_EQ(AgreeingArgmax(ref, got), 11);
+  }
+}
+
+TEST(Float16OnCpu, CompressedGenerationEqualsFloat32) {
+  auto f32 = RandomModel(ThreeLayers());
+  auto h = RandomModel(ThreeLayers(), 7, 0.2f,
+                       ComputeTarget{at::kCPU, at::kFloat, WeightQuantization::kFloat16});
+  const Generated ref = Generate(*f32, "vlcache", 0.3, 10);
+  const Generated got = Generate(*h, "vlcache", 0.3, 10);
+  EXPECT_EQ(got.tokens, ref.tokens);
+  EXPECT_EQ(got.layer_budgets, ref.layer_budgets);
+  EXPECT_EQ(Sum(got.lengths), Sum(ref.lengths));
 }
 
 TEST(Int8OnCpu, CompressedGenerationKeepsTheSameBudget) {

@@ -218,9 +218,23 @@ TEST_F(PipelineTest, DeviceAndDtypeAreCheckedBeforeTheModelLoads) {
         << cuda.status();
   }
   o.device = "cpu";
-  o.dtype = "float16";
+  o.dtype = "fp16";
   EXPECT_EQ(Pipeline::Load(*dir_ + "/model", o).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // float16 on the CPU: float16 matrices under float32 activations and a float32 pool; with int8
+  // weights as well it is refused before loading.
+  o.dtype = "float16";
+  o.quantize = "int8";
+  EXPECT_EQ(Pipeline::Load(*dir_ + "/model", o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.quantize = "none";
+  auto half = Pipeline::Load(*dir_ + "/model", o);
+  ASSERT_TRUE(half.ok()) << half.status();
+  EXPECT_EQ((*half)->target().dtype, at::kFloat);
+  EXPECT_EQ((*half)->pool().storage().scalar_type(), at::kFloat);
+  auto half_out = (*half)->Generate(ImageRequest(4, 3));
+  ASSERT_TRUE(half_out.ok()) << half_out.status();
+  EXPECT_EQ(half_out->generated_tokens, 3);
   // bfloat16 on the CPU: the model computes in bfloat16, its KV pool stays float32.
   o.dtype = "bfloat16";
   auto bf16 = Pipeline::Load(*dir_ + "/model", o);
