@@ -248,5 +248,67 @@ TEST(VqaAugmentedRender, EachShapeStaysInItsCellInItsColour) {
   }
 }
 
+// Digits in the VQA tool's own hands: only the boxes' cells change, every digit gets ink inside
+// its box, and the pictures stay a function of the seed.
+TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) {
+  Frame f;
+  for (int d = 0; d < 10; ++d) {
+    Object box;
+    box.is_box = true;
+    box.color = static_cast<Color>(d % kNumColors);
+    box.digit = d;
+    box.row = d / 4;
+    box.col = d % 4;
+    f.objects.push_back(box);
+  }
+  Object circle;
+  circle.shape = Shape::kCircle;
+  circle.color = Color::kBlue;
+  circle.row = 3;
+  circle.col = 3;
+  f.objects.push_back(circle);
+  Options opts;
+  int identical_shape_cells = 0;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const AugmentedFrame hershey = RenderFrameAugmented(f, opts, seed, 0);
+    const AugmentedFrame own = RenderFrameAugmented(f, opts, seed, 1);
+    EXPECT_EQ(own.rgb, RenderFrameAugmented(f, opts, seed, 1).rgb);
+    ASSERT_EQ(own.image_size, hershey.image_size) << "seed " << seed;
+    Options sized = opts;
+    sized.image_size = own.image_size;
+    auto differing = [&](const CellRect& cell) {
+      int n = 0;
+      for (int y = cell.y; y < cell.y + cell.size; ++y) {
+        for (int x = cell.x; x < cell.x + cell.size; ++x) {
+          const Rgb a = At(hershey.rgb, own.image_size, x, y);
+          const Rgb b = At(own.rgb, own.image_size, x, y);
+          n += a.r != b.r || a.g != b.g || a.b != b.b;
+        }
+      }
+      return n;
+    };
+    for (const Object& o : f.objects) {
+      const CellRect cell = CellBounds(o.row, o.col, sized);
+      if (!o.is_box) {
+        identical_shape_cells += differing(cell) == 0;
+        continue;
+      }
+      // Another hand: many pixels of the box's cell change.
+      EXPECT_GT(differing(cell), cell.size / 2) << "digit " << o.digit << " seed " << seed;
+      // Dark ink (the digit) in the middle of the box.
+      int dark = 0;
+      for (int y = cell.y + cell.size / 4; y < cell.y + 3 * cell.size / 4; ++y) {
+        for (int x = cell.x + cell.size / 4; x < cell.x + 3 * cell.size / 4; ++x) {
+          const Rgb p = At(own.rgb, own.image_size, x, y);
+          dark += std::max({p.r, p.g, p.b}) < 110;
+        }
+      }
+      EXPECT_GT(dark, 0) << "digit " << o.digit << " seed " << seed;
+    }
+  }
+  // Without a JPEG round trip (70% of the frames) the shape's cell is byte for byte the same.
+  EXPECT_GE(identical_shape_cells, 8);
+}
+
 }  // namespace
 }  // namespace vlc::vqa

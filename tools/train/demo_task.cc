@@ -138,7 +138,7 @@ absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item,
     engine::RgbImage img;
     if (augment_seed != 0) {
       vqa::AugmentedFrame a =
-          vqa::RenderFrameAugmented(f, item.options, augment_seed + out.frames.size());
+          vqa::RenderFrameAugmented(f, item.options, augment_seed + out.frames.size(), own_hands_);
       img.width = img.height = a.image_size;
       img.data = std::move(a.rgb);
     } else {

@@ -69,6 +69,9 @@ class TaskEncoder {
   // `augment_seed` != 0 draws the frames with vqa::RenderFrameAugmented (frame f with seed
   // augment_seed + f) instead of the plain pictures.
   absl::StatusOr<EncodedItem> Encode(const vqa::Item& item, uint64_t augment_seed = 0) const;
+  // The share of augmented pictures' digits written in vqa's own hands (RenderFrameAugmented's
+  // `own_hands`); 0 by default.
+  void set_own_hands(double share) { own_hands_ = share; }
   // The item's pictures with a caption of frame `frame` (see Caption) in place of its question.
   absl::StatusOr<EncodedItem> EncodeCaption(const vqa::Item& item, int frame,
                                             uint64_t augment_seed = 0) const;
@@ -91,6 +94,7 @@ class TaskEncoder {
   engine::LlavaConfig config_;
   engine::PreprocessorConfig preprocessor_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
+  double own_hands_ = 0;
 };
 
 // How many frames each training batch has: single images for the first `single_steps` steps,

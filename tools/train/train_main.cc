@@ -56,6 +56,7 @@ struct Options {
   // Share of items drawn with vqa::RenderFrameAugmented (other sizes, placements, strokes,
   // digit faces, JPEG artefacts), and share of clips with denser frames (3-6 objects).
   double augment_fraction = 0;
+  double own_hands = 0;
   double dense_fraction = 0;
   // A Hugging Face checkpoint (models/demo) to start from instead of random weights; its
   // tokenizer is used as it is. Ignored when --resume finds a saved state.
@@ -241,6 +242,7 @@ absl::Status Train(const Options& o) {
   }
   // The encoder reads tokenizer.model from a model directory: the work directory serves.
   VLC_ASSIGN_OR_RETURN(auto enc, train::TaskEncoder::Create(o.work, config));
+  enc->set_own_hands(o.own_hands);
   std::cout << "parameters: " << model->NumTrainableParameters() << ", threads "
             << at::get_num_threads() << std::endl;
 
@@ -423,6 +425,11 @@ int main(int argc, char** argv) {
   app.add_option("--augment-fraction", o.augment_fraction,
                  "Share of items drawn with varied sizes, placements, strokes, digit faces and "
                  "JPEG artefacts")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--own-hand-fraction", o.own_hands,
+                 "Share of augmented pictures' digits written in the VQA tool's own round and "
+                 "segmented hands instead of Hershey's faces")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--dense-fraction", o.dense_fraction,

@@ -286,6 +286,10 @@ struct Look {
   double border = 1;             // a box outline's width, times the default
   int line_type = cv::LINE_AA;
   std::array<int, 3> shade = {0, 0, 0};  // added to the colour's RGB
+  // The digit's hand: Hershey's (`font`) when negative, else one of kOwnHands, drawn with the
+  // variations `hand_seed` picks (DigitInOwnHand).
+  int hand = -1;
+  uint64_t hand_seed = 0;
 };
 
 cv::Scalar Shaded(Color color, const Look& look) {
@@ -332,6 +336,151 @@ void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell, const Look& 
   cv::fillPoly(img, &pts, &npts, 1, color, look.line_type, kShiftBits);
 }
 
+// ---- Digits in hands of our own.
+//
+// Hershey's faces share their construction (the same 0 with a slash-free oval, the same closed 4,
+// the same 9 without a tail), so a model that saw only them reads the digits' strokes as one
+// hand. These are two more, written here: a round hand of arcs and curves, and a segmented hand of
+// straight strokes, each with the variants people write (open or closed 4, 7 with or without a
+// bar, 1 with or without a foot, 9 with a straight or a curved tail, 6 and 9 with or without the
+// segment that closes them), warped smoothly and slanted per instance.
+
+constexpr int kOwnHands = 2;
+constexpr double kPi = 3.14159265358979323846;
+
+using Stroke = std::vector<cv::Point2d>;
+
+// An elliptic arc about (cx, cy) from angle a0 to a1 in degrees (y grows downwards, so 270 is the
+// top of the ellipse), as a polyline.
+Stroke Arc(double cx, double cy, double rx, double ry, double a0, double a1) {
+  const int n = std::max(4, static_cast<int>(std::abs(a1 - a0) / 10));
+  Stroke s;
+  for (int i = 0; i <= n; ++i) {
+    const double a = (a0 + (a1 - a0) * i / n) * kPi / 180;
+    s.push_back({cx + rx * std::cos(a), cy + ry * std::sin(a)});
+  }
+  return s;
+}
+
+// A quadratic Bezier curve from p0 to p2 pulled towards p1.
+Stroke Curve(cv::Point2d p0, cv::Point2d p1, cv::Point2d p2) {
+  Stroke s;
+  for (int i = 0; i <= 12; ++i) {
+    const double t = i / 12.0;
+    s.push_back((1 - t) * (1 - t) * p0 + 2 * (1 - t) * t * p1 + t * t * p2);
+  }
+  return s;
+}
+
+// Strokes in a box `w` wide and 1 tall (y down). `variant` picks among a digit's usual forms.
+std::vector<Stroke> RoundHand(int digit, double w, int variant) {
+  const double m = w / 2;
+  switch (digit) {
+    case 0:
+      return {Arc(m, 0.5, m, 0.5, 0, 360)};
+    case 1:
+      if (variant % 2 == 0) return {{{m - 0.22 * w, 0.2}, {m, 0}, {m, 1}}};
+      return {{{m - 0.25 * w, 0.18}, {m, 0}, {m, 1}}, {{m - 0.35 * w, 1}, {m + 0.35 * w, 1}}};
+    case 2: {
+      Stroke s = Arc(m, 0.27, m, 0.27, 190, 380);
+      s.push_back({0, 1});
+      s.push_back({w, 1});
+      return {s};
+    }
+    case 3:
+      return {Arc(m, 0.26, 0.9 * m, 0.26, 200, 450), Arc(m, 0.75, m, 0.25, 270, 520)};
+    case 4:
+      if (variant % 2 == 0) return {{{0.75 * w, 1}, {0.75 * w, 0}, {0, 0.68}, {w, 0.68}}};
+      return {{{0.15 * w, 0}, {0, 0.62}, {w, 0.62}}, {{0.72 * w, 0.25}, {0.72 * w, 1}}};
+    case 5: {
+      Stroke s = {{0.92 * w, 0}, {0.1 * w, 0}, {0.05 * w, 0.46}};
+      const Stroke bowl = Arc(m, 0.7, m, 0.3, 215, 510);
+      s.insert(s.end(), bowl.begin(), bowl.end());
+      return {s};
+    }
+    case 6: {
+      Stroke s = Curve({0.85 * w, 0.02}, {0, 0.15}, {0.02, 0.72});
+      return {s, Arc(m, 0.72, m, 0.28, 0, 360)};
+    }
+    case 7:
+      if (variant % 2 == 0) return {{{0, 0}, {w, 0}, {0.3 * w, 1}}};
+      return {{{0, 0.12}, {0, 0}, {w, 0}, {0.3 * w, 1}}, {{0.2 * w, 0.52}, {0.85 * w, 0.52}}};
+    case 8:
+      return {Arc(m, 0.25, 0.8 * m, 0.25, 0, 360), Arc(m, 0.74, m, 0.26, 0, 360)};
+    case 9:
+      if (variant % 2 == 0) return {Arc(m, 0.28, m, 0.28, 0, 360), {{w, 0.28}, {w, 1}}};
+      return {Arc(m, 0.28, m, 0.28, 0, 360), Curve({w, 0.28}, {w, 0.95}, {0.15 * w, 1})};
+  }
+  return {};
+}
+
+// Seven segments (a top, b upper right, c lower right, d bottom, e lower left, f upper left,
+// g middle), joined into strokes where they meet.
+std::vector<Stroke> SegmentHand(int digit, double w, int variant) {
+  const cv::Point2d tl{0, 0}, tr{w, 0}, ml{0, 0.5}, mr{w, 0.5}, bl{0, 1}, br{w, 1};
+  switch (digit) {
+    case 0:
+      return {{tl, tr, br, bl, tl}};
+    case 1:
+      if (variant % 2 == 0) return {{tr, br}};
+      return {{{0.55 * w, 0.15}, tr, br}};
+    case 2:
+      return {{tl, tr, mr, ml, bl, br}};
+    case 3:
+      return {{tl, tr, br, bl}, {ml, mr}};
+    case 4:
+      return {{tl, ml, mr}, {tr, br}};
+    case 5:
+      return {{tr, tl, ml, mr, br, bl}};
+    case 6:
+      if (variant % 2 == 0) return {{tr, tl, bl, br, mr, ml}};
+      return {{tl, bl, br, mr, ml}};
+    case 7:
+      if (variant % 2 == 0) return {{tl, tr, br}};
+      return {{ml, tl, tr, br}};
+    case 8:
+      return {{tl, tr, br, bl, tl}, {ml, mr}};
+    case 9:
+      if (variant % 2 == 0) return {{mr, ml, tl, tr, br, bl}};
+      return {{mr, ml, tl, tr, br}};
+  }
+  return {};
+}
+
+// The digit's coverage in hand `hand`, `height` pixels tall with strokes `thickness` wide: the
+// glyph's width (0.5-0.8 of its height), slant (up to 0.25) and a smooth warp of up to 4% of its
+// height are drawn from `seed`.
+cv::Mat DigitInOwnHand(int digit, int hand, uint64_t seed, int height, int thickness,
+                       int line_type) {
+  Rng rng(Mix64(seed ^ 0x48414E44ull));
+  auto uniform = [&](double lo, double hi) { return lo + (hi - lo) * rng.Below(10001) / 1e4; };
+  const double w = uniform(0.5, 0.8);
+  const int variant = rng.Below(2);
+  const double slant = uniform(-0.1, 0.25);
+  const double ax = uniform(-0.04, 0.04), ay = uniform(-0.04, 0.04);
+  const double px = uniform(0, 2 * kPi), py = uniform(0, 2 * kPi);
+  std::vector<Stroke> strokes =
+      hand == 0 ? RoundHand(digit, w, variant) : SegmentHand(digit, w, variant);
+  // The skeleton spans `height - thickness` pixels so that the inked glyph is `height` tall.
+  const double scale = std::max(1.0, static_cast<double>(height - thickness));
+  const double pad = thickness + 2 + std::abs(slant) * scale;
+  std::vector<std::vector<cv::Point>> polys;
+  for (const Stroke& s : strokes) {
+    std::vector<cv::Point> poly;
+    for (const cv::Point2d& p : s) {
+      const double x = p.x + ax * std::sin(kPi * p.y + px);
+      const double y = p.y + ay * std::sin(kPi * p.x / w + py);
+      poly.push_back(Fixed(pad + (x + slant * (1 - y)) * scale, pad + y * scale));
+    }
+    polys.push_back(std::move(poly));
+  }
+  const int size = static_cast<int>(std::ceil(2 * pad + scale * (1 + w + std::abs(slant))));
+  cv::Mat canvas = cv::Mat::zeros(size, size, CV_8UC1);
+  cv::polylines(canvas, polys, /*isClosed=*/false, cv::Scalar(255), thickness, line_type,
+                kShiftBits);
+  return canvas(cv::boundingRect(canvas)).clone();
+}
+
 // `text` drawn white on black, its coverage (0..255) cropped to the pixels it inks.
 cv::Mat InkMask(const std::string& text, double scale, int thickness,
                 int font = cv::FONT_HERSHEY_SIMPLEX, int line_type = cv::LINE_AA) {
@@ -353,6 +502,9 @@ cv::Mat DigitMask(int digit, int cell_size, int max_height, const Look& look = {
       std::max(1, static_cast<int>(std::lround(look.digit_stroke * cell_size / 12.0)));
   const int target =
       std::min(max_height, static_cast<int>(std::lround(look.digit_height * cell_size)));
+  if (look.hand >= 0) {
+    return DigitInOwnHand(digit, look.hand, look.hand_seed, target, thickness, look.line_type);
+  }
   double lo = 0.05, hi = 0.2 * cell_size;  // lo inks far less than any target; hi far more
   for (int i = 0; i < 16; ++i) {
     const double mid = (lo + hi) / 2;
@@ -423,8 +575,10 @@ cv::Mat DrawFrame(const Frame& frame, const Options& opts) {
   return DrawFrameWith(frame, opts, 255, [](size_t) { return Look{}; });
 }
 
-// Training-time variation of one object's drawing, from its own stream.
-Look AugmentedLook(Rng& rng) {
+// Training-time variation of one object's drawing, from its own stream. A digit is drawn in a
+// hand of our own with probability `own_hands`; that choice is drawn after everything else, so
+// the rest of the object's look is the same at every `own_hands`.
+Look AugmentedLook(Rng& rng, double own_hands) {
   auto uniform = [&](double lo, double hi) { return lo + (hi - lo) * rng.Below(10001) / 1e4; };
   static constexpr int kFonts[] = {cv::FONT_HERSHEY_SIMPLEX, cv::FONT_HERSHEY_PLAIN,
                                    cv::FONT_HERSHEY_DUPLEX, cv::FONT_HERSHEY_COMPLEX,
@@ -441,6 +595,10 @@ Look AugmentedLook(Rng& rng) {
   l.border = uniform(0.5, 2.0);
   l.line_type = rng.Chance(2, 5) ? cv::LINE_8 : cv::LINE_AA;
   for (int& c : l.shade) c = rng.Below(41) - 20;
+  if (own_hands > 0 && rng.Below(10000) < own_hands * 10000) {
+    l.hand = rng.Below(kOwnHands);
+    l.hand_seed = rng.Next();
+  }
   return l;
 }
 
@@ -697,7 +855,8 @@ std::vector<uint8_t> RenderFrame(const Frame& frame, const Options& opts) {
   return std::vector<uint8_t>(img.data, img.data + img.total() * img.elemSize());
 }
 
-AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed) {
+AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed,
+                                    double own_hands) {
   Rng rng(Mix64(seed ^ 0x4155474D454E54ull));
   Options sized = opts;
   sized.image_size = rng.Range(kMinAugmentedSize, kMaxAugmentedSize);
@@ -706,7 +865,7 @@ AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uin
   const uint64_t object_seed = rng.Next();
   cv::Mat img = DrawFrameWith(frame, sized, paper, [&](size_t k) {
     Rng object_rng(Mix64(object_seed + k));
-    return AugmentedLook(object_rng);
+    return AugmentedLook(object_rng, own_hands);
   });
   if (rng.Chance(3, 10)) {
     // JPEG artefacts: a round trip at a quality between 30 and 90.

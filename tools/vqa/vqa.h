@@ -152,14 +152,18 @@ std::string EncodePng(const Frame& frame, const Options& opts);
 // a paper shade, and per object its extent (0.5-0.85 of the cell) and place within its cell, a
 // colour shade within 20 levels, the box outline's width, the digit's Hershey face, height and
 // stroke width, edges with or without antialiasing; then, for 30% of the frames, a JPEG round
-// trip at quality 30-90. The scene and its answers are the frame's.
+// trip at quality 30-90. With `own_hands` > 0, that share of the digits is written instead in
+// one of two hands of this file's own (round strokes or straight segments, each with the usual
+// variants of 1, 4, 6, 7 and 9, a random width, slant and smooth warp); the rest of the picture
+// is the same at any `own_hands`. The scene and its answers are the frame's.
 inline constexpr int kMinAugmentedSize = 72;
 inline constexpr int kMaxAugmentedSize = 384;
 struct AugmentedFrame {
   int image_size = 0;
   std::vector<uint8_t> rgb;  // image_size * image_size * 3, RGB
 };
-AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed);
+AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed,
+                                    double own_hands = 0);
 
 // ---- Names.
 
