@@ -472,9 +472,11 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
       VLC_ASSIGN_OR_RETURN(const std::vector<double> transformed, transform.Apply(series));
 
       // Each issue's value as the run after the history before it, transformed; NaN when undefined
-      // or outside the transform's domain, which every constraint rejects. An earlier run's issue
-      // whose history is too short for the transform counts as accepted (not covered).
+      // or outside the transform's domain, which every constraint rejects (as validation does).
+      // An earlier run's issue whose history is too short for the transform is not judged: no
+      // candidate of this transform covers it.
       std::vector<double> issue_values(issue_rows.size(), kNaN);
+      std::vector<char> judged(issue_rows.size(), 1);
       const std::size_t first_run = IsPairwise(metric) ? 1 : 0;
       for (std::size_t j = 0; j < issue_rows.size(); ++j) {
         const double raw = issue_rows[j][m];
@@ -484,8 +486,8 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
             transform.ApplyToNew(absl::MakeConstSpan(series).first(before), raw);
         if (v.ok()) {
           issue_values[j] = *v;
-        } else if (issue_at[j] != history.size()) {
-          issue_values[j] = transformed.empty() ? 0.0 : transformed.back();
+        } else if (issue_at[j] != history.size() && !absl::IsOutOfRange(v.status())) {
+          judged[j] = 0;
         }
       }
 
@@ -508,12 +510,6 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
       }
       const std::vector<double> ks =
           moments.constant ? std::vector<double>{options.k_grid.front()} : options.k_grid;
-      // The intervals of one metric and transform are nested in k, and so are the issues they
-      // cover: of the candidates that cover the same issues only the cheapest (widest) can be
-      // chosen, and one that covers nothing at a cost never is. Only those are kept, which leaves
-      // the selection's result as it was and its work a fraction (the wide grid's 108 k give a
-      // handful of distinct coverages).
-      const std::size_t group_begin = learned.size();
       for (double k : ks) {
         VLC_ASSIGN_OR_RETURN(const QConstraint q,
                              MakeQConstraint(transformed, k, bs.kind, bs.side, options.predictive));
@@ -531,16 +527,10 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
         c.fpr = q.fpr;
         c.invariant = q.invariant;
         for (std::size_t j = 0; j < issue_values.size(); ++j) {
-          if (!c.Accepts(issue_values[j])) cand.covers.push_back(j);
+          if (judged[j] && !c.Accepts(issue_values[j])) cand.covers.push_back(j);
         }
         c.covered_issues = cand.covers.size();
         cand.group = m * 64 + static_cast<int>(ti);
-        if (cand.covers.empty() && c.fpr > 0) continue;
-        if (learned.size() > group_begin && learned.back().covers.size() == cand.covers.size() &&
-            learned.back().constraint.fpr >= c.fpr) {
-          learned.back() = std::move(cand);  // same issues, cheaper
-          continue;
-        }
         learned.push_back(std::move(cand));
       }
       // An invariant stays one under every other transform: one constraint says it.
