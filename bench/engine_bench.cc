@@ -31,7 +31,7 @@
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_cache.h"
 #include "bench/bench_util.h"
-#include "common/openmp_env.h"
+#include "common/process_env.h"
 
 namespace {
 
@@ -232,8 +232,10 @@ int KernelOnly(int64_t in, int64_t out, int repeats, const std::string& json_pat
 
 }  // namespace
 
+// Serving and measuring: OpenMP workers sleep between parallel regions (common/process_env.h).
+VLC_PREFER_SLEEPING_OPENMP_WORKERS();
+
 int main(int argc, char** argv) {
-  vlc::PreferSleepingOpenMpWorkers(argv);
   using namespace vlc;
   CLI::App app{"Engine benchmark: prefill and decode on random weights, against memory bandwidth"};
   engine::LlavaConfig c = bench::TextModelConfig(4096, 11008, 2, 32, 32, 32000);

@@ -35,7 +35,7 @@
 #include "engine/pipeline.h"
 #include "engine/scheduler.h"
 #include "tools/make_tiny.h"
-#include "common/openmp_env.h"
+#include "common/process_env.h"
 
 namespace {
 
@@ -190,8 +190,10 @@ std::string Png(int seed) { return tools::RandomPng(40, 30, seed); }
 
 }  // namespace
 
+// Serving and measuring: OpenMP workers sleep between parallel regions (common/process_env.h).
+VLC_PREFER_SLEEPING_OPENMP_WORKERS();
+
 int main(int argc, char** argv) {
-  vlc::PreferSleepingOpenMpWorkers(argv);
   CLI::App app{"Serving core: head-of-line blocking with and without chunked prefill; page pressure"};
   tools::TinyOptions tiny;
   tiny.text_hidden_size = 1024;

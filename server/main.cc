@@ -36,7 +36,7 @@
 #include "server/telemetry_watch.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
-#include "common/openmp_env.h"
+#include "common/process_env.h"
 
 namespace {
 
@@ -52,8 +52,10 @@ std::string ReadFile(const std::string& path, bool* ok) {
 
 }  // namespace
 
+// Serving and measuring: OpenMP workers sleep between parallel regions (common/process_env.h).
+VLC_PREFER_SLEEPING_OPENMP_WORKERS();
+
 int main(int argc, char** argv) {
-  vlc::PreferSleepingOpenMpWorkers(argv);
   using namespace vlc;
   // Signals are taken by sigwait below, never by the threads gRPC and LibTorch start.
   sigset_t signals;

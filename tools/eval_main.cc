@@ -44,7 +44,7 @@
 #include "engine/pipeline.h"
 #include "tools/vqa/second_renderer.h"
 #include "tools/vqa/vqa.h"
-#include "common/openmp_env.h"
+#include "common/process_env.h"
 
 namespace {
 
@@ -412,8 +412,10 @@ absl::Status Run(const Options& o) {
 
 }  // namespace
 
+// Serving and measuring: OpenMP workers sleep between parallel regions (common/process_env.h).
+VLC_PREFER_SLEEPING_OPENMP_WORKERS();
+
 int main(int argc, char** argv) {
-  vlc::PreferSleepingOpenMpWorkers(argv);
   CLI::App app{"Accuracy against KV-cache budget per policy on the synthetic VQA task"};
   Options o;
   app.add_option("--model", o.model, "Model directory (the demo model)")->required();

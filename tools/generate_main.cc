@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/pipeline.h"
-#include "common/openmp_env.h"
+#include "common/process_env.h"
 
 namespace {
 
@@ -27,8 +27,10 @@ int64_t MaxRssBytes() {
 
 }  // namespace
 
+// Serving and measuring: OpenMP workers sleep between parallel regions (common/process_env.h).
+VLC_PREFER_SLEEPING_OPENMP_WORKERS();
+
 int main(int argc, char** argv) {
-  vlc::PreferSleepingOpenMpWorkers(argv);
   using namespace vlc::engine;
   CLI::App app{"vlcache-generate: answer a prompt about images or a video with a LLaVA model"};
   std::string model_dir, video, prompt;

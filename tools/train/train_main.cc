@@ -34,7 +34,7 @@
 #include "tools/train/demo_task.h"
 #include "tools/train/trainable_llava.h"
 #include "tools/vqa/vqa.h"
-#include "common/openmp_env.h"
+#include "common/process_env.h"
 
 namespace {
 
@@ -396,8 +396,10 @@ absl::Status Train(const Options& o) {
 
 }  // namespace
 
+// Serving and measuring: OpenMP workers sleep between parallel regions (common/process_env.h).
+VLC_PREFER_SLEEPING_OPENMP_WORKERS();
+
 int main(int argc, char** argv) {
-  vlc::PreferSleepingOpenMpWorkers(argv);
   CLI::App app{"Trains the demo LLaVA model on the synthetic VQA task (CPU)"};
   Options o;
   app.add_option("--out", o.out, "Exported Hugging Face checkpoint directory")->required();
