@@ -348,6 +348,10 @@ int main(int argc, char** argv) {
     // Decode mostly reads; the limit is the better of the two streaming rates.
     ratio.push_back(bytes / step_s[r] / std::max(copy_bw[r], read_bw[r]));
   }
+  const vlc::engine::Bf16PrefillGemm gemm = vlc::engine::BFloat16PrefillGemm();
+  const char* gemm_name = gemm == vlc::engine::Bf16PrefillGemm::kFloat32    ? "float32 GEMM"
+                          : gemm == vlc::engine::Bf16PrefillGemm::kBFloat16 ? "bfloat16 GEMM"
+                                                                            : "none";
   const double prefill = Median(prefill_s), step = Median(step_s);
   const double achieved = bytes / step;
   const double limit = std::max(Median(copy_bw), Median(read_bw));
@@ -360,6 +364,7 @@ int main(int argc, char** argv) {
       {"dtype", dtype},
       {"quantize", quantize},
       {"prefill_tokens_per_s", prompt / prefill},
+      {"bf16_prefill_gemm", gemm_name},
       {"decode_ms_per_step", step * 1e3},
       {"decode_bytes_per_step", bytes},
       {"decode_gb_per_s", achieved / 1e9},
@@ -370,6 +375,9 @@ int main(int argc, char** argv) {
   };
   std::printf("prefill   %8.1f tokens/s   (%d tokens, median of %d)\n", prompt / prefill, prompt,
               repeats);
+  if (gemm != vlc::engine::Bf16PrefillGemm::kUndecided) {
+    std::printf("          bfloat16 activations through %s\n", gemm_name);
+  }
   std::printf("decode    %8.2f ms/step    batch %d, %.2f GB moved per step\n", step * 1e3, batch,
               bytes / 1e9);
   std::printf("bandwidth %8.2f GB/s decode vs %.2f GB/s limit (copy %.2f, read %.2f)\n",

@@ -5,9 +5,13 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -46,6 +50,9 @@ struct Avx2 {
   __attribute__((target("avx2,fma"))) static V Fma(V a, V b, V c) {
     return _mm256_fmadd_ps(a, b, c);
   }
+  __attribute__((target("avx2,fma"))) static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  __attribute__((target("avx2,fma"))) static V Set1(float v) { return _mm256_set1_ps(v); }
+  __attribute__((target("avx2,fma"))) static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
   __attribute__((target("avx2,fma"))) static float Sum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -76,6 +83,9 @@ struct Avx512 {
   __attribute__((target("avx512f"))) static V Fma(V a, V b, V c) {
     return _mm512_fmadd_ps(a, b, c);
   }
+  __attribute__((target("avx512f"))) static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  __attribute__((target("avx512f"))) static V Set1(float v) { return _mm512_set1_ps(v); }
+  __attribute__((target("avx512f"))) static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
   __attribute__((target("avx2,fma,avx512f"))) static float Sum(V v) {
     alignas(64) float t[16];
     _mm512_store_ps(t, v);
@@ -351,7 +361,172 @@ void StreamInt8Dot(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
   });
 }
 
+// Rows [r0, r1) of w as float32 into dst (w's shape), int8 rows times their scale (as
+// DequantizeInt8 computes them: the float32 product, rounded once).
+inline float Scalar(BFloat16Bits v) {
+  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float Scalar(HalfBits v) {
+  return static_cast<float>(c10::Half(v.bits, c10::Half::from_bits()));
+}
+inline float Scalar(int8_t v) { return static_cast<float>(v); }
+
+template <typename I, typename WT>
+__attribute__((target("avx2,fma,f16c,avx512f"))) void WidenRows(const WT* w, const float* scales,
+                                                                int64_t in, int64_t r0, int64_t r1,
+                                                                float* dst) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const WT* src = w + r * in;
+    float* d = dst + r * in;
+    int64_t i = 0;
+    if (scales != nullptr) {
+      const typename I::V s = I::Set1(scales[r]);
+      for (; i + I::W <= in; i += I::W) I::Store(d + i, I::Mul(I::Load(src + i), s));
+      for (; i < in; ++i) d[i] = Scalar(src[i]) * scales[r];
+    } else {
+      for (; i + I::W <= in; i += I::W) I::Store(d + i, I::Load(src + i));
+      for (; i < in; ++i) d[i] = Scalar(src[i]);
+    }
+  }
+}
+
+// Whether WidenInto takes w: a contiguous CPU matrix of bfloat16, half or int8, and AVX2.
+bool Widenable(const at::Tensor& w) {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("f16c");
+  const at::ScalarType wt = w.scalar_type();
+  return avx2 && w.dim() == 2 && w.is_contiguous() && w.device().is_cpu() &&
+         (wt == at::kBFloat16 || wt == at::kHalf || wt == at::kChar);
+}
+
+// Rows [r0, r1) of w (Widenable; int8 with float32 `scales`) as float32 into dst, row r0 first.
+void WidenInto(const at::Tensor& w, const at::Tensor& scales, int64_t r0, int64_t r1, float* dst) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const int64_t in = w.size(1);
+  const float* sp = w.scalar_type() == at::kChar ? scales.data_ptr<float>() + r0 : nullptr;
+  auto run = [&](auto type_tag) {
+    using WT = decltype(type_tag);
+    const WT* wp = static_cast<const WT*>(w.data_ptr()) + r0 * in;
+    at::parallel_for(0, r1 - r0, 16, [&](int64_t a, int64_t b) {
+      if (avx512) {
+        WidenRows<Avx512>(wp, sp, in, a, b, dst);
+      } else {
+        WidenRows<Avx2>(wp, sp, in, a, b, dst);
+      }
+    });
+  };
+  switch (w.scalar_type()) {
+    case at::kBFloat16:
+      run(BFloat16Bits{});
+      break;
+    case at::kHalf:
+      run(HalfBits{});
+      break;
+    default:
+      run(int8_t{});
+      break;
+  }
+}
+
+// The process's choice for bfloat16 activations against many weight rows (Bf16PrefillGemm).
+std::atomic<int> g_bf16_prefill{static_cast<int>(Bf16PrefillGemm::kUndecided)};
+std::mutex g_bf16_prefill_mu;
+
+// x w^T through the BLAS's float32 GEMM. A widened copy of the whole matrix would be a fresh
+// allocation per call (180 MB for a 4096 x 11008 matrix), whose page faults cost as much as
+// the widening; instead blocks of rows are widened into a buffer of 16 MiB that each thread
+// keeps, and each block's product is written into its columns of y.
+at::Tensor Float32Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                         const at::Tensor& scales) {
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor bf = b.defined() ? b.to(at::kFloat) : b;
+  if (w.scalar_type() == at::kFloat || !Widenable(w)) {
+    const at::Tensor wf = w.scalar_type() == at::kFloat ? w : WidenToFloat(w, scales);
+    return at::linear(xf, wf, bf).to(x.scalar_type());
+  }
+  const at::Tensor s = w.scalar_type() == at::kChar ? scales.to(at::kFloat).contiguous() : scales;
+  const int64_t out = w.size(0), in = w.size(1);
+  const int64_t block =
+      std::max<int64_t>(16, std::min<int64_t>(out, (int64_t{16} << 20) / (4 * in)));
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < block * in)
+    buffer = at::empty({block * in}, at::kFloat);
+  at::Tensor y = at::empty({xf.size(0), out}, xf.options());
+  for (int64_t r0 = 0; r0 < out; r0 += block) {
+    const int64_t r1 = std::min(out, r0 + block);
+    const at::Tensor wb = buffer.narrow(0, 0, (r1 - r0) * in).view({r1 - r0, in});
+    WidenInto(w, s, r0, r1, wb.data_ptr<float>());
+    at::Tensor yb = y.narrow(1, r0, r1 - r0);
+    at::mm_out(yb, xf, wb.t());
+  }
+  if (bf.defined()) y.add_(bf);
+  return y.to(x.scalar_type());
+}
+
+at::Tensor BFloat16Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                          const at::Tensor& scales) {
+  const at::Tensor bb = b.defined() ? b.to(at::kBFloat16) : b;
+  if (w.scalar_type() == at::kChar)
+    return at::linear(x, DequantizeInt8(w, scales, at::kBFloat16), bb);
+  return at::linear(x, w.to(at::kBFloat16), bb);
+}
+
+// Times both ways on (up to 128 rows of) the first such product, twice each, alternating, and
+// keeps the faster. VLC_CPU_BF16_GEMM=float32|bfloat16 fixes the choice instead.
+Bf16PrefillGemm DecideBf16Prefill(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                  const at::Tensor& scales) {
+  std::lock_guard<std::mutex> lock(g_bf16_prefill_mu);
+  auto decided = static_cast<Bf16PrefillGemm>(g_bf16_prefill.load());
+  if (decided != Bf16PrefillGemm::kUndecided) return decided;
+  const char* env = std::getenv("VLC_CPU_BF16_GEMM");
+  if (env != nullptr && std::string(env) == "float32") {
+    decided = Bf16PrefillGemm::kFloat32;
+  } else if (env != nullptr && std::string(env) == "bfloat16") {
+    decided = Bf16PrefillGemm::kBFloat16;
+  } else {
+    const at::Tensor xs = x.slice(0, 0, std::min<int64_t>(x.size(0), 128));
+    double best_f32 = 1e30, best_bf16 = 1e30;
+    for (int round = 0; round < 2; ++round) {
+      auto t0 = std::chrono::steady_clock::now();
+      Float32Linear(xs, w, b, scales);
+      auto t1 = std::chrono::steady_clock::now();
+      BFloat16Linear(xs, w, b, scales);
+      auto t2 = std::chrono::steady_clock::now();
+      best_f32 = std::min(best_f32, std::chrono::duration<double>(t1 - t0).count());
+      best_bf16 = std::min(best_bf16, std::chrono::duration<double>(t2 - t1).count());
+    }
+    decided = best_f32 < best_bf16 ? Bf16PrefillGemm::kFloat32 : Bf16PrefillGemm::kBFloat16;
+  }
+  g_bf16_prefill.store(static_cast<int>(decided));
+  return decided;
+}
+
 }  // namespace
+
+at::Tensor WidenToFloat(const at::Tensor& w, const at::Tensor& scales) {
+  const bool int8 = w.scalar_type() == at::kChar;
+  TORCH_CHECK(!int8 || (scales.defined() && scales.numel() == w.size(0)),
+              "int8 weights need one scale per output row");
+  if (!Widenable(w)) {
+    return int8 ? (w.to(at::kFloat) * scales.to(at::kFloat).unsqueeze(1)) : w.to(at::kFloat);
+  }
+  at::Tensor out = at::empty(w.sizes(), w.options().dtype(at::kFloat));
+  WidenInto(w, int8 ? scales.to(at::kFloat).contiguous() : scales, 0, w.size(0),
+            out.data_ptr<float>());
+  return out;
+}
+
+Bf16PrefillGemm BFloat16PrefillGemm() {
+  return static_cast<Bf16PrefillGemm>(g_bf16_prefill.load());
+}
+
+void SetBFloat16PrefillGemm(Bf16PrefillGemm choice) {
+  std::lock_guard<std::mutex> lock(g_bf16_prefill_mu);
+  g_bf16_prefill.store(static_cast<int>(choice));
+}
 
 LinearPath CpuLinearPath(const at::Tensor& x, const at::Tensor& w) {
   if (!DecodeLinearStreams(x, w)) return LinearPath::kLibrary;
@@ -397,13 +572,27 @@ at::Tensor DecodeLinear(const at::Tensor& x_in, const at::Tensor& w, const at::T
   // The path is decided once per call (CpuLinearPath checks DecodeLinearStreams' conditions).
   const LinearPath path = CpuLinearPath(x_in, w);
   if (path == LinearPath::kLibrary) {
-    if (w.scalar_type() == at::kHalf && x_in.scalar_type() != at::kHalf && x_in.device().is_cpu()) {
-      // Float16 weights under float32 activations (LibTorch's CPU has no half GEMM): widened
-      // for the call, as int8 weights are dequantized.
-      return at::linear(x_in, w.to(x_in.scalar_type()), b);
+    const at::ScalarType wt = w.scalar_type(), xt = x_in.scalar_type();
+    if (!x_in.device().is_cpu() || !w.device().is_cpu()) {
+      if (wt != at::kChar) return at::linear(x_in, w, b);
+      return at::linear(x_in, DequantizeInt8(w, scales, xt), b.defined() ? b.to(xt) : b);
     }
-    if (w.scalar_type() != at::kChar) return at::linear(x_in, w, b);
-    const at::ScalarType xt = x_in.scalar_type();
+    // Many rows (a prefill) on the CPU. Bfloat16 activations against bfloat16 or int8 weights:
+    // LibTorch's bfloat16 GEMM (oneDNN), or the weights widened to float32 for the BLAS's GEMM,
+    // whichever measured faster on this machine (Bf16PrefillGemm).
+    if (xt == at::kBFloat16 && (wt == at::kBFloat16 || wt == at::kChar)) {
+      Bf16PrefillGemm choice = BFloat16PrefillGemm();
+      if (choice == Bf16PrefillGemm::kUndecided) choice = DecideBf16Prefill(x_in, w, b, scales);
+      return choice == Bf16PrefillGemm::kFloat32 ? Float32Linear(x_in, w, b, scales)
+                                                 : BFloat16Linear(x_in, w, b, scales);
+    }
+    // Float16 or int8 weights under float32 activations (LibTorch's CPU has no half GEMM):
+    // widened to float32 for the call.
+    if (xt == at::kFloat && (wt == at::kHalf || wt == at::kChar)) {
+      return Float32Linear(x_in, w, b, scales);
+    }
+    if (wt == at::kHalf && xt != at::kHalf) return at::linear(x_in, w.to(xt), b);
+    if (wt != at::kChar) return at::linear(x_in, w, b);
     return at::linear(x_in, DequantizeInt8(w, scales, xt), b.defined() ? b.to(xt) : b);
   }
   static const bool avx512 = __builtin_cpu_supports("avx512f");

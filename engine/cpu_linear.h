@@ -52,6 +52,24 @@ enum class LinearPath {
 // The path DecodeLinear takes for x and w on this CPU.
 LinearPath CpuLinearPath(const at::Tensor& x, const at::Tensor& w);
 
+// w (bfloat16, half, or int8 times `scales`, one per row) as a float32 matrix, widened with the
+// kernel's vector loads (LibTorch's .to(float) takes about 5 times as long); float32 w as is.
+at::Tensor WidenToFloat(const at::Tensor& w, const at::Tensor& scales = {});
+
+// How a prefill multiplies bfloat16 activations (a bfloat16 model's, or an int8 model's under
+// bfloat16) by bfloat16 or int8 weights on the CPU: LibTorch's bfloat16 GEMM (oneDNN), or the
+// weights widened to float32 (WidenToFloat) for the BLAS's float32 GEMM, the activations widened
+// too and the result rounded back to bfloat16. Which is faster depends on the machine, not only
+// on its instructions: on an AMD EPYC (Zen 4) oneDNN's bfloat16 prefill ran 2x the float32 one,
+// on an Intel Xeon (Emerald Rapids, no AMX) float32 ran 2.1x oneDNN's bfloat16
+// (docs/BENCHMARKS.md). The first such product in a process times both (on up to 128 of its
+// rows, twice each) and keeps the faster for the process; VLC_CPU_BF16_GEMM=float32 or bfloat16
+// fixes the choice instead. Both sum in float32; they differ in the order of the sums.
+enum class Bf16PrefillGemm { kUndecided, kFloat32, kBFloat16 };
+Bf16PrefillGemm BFloat16PrefillGemm();  // kUndecided before the first such product
+// Fixes the choice (tests, benchmarks); kUndecided measures again at the next product.
+void SetBFloat16PrefillGemm(Bf16PrefillGemm choice);
+
 // Weight-only int8, symmetric per output channel: w ~= q * scale[row], q in [-127, 127],
 // scale = max |w[row]| / 127 (0 for a row of zeros, whose q is all zeros). Rounding to nearest
 // makes each weight's error at most scale / 2.

@@ -125,6 +125,87 @@ TEST(QuantizeInt8, DequantizingEqualsScalingInFloat32ThenRounding) {
   }
 }
 
+// The vector widening equals LibTorch's conversions bit for bit, tails and int8 scales included.
+TEST(WidenToFloat, EqualsTheLibraryConversion) {
+  at::manual_seed(21);
+  for (int64_t in : {64, 37, 8, 3}) {
+    const at::Tensor w = at::randn({45, in}) * 4;
+    for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+      const at::Tensor stored = w.to(dt);
+      const at::Tensor got = WidenToFloat(stored);
+      ASSERT_EQ(got.scalar_type(), at::kFloat);
+      EXPECT_TRUE(at::equal(got, stored.to(at::kFloat))) << at::toString(dt) << " in " << in;
+    }
+    const Int8Weight q = QuantizeInt8(w);
+    EXPECT_TRUE(at::equal(WidenToFloat(q.q, q.scale), DequantizeInt8(q.q, q.scale, at::kFloat)))
+        << "int8, in " << in;
+  }
+  // A transposed view takes the library's way and still gives the same numbers.
+  const at::Tensor t = at::randn({16, 24}).to(at::kBFloat16).t();
+  EXPECT_TRUE(at::equal(WidenToFloat(t), t.to(at::kFloat)));
+  EXPECT_THROW(WidenToFloat(QuantizeInt8(at::randn({4, 8})).q), c10::Error);
+}
+
+// Many rows (a prefill) of bfloat16 activations: either GEMM gives the product of the stored
+// values summed in float32, rounded once to bfloat16; the first such product decides which.
+TEST(DecodeLinear, Bfloat16PrefillEitherGemmGivesTheFloat32ProductRounded) {
+  at::manual_seed(22);
+  const int64_t rows = kStreamingLinearMaxRows + 20, in = 96, out = 40;
+  const at::Tensor x = at::randn({rows, in}).to(at::kBFloat16);
+  const at::Tensor w = (at::randn({out, in}) * 0.1).to(at::kBFloat16);
+  const at::Tensor b = at::randn({out}).to(at::kBFloat16);
+  const Int8Weight q = QuantizeInt8(w.to(at::kFloat));
+  const at::Tensor xd = x.to(at::kDouble);
+  const at::Tensor want = at::linear(xd, w.to(at::kDouble), b.to(at::kDouble));
+  const at::Tensor want_q =
+      at::linear(xd, DequantizeInt8(q.q, q.scale, at::kDouble), b.to(at::kDouble));
+  const at::Tensor abs_product = at::linear(xd.abs(), w.to(at::kDouble).abs());
+  for (Bf16PrefillGemm choice : {Bf16PrefillGemm::kFloat32, Bf16PrefillGemm::kBFloat16}) {
+    SetBFloat16PrefillGemm(choice);
+    const at::Tensor got = DecodeLinear(x, w, b);
+    ASSERT_EQ(got.scalar_type(), at::kBFloat16);
+    // bfloat16 keeps 8 significant bits; float32 sums add at most in * 2^-24 of sum |x w|.
+    const at::Tensor err = (got.to(at::kDouble) - want).abs();
+    EXPECT_TRUE((err <= want.abs() * (1.0 / 256) + abs_product * 1e-5).all().item<bool>())
+        << static_cast<int>(choice) << " " << err.max().item<double>();
+    // Int8 weights under bfloat16: oneDNN's side multiplies the dequantized weights rounded to
+    // bfloat16, one more rounding of each weight (within 2^-8 of it).
+    const at::Tensor got_q = DecodeLinear(x, q.q, b, q.scale).to(at::kDouble);
+    const at::Tensor bound_q = want_q.abs() * (1.0 / 256) + abs_product * (1.0 / 128);
+    EXPECT_TRUE(((got_q - want_q).abs() <= bound_q).all().item<bool>()) << static_cast<int>(choice);
+  }
+  SetBFloat16PrefillGemm(Bf16PrefillGemm::kUndecided);
+  const at::Tensor first = DecodeLinear(x, w, b);
+  EXPECT_NE(BFloat16PrefillGemm(), Bf16PrefillGemm::kUndecided);
+  EXPECT_TRUE(at::equal(DecodeLinear(x, w, b), first));  // decided once: the same numbers after
+}
+
+// Float16 and int8 weights under float32 activations, many rows: the widened matrix through the
+// same float32 GEMM as before, so the numbers are those of the library's own conversion (up to
+// the GEMM's order of sums where the matrix is taken in blocks of rows).
+TEST(DecodeLinear, Float32PrefillOfHalfAndInt8WeightsUsesTheExactWidening) {
+  at::manual_seed(23);
+  const int64_t rows = kStreamingLinearMaxRows + 5, in = 64, out = 30;
+  const at::Tensor x = at::randn({rows, in});
+  const at::Tensor w = at::randn({out, in}).to(at::kHalf);
+  const at::Tensor b = at::randn({out});
+  EXPECT_TRUE(at::equal(DecodeLinear(x, w, b), at::linear(x, w.to(at::kFloat), b)));
+  const Int8Weight q = QuantizeInt8(at::randn({out, in}));
+  EXPECT_TRUE(at::equal(DecodeLinear(x, q.q, b, q.scale),
+                        at::linear(x, DequantizeInt8(q.q, q.scale, at::kFloat), b)));
+  // Wide inputs: the matrix is widened and multiplied 512 rows at a time (16 MiB of float32).
+  const int64_t wide_in = 8192, wide_out = 1100;
+  const at::Tensor xw = at::randn({rows, wide_in});
+  const at::Tensor ww = at::randn({wide_out, wide_in}).to(at::kHalf);
+  const at::Tensor bw = at::randn({wide_out});
+  EXPECT_TRUE(
+      at::allclose(DecodeLinear(xw, ww, bw), at::linear(xw, ww.to(at::kFloat), bw), 1e-5, 1e-4));
+  const Int8Weight qw = QuantizeInt8(at::randn({wide_out, wide_in}));
+  EXPECT_TRUE(at::allclose(DecodeLinear(xw, qw.q, bw, qw.scale),
+                           at::linear(xw, DequantizeInt8(qw.q, qw.scale, at::kFloat), bw), 1e-5,
+                           1e-4));
+}
+
 TEST(DecodeLinear, Int8WeightsEqualTheDequantizedProductUpToXsQuantization) {
   at::manual_seed(6);
   for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {
