@@ -45,7 +45,7 @@ bench: build
 # from the llama-cpp-python source on PyPI into $(BUILD)/peer once (scripts/peer-setup.sh), checks
 # that both engines give the same greedy tokens, alternates them PEER_ROUNDS times and rewrites
 # the peer table of docs/BENCHMARKS.md. Not part of `make test`; about 30 minutes the first time
-# (the build, then 5 rounds of about 4 minutes).
+# (the build, then 5 rounds of 4 to 7 minutes).
 PEER_ROUNDS ?= 5
 bench-peer: build
 	@JOBS=$(JOBS) ./scripts/peer-setup.sh $(BUILD)

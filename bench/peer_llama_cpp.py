@@ -12,8 +12,10 @@ from the llama-cpp-python source on PyPI, its Python bindings on that build, the
    model. The benchmark stops if they differ: the comparison would be between different models.
 3. Rounds, each running every measure of both engines, the order of the engines alternating
    round after round (the machine is shared and its bandwidth drifts): vlcache-bench-engine
-   against llama-bench for prefill and decode after the prompt (-d), and vlcache-generate's time
-   to first token against llama.cpp evaluating the same prompt ids through its bindings.
+   against llama-bench for prefill and decode after the prompt (-d), vlcache-bench-engine --batch
+   against llama-batched-bench for decoding several sequences together (bfloat16), and
+   vlcache-generate's time to first token against llama.cpp evaluating the same prompt ids
+   through its bindings.
 4. Medians over rounds and the per-round ratios (median, min-max) go to a JSON file and, with
    --markdown, replace the peer section of docs/BENCHMARKS.md.
 """
@@ -187,6 +189,30 @@ class Peer:
         return {"prefill_ms": median(pp[0]["samples_ns"]) / 1e6,
                 "decode_ms": median(tg[0]["samples_ns"]) / 1e6 / a.steps}
 
+    def ours_batch(self, batch):
+        a = self.args
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            run([os.path.join(self.bin, "vlcache-bench-engine"), "--hidden", str(a.hidden),
+                 "--intermediate", str(a.intermediate), "--layers", str(a.layers), "--heads",
+                 str(a.heads), "--kv-heads", str(a.kv_heads), "--vocab", str(a.vocab), "--prompt",
+                 str(a.batch_prompt), "--steps", str(a.batch_steps), "--batch", str(batch),
+                 "--threads", str(a.threads), "--repeats", str(a.repeats), "--dtype", "bfloat16",
+                 "--json", f.name])
+            j = json.load(open(f.name))
+        return {"decode_tokens_per_s": batch / (j["decode_ms_per_step"] / 1e3)}
+
+    def llama_batch(self, batch):
+        a = self.args
+        samples = []
+        for _ in range(a.repeats):
+            out = run([os.path.join(self.llama_bin, "llama-batched-bench"), "-m", self.gguf["bf16"],
+                       "-c", str(batch * (a.batch_prompt + a.batch_steps) + 64), "-b", "2048",
+                       "-ub", "512", "-npp", str(a.batch_prompt), "-ntg", str(a.batch_steps),
+                       "-npl", str(batch), "-t", str(a.threads), "--output-format", "jsonl"])
+            rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            samples.append(rows[-1]["speed_tg"])  # generated tokens of all sequences per second
+        return {"decode_tokens_per_s": median(samples)}
+
     def ours_ttft(self, text):
         a = self.args
         j = json.loads(run([os.path.join(self.bin, "vlcache-generate"), "--model", self.model,
@@ -223,6 +249,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="repeats per measure within a round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--check-tokens", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8, help="sequences decoded together")
+    ap.add_argument("--batch-prompt", type=int, default=128, help="prompt tokens per sequence")
+    ap.add_argument("--batch-steps", type=int, default=16, help="decode steps of the batch")
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--markdown", default="", help="replace the peer section of this file")
     a = ap.parse_args()
@@ -231,7 +260,8 @@ def main():
     peer.prepare()
     result = {"shape": {k: getattr(a, k) for k in ("hidden", "intermediate", "layers", "heads",
                                                    "kv_heads", "vocab", "prompt", "steps",
-                                                   "threads", "repeats", "rounds")},
+                                                   "threads", "repeats", "rounds", "batch",
+                                                   "batch_prompt", "batch_steps")},
               "llama_cpp_python": peer.version, "check": peer.check()}
 
     text, ids = peer.prompt_of(a.prompt)
@@ -254,6 +284,9 @@ def main():
                     row["ours"][name] = peer.ours_bench(*ours_cfg)
                 elif side == "llama":
                     row["llama"][name] = peer.llama_bench(kind)
+        for side in order:
+            batch = peer.ours_batch if side == "ours" else peer.llama_batch
+            row[side]["batch"] = batch(a.batch)
         for side in order:
             if side == "ours":
                 row["ours"]["ttft_ms"], row["ours"]["ttft_prompt_tokens"] = peer.ours_ttft(text)
@@ -297,6 +330,10 @@ def main():
         col("llama", "int8", "prefill_ms"), "ms")
     add("decode, int8 (llama.cpp Q8_0)", col("ours", "int8", "decode_ms"),
         col("llama", "int8", "decode_ms"), "ms/token")
+    add(f"decode, batch {a.batch}, bfloat16 (llama.cpp bf16), {a.batch_prompt}-token prompts",
+        [rd["ours"]["batch"]["decode_tokens_per_s"] for rd in rounds],
+        [rd["llama"]["batch"]["decode_tokens_per_s"] for rd in rounds], "tokens/s",
+        time_like=False)
     int8_over_bf16 = [b / i for b, i in zip(col("ours", "bfloat16", "decode_ms"),
                                             col("ours", "int8", "decode_ms"))]
     result["table"] = table

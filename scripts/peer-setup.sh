@@ -35,12 +35,14 @@ if [ ! -d "$SRC/vendor/llama.cpp" ]; then
 fi
 
 LLAMA_BUILD="$PEER/llama.cpp"
-if [ ! -x "$LLAMA_BUILD/bin/llama-bench" ] || [ ! -x "$LLAMA_BUILD/bin/llama-quantize" ]; then
-  echo "peer-setup: building llama.cpp (llama-bench, llama-quantize, libllama; several minutes)"
+if [ ! -x "$LLAMA_BUILD/bin/llama-bench" ] || [ ! -x "$LLAMA_BUILD/bin/llama-quantize" ] \
+   || [ ! -x "$LLAMA_BUILD/bin/llama-batched-bench" ]; then
+  echo "peer-setup: building llama.cpp (llama-bench, llama-batched-bench, llama-quantize, libllama; several minutes)"
   cmake -S "$SRC/vendor/llama.cpp" -B "$LLAMA_BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >/dev/null
-  cmake --build "$LLAMA_BUILD" -j "$JOBS" --target llama-bench llama-quantize llama >/dev/null
+  cmake --build "$LLAMA_BUILD" -j "$JOBS" --target llama-bench llama-batched-bench llama-quantize llama \
+    >/dev/null
 fi
 
 echo "peer-setup: ready in $PEER"
