@@ -72,6 +72,18 @@ const char* OpenBlasCoreFor(const CpuIdentity& cpu) {
   return nullptr;
 }
 
+bool OpenBlasLoaded() {
+  bool found = false;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        if (info->dlpi_name == nullptr || strstr(info->dlpi_name, "openblas") == nullptr) return 0;
+        *static_cast<bool*>(out) = true;
+        return 1;
+      },
+      &found);
+  return found;
+}
+
 namespace {
 
 const char* FindEnv(char** envp, const char* name) {
@@ -80,14 +92,6 @@ const char* FindEnv(char** envp, const char* name) {
     if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') return *e + n + 1;
   }
   return nullptr;
-}
-
-int NoteOpenBlas(dl_phdr_info* info, size_t, void* found) {
-  if (info->dlpi_name != nullptr && strstr(info->dlpi_name, "openblas") != nullptr) {
-    *static_cast<bool*>(found) = true;
-    return 1;
-  }
-  return 0;
 }
 
 // Runs before libc's own initialisation and any C++ constructor: only libc calls that need
@@ -100,9 +104,7 @@ void PrepareProcessEnvironment(int, char** argv, char** envp) {
   const char* additions[3];
   int n_additions = 0;
   if (FindEnv(envp, "OPENBLAS_CORETYPE") == nullptr) {
-    bool openblas = false;
-    dl_iterate_phdr(&NoteOpenBlas, &openblas);
-    const char* core = openblas ? OpenBlasCoreFor(ReadCpuIdentity()) : nullptr;
+    const char* core = OpenBlasLoaded() ? OpenBlasCoreFor(ReadCpuIdentity()) : nullptr;
     if (core != nullptr) {
       static char setting[64] = "OPENBLAS_CORETYPE=";
       strncat(setting, core, sizeof(setting) - strlen(setting) - 1);

@@ -48,6 +48,10 @@ CpuIdentity ReadCpuIdentity();
 // the CPUs it knows with those features.
 const char* OpenBlasCoreFor(const CpuIdentity& cpu);
 
+// Whether an OpenBLAS library is loaded in this process (Debian's LibTorch links it; the GPU
+// machine's uses MKL instead). Usable before libc has initialised.
+bool OpenBlasLoaded();
+
 }  // namespace vlc
 
 // Put at namespace scope in the file of a program's main() to have its OpenMP workers sleep.

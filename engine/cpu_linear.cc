@@ -436,9 +436,9 @@ std::atomic<int> g_bf16_prefill{static_cast<int>(Bf16PrefillGemm::kUndecided)};
 std::mutex g_bf16_prefill_mu;
 
 // x w^T through the BLAS's float32 GEMM. A widened copy of the whole matrix would be a fresh
-// allocation per call (180 MB for a 4096 x 11008 matrix), whose page faults cost as much as
-// the widening; instead blocks of rows are widened into a buffer of 16 MiB that each thread
-// keeps, and each block's product is written into its columns of y.
+// allocation per call (180 MB for a 4096 x 11008 matrix), mapped and faulted in every time;
+// instead blocks of rows are widened into a buffer of 16 MiB that each thread keeps, and each
+// block's product is written into its columns of y.
 at::Tensor Float32Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                          const at::Tensor& scales) {
   const at::Tensor xf = x.to(at::kFloat).contiguous();
@@ -510,9 +510,7 @@ at::Tensor WidenToFloat(const at::Tensor& w, const at::Tensor& scales) {
   const bool int8 = w.scalar_type() == at::kChar;
   TORCH_CHECK(!int8 || (scales.defined() && scales.numel() == w.size(0)),
               "int8 weights need one scale per output row");
-  if (!Widenable(w)) {
-    return int8 ? (w.to(at::kFloat) * scales.to(at::kFloat).unsqueeze(1)) : w.to(at::kFloat);
-  }
+  if (!Widenable(w)) return int8 ? DequantizeInt8(w, scales, at::kFloat) : w.to(at::kFloat);
   at::Tensor out = at::empty(w.sizes(), w.options().dtype(at::kFloat));
   WidenInto(w, int8 ? scales.to(at::kFloat).contiguous() : scales, 0, w.size(0),
             out.data_ptr<float>());
@@ -642,12 +640,12 @@ Int8Weight QuantizeInt8(const at::Tensor& w) {
 }
 
 at::Tensor DequantizeInt8(const at::Tensor& q, const at::Tensor& scales, at::ScalarType dtype) {
-  if (!q.device().is_cpu() || !q.is_contiguous() || q.dim() != 2 ||
-      (dtype != at::kFloat && dtype != at::kBFloat16)) {
+  // One pass and one allocation (a prefill widens every int8 matrix on every call): each weight
+  // times its row's scale in float32, rounded to the dtype as the tensor expression below does.
+  if (dtype == at::kFloat && Widenable(q)) return WidenToFloat(q, scales);
+  if (!q.device().is_cpu() || !q.is_contiguous() || q.dim() != 2 || dtype != at::kBFloat16) {
     return (q.to(at::kFloat) * scales.to(at::kFloat).unsqueeze(1)).to(dtype);
   }
-  // One pass and one allocation (a prefill widens every int8 matrix on every call): each weight
-  // times its row's scale in float32, rounded to the dtype as the tensor expression above does.
   const int64_t rows = q.size(0), in = q.size(1);
   at::Tensor out = at::empty({rows, in}, q.options().dtype(dtype));
   const at::Tensor s = scales.to(at::kFloat).contiguous();
@@ -657,13 +655,8 @@ at::Tensor DequantizeInt8(const at::Tensor& q, const at::Tensor& scales, at::Sca
     for (int64_t r = r0; r < r1; ++r) {
       const int8_t* src = qp + r * in;
       const float scale = sp[r];
-      if (dtype == at::kFloat) {
-        float* dst = out.data_ptr<float>() + r * in;
-        for (int64_t k = 0; k < in; ++k) dst[k] = static_cast<float>(src[k]) * scale;
-      } else {
-        c10::BFloat16* dst = out.data_ptr<c10::BFloat16>() + r * in;
-        for (int64_t k = 0; k < in; ++k) dst[k] = c10::BFloat16(static_cast<float>(src[k]) * scale);
-      }
+      c10::BFloat16* dst = out.data_ptr<c10::BFloat16>() + r * in;
+      for (int64_t k = 0; k < in; ++k) dst[k] = c10::BFloat16(static_cast<float>(src[k]) * scale);
     }
   });
   return out;

@@ -53,7 +53,7 @@ enum class LinearPath {
 LinearPath CpuLinearPath(const at::Tensor& x, const at::Tensor& w);
 
 // w (bfloat16, half, or int8 times `scales`, one per row) as a float32 matrix, widened with the
-// kernel's vector loads (LibTorch's .to(float) takes about 5 times as long); float32 w as is.
+// kernel's vector loads; the same numbers as LibTorch's conversion (DequantizeInt8's for int8).
 at::Tensor WidenToFloat(const at::Tensor& w, const at::Tensor& scales = {});
 
 // How a prefill multiplies bfloat16 activations (a bfloat16 model's, or an int8 model's under

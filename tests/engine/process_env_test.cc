@@ -4,8 +4,6 @@
 
 #include <dlfcn.h>
 #include <gtest/gtest.h>
-#include <link.h>
-#include <string.h>
 
 #include <fstream>
 #include <iterator>
@@ -126,17 +124,10 @@ TEST(ProcessEnvironment, OpenBlasRunsKernelsForThisCpu) {
   using CoreName = char* (*)();
   const auto core_name = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
   if (core_name == nullptr) {  // the GPU machine's LibTorch uses MKL: then nothing was loaded
-    bool openblas = false;
-    dl_iterate_phdr(
-        [](dl_phdr_info* info, size_t, void* found) {
-          const bool hit = info->dlpi_name && strstr(info->dlpi_name, "openblas");
-          if (hit) *static_cast<bool*>(found) = true;
-          return hit ? 1 : 0;
-        },
-        &openblas);
-    EXPECT_FALSE(openblas) << "OpenBLAS is loaded but has no openblas_get_corename";
+    EXPECT_FALSE(OpenBlasLoaded()) << "OpenBLAS is loaded but has no openblas_get_corename";
     return;
   }
+  EXPECT_TRUE(OpenBlasLoaded());
   const CpuIdentity cpu = ReadCpuIdentity();
   const std::string chosen = core_name();
   EXPECT_NE(chosen, "unknown");
