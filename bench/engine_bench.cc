@@ -252,7 +252,8 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", prompt, "Prompt tokens prefilled")->capture_default_str();
   app.add_option("--steps", steps, "Decode steps timed per repeat")->capture_default_str();
   app.add_option("--batch", batch, "Sequences decoded together")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch threads; 0 = all cores")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads (LibTorch and OpenBLAS); 0 = all cores")
+      ->capture_default_str();
   app.add_option("--repeats", repeats, "Repeats; medians are reported")->capture_default_str();
   app.add_option("--json", json_path, "Also write the results here");
   std::string dtype = "float32";
@@ -275,8 +276,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   t.head_dim = t.hidden_size / t.num_attention_heads;
   c.image_token_index = t.vocab_size - 1;
-  if (threads > 0) at::set_num_threads(threads);
-  else at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  engine::SetCpuThreads(threads > 0 ? threads
+                                    : static_cast<int>(std::thread::hardware_concurrency()));
 
   if (kernel) return KernelOnly(t.hidden_size, t.intermediate_size, repeats, json_path);
   auto target = engine::ResolveComputeTarget("cpu", dtype, quantize);

@@ -4,6 +4,7 @@
 #include "common/process_env.h"
 
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <link.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,15 @@ bool OpenBlasLoaded() {
       },
       &found);
   return found;
+}
+
+bool SetOpenBlasThreads(int n) {
+  if (!OpenBlasLoaded()) return false;
+  using SetThreads = void (*)(int);
+  auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set == nullptr) return false;
+  set(n);
+  return true;
 }
 
 namespace {

@@ -52,6 +52,13 @@ const char* OpenBlasCoreFor(const CpuIdentity& cpu);
 // machine's uses MKL instead). Usable before libc has initialised.
 bool OpenBlasLoaded();
 
+// Sets the threads OpenBLAS runs each matrix product on. It starts as many as the machine has
+// cores, whatever LibTorch is told (at::set_num_threads sets OpenMP's count, and MKL's where that
+// is the BLAS, not OpenBLAS's): a program asked for one thread still ran every float32 GEMM on
+// two, handing half of each to a worker and yielding until it finished, which on the vision
+// tower's small products cost more than the work. False where no OpenBLAS is loaded.
+bool SetOpenBlasThreads(int n);
+
 }  // namespace vlc
 
 // Put at namespace scope in the file of a program's main() to have its OpenMP workers sleep.

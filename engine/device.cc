@@ -1,9 +1,11 @@
 #include "engine/device.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/process_env.h"
 #include "kvcache/cuda_ops.h"
 
 namespace vlc::engine {
@@ -94,6 +96,11 @@ std::string ComputeTargetName(const ComputeTarget& target) {
                       target.quantize == WeightQuantization::kInt8      ? " int8-weights"
                       : target.quantize == WeightQuantization::kFloat16 ? " float16-weights"
                                                                         : "");
+}
+
+void SetCpuThreads(int n) {
+  at::set_num_threads(n);
+  SetOpenBlasThreads(n);
 }
 
 }  // namespace vlc::engine

@@ -47,4 +47,8 @@ const std::vector<std::string>& QuantizeNames();  // none, int8
 // "cpu float32", "cuda:0 bfloat16", "cpu float32 int8-weights": for logs and answers.
 std::string ComputeTargetName(const ComputeTarget& target);
 
+// Threads for the CPU's work: LibTorch's (OpenMP) and, where it is the BLAS, OpenBLAS's, which
+// otherwise keeps one per core whatever LibTorch is told. n >= 1.
+void SetCpuThreads(int n);
+
 }  // namespace vlc::engine

@@ -398,6 +398,26 @@ absl::StatusOr<RgbImage> DecodeImage(const std::string& bytes, const MediaLimits
   return image;
 }
 
+absl::StatusOr<std::string> EncodePng(const RgbImage& image) {
+  if (image.width <= 0 || image.height <= 0 ||
+      image.data.size() != static_cast<size_t>(image.width) * image.height * 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an RGB image of ", image.width, "x", image.height, " needs ",
+                     int64_t{image.width} * image.height * 3, " bytes, got ", image.data.size()));
+  }
+  std::string out;
+  VLC_RETURN_IF_ERROR(GuardOpenCv("could not encode the image", [&]() -> absl::Status {
+    const cv::Mat rgb(image.height, image.width, CV_8UC3, const_cast<uint8_t*>(image.data.data()));
+    cv::Mat bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    std::vector<uint8_t> encoded;
+    if (!cv::imencode(".png", bgr, encoded)) return absl::InternalError("PNG encoding failed");
+    out.assign(encoded.begin(), encoded.end());
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
 absl::StatusOr<std::vector<RgbImage>> DecodeVideo(const std::string& bytes, int num_frames,
                                                   const MediaLimits& limits) {
   if (num_frames < 1 || num_frames > limits.max_frames) {

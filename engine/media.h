@@ -32,6 +32,9 @@ struct MediaLimits {
 // Decodes an encoded image (PNG, JPEG, WebP, BMP, ...). Alpha is dropped, grey becomes RGB.
 absl::StatusOr<RgbImage> DecodeImage(const std::string& bytes, const MediaLimits& limits = {});
 
+// The image as a PNG file (lossless: DecodeImage gives the same pixels back).
+absl::StatusOr<std::string> EncodePng(const RgbImage& image);
+
 // Decodes a video and samples `num_frames` frames uniformly over its length (indices
 // round-down of linspace(0, n-1, num_frames)); fewer frames than asked when the video is shorter.
 absl::StatusOr<std::vector<RgbImage>> DecodeVideo(const std::string& bytes, int num_frames,

@@ -346,28 +346,47 @@ absl::StatusOr<at::Tensor> LlavaModel::EncodeImages(const at::Tensor& pixel_valu
     const Impl& p = *impl_;
     const int64_t n = pixel_values.size(0), hv = v.hidden_size, heads = v.num_attention_heads;
     const int64_t hd = hv / heads;
-    auto x = at::conv2d(pixel_values.to(p.target.device, p.target.dtype), p.patch_w, {},
-                        v.patch_size);
-    x = x.flatten(2).transpose(1, 2);  // [n, patches, hv]
+    // A picture's few dozen tokens are a decode step's row count: its products take Linear (the
+    // streaming kernel on the CPU), which reads each weight once, where the BLAS's GEMM packs the
+    // whole matrix on every call and costs several times the arithmetic at these sizes. Rows of
+    // x [..., in] are flattened for it.
+    auto linear = [](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+      auto sizes = x.sizes().vec();
+      sizes.back() = w.size(0);
+      return Linear(x.reshape({-1, x.size(-1)}), w, b).view(sizes);
+    };
+    const at::Tensor pixels = pixel_values.to(p.target.device, p.target.dtype);
+    at::Tensor x;
+    const int64_t ps = v.patch_size, grid = v.image_size / ps;
+    if (pixels.device().is_cpu() && grid * ps == v.image_size) {
+      // The patch embedding (a convolution whose stride is its kernel) as a product of each
+      // patch's pixels, in the kernel's (channel, row, column) order, with the kernel.
+      const auto patches = pixels.reshape({n, v.num_channels, grid, ps, grid, ps})
+                               .permute({0, 2, 4, 1, 3, 5})
+                               .reshape({n, grid * grid, v.num_channels * ps * ps});
+      x = linear(patches, p.patch_w.view({hv, -1}), {});  // [n, patches, hv]
+    } else {
+      x = at::conv2d(pixels, p.patch_w, {}, ps).flatten(2).transpose(1, 2);  // [n, patches, hv]
+    }
     x = at::cat({p.class_emb.view({1, 1, hv}).expand({n, 1, hv}), x}, 1) + p.pos_emb.unsqueeze(0);
     x = at::layer_norm(x, {hv}, p.pre_ln_w, p.pre_ln_b, v.layer_norm_eps);
     const int64_t t = x.size(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (const auto& l : p.vision_layers) {
       auto h = at::layer_norm(x, {hv}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
-      auto qkv = at::linear(h, l.qkv_w, l.qkv_b).view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+      auto qkv = linear(h, l.qkv_w, l.qkv_b).view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4});
       auto s = at::matmul(qkv[0], qkv[1].transpose(-1, -2)).mul_(scale);
       auto a = at::matmul(Softmax(s), qkv[2]);  // [n, heads, t, hd]
       a = a.permute({0, 2, 1, 3}).reshape({n, t, hv});
-      x = x + at::linear(a, l.out_w, l.out_b);
+      x = x + linear(a, l.out_w, l.out_b);
       h = at::layer_norm(x, {hv}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
-      h = at::linear(Activation(at::linear(h, l.fc1_w, l.fc1_b), v.hidden_act), l.fc2_w, l.fc2_b);
+      h = linear(Activation(linear(h, l.fc1_w, l.fc1_b), v.hidden_act), l.fc2_w, l.fc2_b);
       x = x + h;
     }
     if (config_.vision_feature_select_strategy == "default") x = x.slice(1, 1);
     x = x.reshape({-1, hv});
-    x = at::linear(x, p.proj1_w, p.proj1_b);
-    x = at::linear(Activation(x, config_.projector_hidden_act), p.proj2_w, p.proj2_b);
+    x = linear(x, p.proj1_w, p.proj1_b);
+    x = linear(Activation(x, config_.projector_hidden_act), p.proj2_w, p.proj2_b);
     out = x;
   }));
   return out;

@@ -36,10 +36,13 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError("num_threads must be >= 0 (0 = the cores available)");
   }
+  if (options.warm_up_requests < 0) {
+    return absl::InvalidArgumentError("warm_up_requests must be >= 0 (0 = no warm-up)");
+  }
   // Device and dtype first: a GPU that is not there is the clearest error, before any loading.
   VLC_ASSIGN_OR_RETURN(const ComputeTarget target,
                        ResolveComputeTarget(options.device, options.dtype, options.quantize));
-  at::set_num_threads(options.num_threads > 0 ? options.num_threads : AvailableCores());
+  SetCpuThreads(options.num_threads > 0 ? options.num_threads : AvailableCores());
   VLC_ASSIGN_OR_RETURN(p->model_, LlavaModel::Load(model_dir, target));
   const auto& cfg = p->model_->config();
   VLC_ASSIGN_OR_RETURN(p->tokenizer_, Tokenizer::Load(model_dir, cfg.image_token_index));
@@ -65,7 +68,56 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Load(const std::string& mode
         p->preprocessor_.crop_width, " differs from the vision tower's image_size ",
         cfg.vision.image_size));
   }
+  for (int i = 0; i < options.warm_up_requests; ++i) VLC_RETURN_IF_ERROR(p->WarmUp());
   return p;
+}
+
+absl::Status Pipeline::WarmUp() {
+  const auto t0 = Steady::now();
+  // The stages a request with a picture takes, called directly: the request limits are the
+  // callers' (a server for text alone may allow fewer prompt tokens than a picture takes) and the
+  // counters are theirs. Twice the crop size, so that the resize runs too; a ramp, so that the
+  // PNG is not flat.
+  RgbImage picture;
+  picture.width = 2 * preprocessor_.crop_width;
+  picture.height = 2 * preprocessor_.crop_height;
+  picture.data.resize(static_cast<size_t>(picture.width) * picture.height * 3);
+  for (size_t i = 0; i < picture.data.size(); ++i) picture.data[i] = static_cast<uint8_t>(i / 3);
+  auto stages = [&]() -> absl::Status {
+    VLC_ASSIGN_OR_RETURN(const std::string png, EncodePng(picture));
+    VLC_ASSIGN_OR_RETURN(RgbImage decoded, DecodeImage(png));
+    VLC_ASSIGN_OR_RETURN(const at::Tensor pixels, PreprocessImages({decoded}, preprocessor_));
+    SequenceSpec spec;
+    VLC_ASSIGN_OR_RETURN(spec.visual, model_->EncodeImages(pixels));
+    VLC_ASSIGN_OR_RETURN(
+        spec.prompt_ids,
+        tokenizer_->EncodePrompt("What is in the picture?", static_cast<int>(spec.visual.size(0)),
+                                 chat_template_.text()));
+    spec.sampling.max_new_tokens = 2;
+    spec.sampling.ignore_eos = true;  // a decode step runs whatever the first token is
+    spec.cache_policy = options_.cache_policy;
+    // On the pool the requests use where it has room for the prompt (it is empty now: no
+    // scheduler runs yet), else on a cache of its own.
+    const int64_t tokens = static_cast<int64_t>(spec.prompt_ids.size()) + 2;
+    const int64_t pages = model_->config().text.num_hidden_layers *
+                          ((tokens + options_.kv_page_tokens - 1) / options_.kv_page_tokens);
+    std::unique_ptr<KvCache> own;
+    KvCache* cache = cache_.get();
+    if (pages > pool_->free_pages()) cache = (own = model_->NewContiguousCache()).get();
+    Generator generator(model_.get(), cache, tokenizer_->eos_id(), options_.prefill_chunk_tokens);
+    VLC_ASSIGN_OR_RETURN(auto done, generator.Run({std::move(spec)}));
+    if (!done.front().error.ok()) return done.front().error;
+    return absl::OkStatus();
+  };
+  if (absl::Status s = stages(); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("the warm-up at load (a ", picture.width, "x", picture.height,
+                                     " picture and a short question) failed: ", s.message(),
+                                     "; warm_up_requests = 0 (--warm-up-requests 0) skips it"));
+  }
+  ++warm_ups_;
+  warm_up_ms_ += MsSince(t0);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<PreparedPrompt> Pipeline::Prepare(const GenerateRequest& req) const {

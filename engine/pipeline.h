@@ -30,7 +30,7 @@
 namespace vlc::engine {
 
 struct PipelineOptions {
-  int num_threads = 0;  // LibTorch intra-op threads; 0 = the cores available to this process
+  int num_threads = 0;  // LibTorch's and OpenBLAS's threads; 0 = the cores available
   // Where the model and the KV cache live and the model's element type (engine/device.h):
   // device cpu | cuda | auto (cuda when a GPU is usable), dtype auto (float32 on the CPU, bfloat16
   // on a GPU) | float32 | bfloat16 | float16 (GPU only). On a GPU the page pool holds the model's
@@ -53,6 +53,13 @@ struct PipelineOptions {
   kvcache::PolicyConfig cache_policy;  // requests without their own policy use this one
   // In-process Generate: prompt tokens prefilled per scheduler step (0: whole prompts).
   int64_t prefill_chunk_tokens = 512;
+  // Warm-up runs at Load, before the pipeline is handed out: a made-up picture and a short
+  // question through every stage a request takes (PNG decoding, the vision tower, prefill with
+  // the default cache policy, a decode step). The first use of the image codecs, of LibTorch's
+  // kernels and of the weights' pages costs more than a request (on the demo model the first
+  // request's time to first token was about twice a warm one's), and a server should not charge
+  // it to its first user. 0 skips it (a faster start).
+  int warm_up_requests = 1;
 
   RequestLimits request_limits() const { return {limits, max_new_tokens_limit}; }
 };
@@ -76,6 +83,9 @@ class Pipeline {
   // Checks the request (ValidateRequest), builds the prompt with the chat template, decodes and
   // preprocesses the media and runs the vision tower. Thread-safe.
   absl::StatusOr<PreparedPrompt> Prepare(const GenerateRequest& request) const;
+  // The warm-up runs done at Load (PipelineOptions::warm_up_requests) and their time.
+  int warm_ups() const { return warm_ups_; }
+  double warm_up_ms() const { return warm_up_ms_; }
   // Requests whose media went through the vision tower so far (Prepare calls that encoded).
   int64_t vision_encodes() const { return vision_encodes_.load(); }
   // The generator's view of a prepared request (no callback set).
@@ -96,6 +106,7 @@ class Pipeline {
 
  private:
   Pipeline() = default;
+  absl::Status WarmUp();
   absl::StatusOr<std::vector<GenerateResponse>> GenerateBatchWithCallbacks(
       const std::vector<GenerateRequest>& requests,
       const std::vector<TextCallback>& callbacks) const;
@@ -107,6 +118,8 @@ class Pipeline {
   std::unique_ptr<kvcache::PagePool> pool_;
   std::unique_ptr<kvcache::PagedKvCache> cache_;
   mutable std::atomic<int64_t> vision_encodes_{0};
+  int warm_ups_ = 0;
+  double warm_up_ms_ = 0;
 };
 
 // The response for a finished sequence whose text is final.

@@ -2,7 +2,9 @@
 # Sets up the peer benchmark (`make bench-peer`, bench/peer_llama_cpp.py) in BUILD/peer:
 #  - llama.cpp, built from the llama-cpp-python source distribution on PyPI (which vendors it)
 #    with this machine's own instruction set (GGML_NATIVE), as a user of that package gets it:
-#    llama-bench, llama-quantize and libllama, in BUILD/peer/llama.cpp/bin;
+#    llama-bench, llama-batched-bench, llama-quantize, libllama and libmtmd (its multimodal
+#    library: the CLIP vision tower and projector, for bench/peer_demo_ttft.py), in
+#    BUILD/peer/llama.cpp/bin;
 #  - a virtual environment, BUILD/peer/venv, with the `gguf` writer from PyPI, the tokenizer
 #    library and the Python dependencies of the package's own bindings (used from the source, on
 #    the library built here, to check that both engines produce the same greedy tokens).
@@ -36,13 +38,16 @@ fi
 
 LLAMA_BUILD="$PEER/llama.cpp"
 if [ ! -x "$LLAMA_BUILD/bin/llama-bench" ] || [ ! -x "$LLAMA_BUILD/bin/llama-quantize" ] \
-   || [ ! -x "$LLAMA_BUILD/bin/llama-batched-bench" ]; then
-  echo "peer-setup: building llama.cpp (llama-bench, llama-batched-bench, llama-quantize, libllama; several minutes)"
+   || [ ! -x "$LLAMA_BUILD/bin/llama-batched-bench" ] \
+   || [ ! -f "$LLAMA_BUILD/bin/libmtmd.so" ]; then
+  echo "peer-setup: building llama.cpp (llama-bench, llama-batched-bench, llama-quantize, libllama, libmtmd; several minutes)"
+  # The tools' directory (LLAMA_BUILD_TOOLS) is where the mtmd library target is defined.
   cmake -S "$SRC/vendor/llama.cpp" -B "$LLAMA_BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >/dev/null
-  cmake --build "$LLAMA_BUILD" -j "$JOBS" --target llama-bench llama-batched-bench llama-quantize llama \
-    >/dev/null
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_CURL=OFF >/dev/null
+  cmake --build "$LLAMA_BUILD" -j "$JOBS" \
+    --target llama-bench llama-batched-bench llama-quantize llama mtmd >/dev/null
 fi
 
 echo "peer-setup: ready in $PEER"

@@ -206,7 +206,7 @@ std::vector<OptionSpec> Options() {
       "HTTP connections served at once (a streamed answer holds one for its whole length)",
       +[](ServerConfig& c) -> int& { return c.http_threads; }, 1));
   o.push_back(IntOption(
-      "--threads", "LibTorch intra-op threads; 0 uses the cores available",
+      "--threads", "CPU threads of LibTorch and OpenBLAS; 0 uses the cores available",
       +[](ServerConfig& c) -> int& { return c.threads; }, 0));
   o.push_back(StringOption(
       "--device", "DEVICE",
@@ -311,6 +311,11 @@ std::vector<OptionSpec> Options() {
       "Prompt tokens prefilled per engine step, between the decode steps of running streams "
       "(a long video never freezes them); 0 prefills each prompt whole",
       +[](ServerConfig& c) -> int64_t& { return c.pipeline.prefill_chunk_tokens; }, 0));
+  o.push_back(IntOption(
+      "--warm-up-requests",
+      "Synthetic requests (a picture and a short question) run at load, before the server "
+      "reports ready, so the first user's request pays no first-use costs; 0 = none",
+      +[](ServerConfig& c) -> int& { return c.pipeline.warm_up_requests; }, 0));
   o.push_back(IntOption(
       "--media-workers",
       "Threads that decode media and run the vision tower, off the engine thread; 0 = half the "

@@ -267,8 +267,9 @@ int main(int argc, char** argv) {
     service.Attach(pipeline.get(), scheduler.get());
     grpc_server->GetHealthCheckService()->SetServingStatus(true);
     std::cout << "listening " << addresses << std::endl;
-    spdlog::info("event=serving grpc_port={} model={} target=\"{}\"", port, config.model_dir,
-                 engine::ComputeTargetName(pipeline->target()));
+    spdlog::info("event=serving grpc_port={} model={} target=\"{}\" warm_ups={} warm_up_ms={:.1f}",
+                 port, config.model_dir, engine::ComputeTargetName(pipeline->target()),
+                 pipeline->warm_ups(), pipeline->warm_up_ms());
   });
 
   int sig = 0;

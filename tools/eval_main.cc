@@ -429,7 +429,7 @@ int main(int argc, char** argv) {
   app.add_option("--budgets", o.budgets, "Comma-separated budgets in (0, 1]")
       ->capture_default_str();
   app.add_option("--max-new-tokens", o.max_new_tokens)->capture_default_str();
-  app.add_option("--threads", o.threads, "LibTorch threads; 0 = cores available")
+  app.add_option("--threads", o.threads, "CPU threads (LibTorch and OpenBLAS); 0 = cores available")
       ->capture_default_str();
   app.add_option("--dtype", o.dtype, "Model dtype on the CPU: auto (float32), float32, bfloat16")
       ->capture_default_str();

@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", sp.seed, "Random seed for sampling")->capture_default_str();
   app.add_option("--stop", sp.stop, "Stop before this text; repeatable");
-  app.add_option("--threads", opts.num_threads, "LibTorch threads; 0 = cores available")
+  app.add_option("--threads", opts.num_threads,
+                 "CPU threads (LibTorch and OpenBLAS); 0 = cores available")
       ->capture_default_str();
   app.add_option("--device", opts.device,
                  "Where the model and KV cache run: cpu, cuda, or auto (cuda when a GPU is usable)")
@@ -92,6 +93,11 @@ int main(int argc, char** argv) {
   app.add_option("--prefill-chunk-tokens", opts.prefill_chunk_tokens,
                  "Prompt tokens prefilled per engine step (0: the whole prompt at once)")
       ->capture_default_str();
+  app.add_option("--warm-up-requests", opts.warm_up_requests,
+                 "Synthetic requests run at load, so the real one pays no first-use costs "
+                 "(counted in load_ms); 0 = none")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "Print one JSON object with the text, token counts and timings");
   CLI11_PARSE(app, argc, argv);
 

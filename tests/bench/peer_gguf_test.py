@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench/peer_gguf.py's pieces that decide whether llama.cpp computes the same model as vlcache:
-the checkpoint reader, the bfloat16 rounding, and the reordering of query and key rows for
-llama.cpp's rotary layout. (The GGUF writer itself is checked by `make bench-peer`, which stops
+the checkpoint reader, the bfloat16 rounding, the reordering of query and key rows for
+llama.cpp's rotary layout, and the vision tower's feature layer in llama.cpp's numbering. (The GGUF writer itself is checked by `make bench-peer`, which stops
 unless both engines produce the same greedy tokens.)"""
 
 import os
@@ -108,6 +108,19 @@ class PeerGgufTest(unittest.TestCase):
         rows = np.arange(2 * d, dtype=np.float32).reshape(2 * d, 1)
         self.assertEqual(list(peer_gguf.rope_rows_interleaved(rows, 2)[:d, 0]),
                          [0, 4, 1, 5, 2, 6, 3, 7])
+
+
+    def test_feature_layer_counts_as_llama_cpp_does(self):
+        # Hugging Face counts hidden states from the embeddings (index 0) and negative indices from
+        # the last layer's output; llama.cpp's clip.vision.feature_layer names layer outputs, 0
+        # the encoder's input. A 4-layer tower: -1 is layer 4 (the demo model), -2 layer 3
+        # (LLaVA-1.5), and a list keeps its order.
+        self.assertEqual(peer_gguf.feature_layers({"vision_feature_layer": -1}, 4), [4])
+        self.assertEqual(peer_gguf.feature_layers({}, 4), [3])
+        self.assertEqual(peer_gguf.feature_layers({"vision_feature_layer": [0, -1]}, 4), [0, 4])
+        for outside in (5, -6):
+            with self.assertRaises(SystemExit):
+                peer_gguf.feature_layers({"vision_feature_layer": outside}, 4)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,33 @@ TEST(DecodeImage, GreyBecomesThreeEqualChannels) {
   EXPECT_EQ(PixelAt(*img, 2, 3), (std::array<int, 3>{77, 77, 77}));
 }
 
+TEST(EncodePng, DecodesToTheSamePixelsInRgbOrder) {
+  RgbImage in;
+  in.width = 7;
+  in.height = 5;
+  for (int i = 0; i < in.width * in.height * 3; ++i)
+    in.data.push_back(static_cast<uint8_t>(37 * i));
+  auto png = EncodePng(in);
+  ASSERT_TRUE(png.ok()) << png.status();
+  EXPECT_EQ(png->compare(1, 3, "PNG"), 0);
+  auto out = DecodeImage(*png);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->width, 7);
+  EXPECT_EQ(out->height, 5);
+  EXPECT_EQ(out->data, in.data);
+}
+
+TEST(EncodePng, ADataSizeThatDoesNotMatchIsAnError) {
+  RgbImage in;
+  in.width = 4;
+  in.height = 4;
+  in.data.resize(4 * 4 * 3 - 1);
+  auto png = EncodePng(in);
+  EXPECT_EQ(png.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(png.status().message().find("needs 48 bytes, got 47"), std::string::npos)
+      << png.status();
+}
+
 TEST(DecodeImage, RgbaDropsAlphaAndKeepsColour) {
   const cv::Mat bgra(4, 4, CV_8UC4, cv::Scalar(0, 0, 255, 128));  // half-transparent red
   auto img = DecodeImage(Encode(bgra, ".png"));

@@ -204,6 +204,47 @@ TEST_F(PipelineTest, TextOnlyPromptHasNoVisualTokens) {
   EXPECT_EQ(out->media_frames, 0);
 }
 
+// The warm-up at load runs the stages of a request with a picture and leaves nothing behind: no
+// pages held, no request counted; it runs where the request limits would refuse a picture, and a
+// negative count is refused.
+TEST_F(PipelineTest, WarmUpAtLoadRunsAndLeavesNoTrace) {
+  EXPECT_EQ(pipeline_->warm_ups(), 1) << "one warm-up by default";
+  EXPECT_GT(pipeline_->warm_up_ms(), 0);
+
+  PipelineOptions o;
+  o.warm_up_requests = 2;
+  o.max_prompt_tokens = 8;  // fewer than one picture's visual tokens: requests with one fail
+  o.cache_policy.name = "vlcache";
+  auto p = Pipeline::Load(*dir_ + "/model", o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->warm_ups(), 2);
+  EXPECT_EQ((*p)->vision_encodes(), 0) << "the warm-up is not a request";
+  EXPECT_EQ((*p)->pool().free_pages(), (*p)->pool().num_pages());
+  EXPECT_EQ((*p)->Generate(ImageRequest(1)).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // A pool too small for the warm-up's prompt: it runs on a cache of its own.
+  PipelineOptions tiny;
+  tiny.kv_page_tokens = 1;
+  auto probe = Pipeline::Load(*dir_ + "/model", PipelineOptions{});
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  tiny.kv_cache_bytes = (*probe)->pool().bytes_per_page() / (*probe)->options().kv_page_tokens *
+                        (*probe)->model().config().text.num_hidden_layers * 4;
+  auto small = Pipeline::Load(*dir_ + "/model", tiny);
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ((*small)->warm_ups(), 1);
+  EXPECT_EQ((*small)->pool().free_pages(), (*small)->pool().num_pages());
+
+  PipelineOptions none;
+  none.warm_up_requests = 0;
+  auto cold = Pipeline::Load(*dir_ + "/model", none);
+  ASSERT_TRUE(cold.ok()) << cold.status();
+  EXPECT_EQ((*cold)->warm_ups(), 0);
+  none.warm_up_requests = -1;
+  auto bad = Pipeline::Load(*dir_ + "/model", none);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("warm_up_requests"), std::string::npos) << bad.status();
+}
+
 TEST_F(PipelineTest, DeviceAndDtypeAreCheckedBeforeTheModelLoads) {
   PipelineOptions o;
   o.device = "cuda";

@@ -2,8 +2,10 @@
 // and sleeping OpenMP workers for the programs that ask for them (this test binary asks).
 #include "common/process_env.h"
 
+#include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <iterator>
@@ -11,6 +13,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "engine/device.h"
 
 VLC_PREFER_SLEEPING_OPENMP_WORKERS();
 
@@ -134,6 +138,27 @@ TEST(ProcessEnvironment, OpenBlasRunsKernelsForThisCpu) {
   if (cpu.avx2) EXPECT_NE(chosen, "Prescott") << "OpenBLAS fell back to its SSE3 kernels";
   if (OpenBlasCoreFor(cpu) != nullptr) {
     EXPECT_TRUE(Has(StartingEnvironment(), "OPENBLAS_CORETYPE="));
+  }
+}
+
+// The engine's thread setting reaches OpenBLAS as well as LibTorch: OpenBLAS otherwise runs every
+// GEMM on as many threads as the machine has cores, whatever LibTorch was told.
+TEST(ProcessEnvironment, TheThreadSettingReachesOpenBlas) {
+  using GetThreads = int (*)();
+  const auto blas_threads =
+      reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  engine::SetCpuThreads(1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  if (blas_threads == nullptr) {
+    EXPECT_FALSE(SetOpenBlasThreads(1)) << "no OpenBLAS to set";
+    return;
+  }
+  EXPECT_EQ(blas_threads(), 1);
+  const int cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  if (cores >= 2) {
+    engine::SetCpuThreads(2);
+    EXPECT_EQ(at::get_num_threads(), 2);
+    EXPECT_EQ(blas_threads(), 2);
   }
 }
 
