@@ -114,7 +114,9 @@ def main():
                                "--image", image, "--prompt", "Describe the picture.",
                                "--dtype", dtype, "--quantize", quantize, "--threads",
                                str(a.threads), "--max-new-tokens", str(a.new_tokens),
-                               "--json"]))
+                               # Loading alone: the warm-up's prefill would add its activations
+                               # to the peak memory after load and make the request a warm one.
+                               "--warm-up-requests", "0", "--json"]))
 
     baseline = generate(tiny, "none", "float32")["max_rss_after_load_bytes"]
 

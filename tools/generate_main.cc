@@ -101,8 +101,8 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "Print one JSON object with the text, token counts and timings");
   CLI11_PARSE(app, argc, argv);
 
-  // Loading's own cost, as a user of a large model sees it: wall time and the process's peak
-  // resident memory once the weights are in place, before any request.
+  // Loading's cost, as a user of a large model sees it: wall time and the process's peak
+  // resident memory once the weights are in place (and the warm-up has run), before any request.
   const auto load_start = std::chrono::steady_clock::now();
   auto pipeline = Pipeline::Load(model_dir, opts);
   const double load_ms =
