@@ -310,5 +310,59 @@ TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) {
   EXPECT_GE(identical_shape_cells, 8);
 }
 
+// Shapes with proportions of their own: at share 0 the pictures are the default ones; at share 1
+// every shape's cell is drawn anew while the box's stays as it was (outside JPEG round trips),
+// the shape still inks its cell in its colour, and the pictures stay a function of the seed.
+TEST(VqaAugmentedRender, ShapeVarietyRedrawsOnlyTheShapes) {
+  Frame f;
+  for (int s = 0; s < kNumShapes; ++s) {
+    Object o;
+    o.shape = static_cast<Shape>(s);
+    o.color = static_cast<Color>(s % kNumColors);
+    o.row = s / 4;
+    o.col = s % 4;
+    f.objects.push_back(o);
+  }
+  Object box;
+  box.is_box = true;
+  box.color = Color::kGreen;
+  box.digit = 7;
+  box.row = 3;
+  box.col = 3;
+  f.objects.push_back(box);
+  Options opts;
+  int identical_box_cells = 0, changed_shape_cells = 0, shape_cells = 0;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const AugmentedFrame plain = RenderFrameAugmented(f, opts, seed);
+    EXPECT_EQ(RenderFrameAugmented(f, opts, seed, 0, 0).rgb, plain.rgb) << "seed " << seed;
+    const AugmentedFrame varied = RenderFrameAugmented(f, opts, seed, 0, 1);
+    EXPECT_EQ(varied.rgb, RenderFrameAugmented(f, opts, seed, 0, 1).rgb);
+    ASSERT_EQ(varied.image_size, plain.image_size) << "seed " << seed;
+    Options sized = opts;
+    sized.image_size = varied.image_size;
+    for (const Object& o : f.objects) {
+      const CellRect cell = CellBounds(o.row, o.col, sized);
+      int differing = 0, near = 0;
+      for (int y = cell.y; y < cell.y + cell.size; ++y) {
+        for (int x = cell.x; x < cell.x + cell.size; ++x) {
+          const Rgb a = At(plain.rgb, varied.image_size, x, y);
+          const Rgb b = At(varied.rgb, varied.image_size, x, y);
+          differing += a.r != b.r || a.g != b.g || a.b != b.b;
+          if (!o.is_box) near += Near(b, o.color, 45);
+        }
+      }
+      if (o.is_box) {
+        identical_box_cells += differing == 0;
+        continue;
+      }
+      ++shape_cells;
+      changed_shape_cells += differing > 0;
+      EXPECT_GT(near, cell.size * cell.size / 30) << ShapeName(o.shape) << " seed " << seed;
+    }
+  }
+  EXPECT_GE(identical_box_cells, 8);
+  EXPECT_GE(changed_shape_cells, shape_cells * 9 / 10);
+}
+
 }  // namespace
 }  // namespace vlc::vqa

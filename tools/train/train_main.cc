@@ -57,6 +57,7 @@ struct Options {
   // digit faces, JPEG artefacts), and share of clips with denser frames (3-6 objects).
   double augment_fraction = 0;
   double own_hands = 0;
+  double shape_variety = 0;
   double dense_fraction = 0;
   // A Hugging Face checkpoint (models/demo) to start from instead of random weights; its
   // tokenizer is used as it is. Ignored when --resume finds a saved state.
@@ -243,6 +244,7 @@ absl::Status Train(const Options& o) {
   // The encoder reads tokenizer.model from a model directory: the work directory serves.
   VLC_ASSIGN_OR_RETURN(auto enc, train::TaskEncoder::Create(o.work, config));
   enc->set_own_hands(o.own_hands);
+  enc->set_shape_variety(o.shape_variety);
   std::cout << "parameters: " << model->NumTrainableParameters() << ", threads "
             << at::get_num_threads() << std::endl;
 
@@ -432,6 +434,11 @@ int main(int argc, char** argv) {
   app.add_option("--own-hand-fraction", o.own_hands,
                  "Share of augmented pictures' digits written in the VQA tool's own round and "
                  "segmented hands instead of Hershey's faces")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--shape-variety-fraction", o.shape_variety,
+                 "Share of augmented pictures' shapes drawn with proportions of their own "
+                 "(ellipses, oblongs, squat or tall triangles and diamonds, other crosses)")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--dense-fraction", o.dense_fraction,

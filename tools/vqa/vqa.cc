@@ -290,6 +290,11 @@ struct Look {
   // variations `hand_seed` picks (DigitInOwnHand).
   int hand = -1;
   uint64_t hand_seed = 0;
+  // A shape's proportions: its width and height times these (a circle becomes an ellipse, a
+  // square an oblong, triangles and diamonds squatter or taller), and a cross's bars this share
+  // of its half-extent wide.
+  double sx = 1, sy = 1;
+  double bar = 1.0 / 3;
 };
 
 cv::Scalar Shaded(Color color, const Look& look) {
@@ -305,29 +310,37 @@ void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell, const Look& 
   const double cx = cell.x + cell.size / 2.0 - 0.5 + look.dx * cell.size;
   const double cy = cell.y + cell.size / 2.0 - 0.5 + look.dy * cell.size;
   const double h = look.extent * cell.size / 2.0;
+  const double w = h * look.sx, v = h * look.sy;  // half width, half height
   const cv::Scalar color = Shaded(o.color, look);
   std::vector<cv::Point> poly;
   switch (o.shape) {
     case Shape::kCircle:
-      cv::circle(img, Fixed(cx, cy), static_cast<int>(std::lround(h * kFixedOne)), color,
-                 cv::FILLED, look.line_type, kShiftBits);
+      if (look.sx == 1 && look.sy == 1) {
+        cv::circle(img, Fixed(cx, cy), static_cast<int>(std::lround(h * kFixedOne)), color,
+                   cv::FILLED, look.line_type, kShiftBits);
+      } else {
+        cv::ellipse(img, Fixed(cx, cy),
+                    cv::Size(static_cast<int>(std::lround(w * kFixedOne)),
+                             static_cast<int>(std::lround(v * kFixedOne))),
+                    0, 0, 360, color, cv::FILLED, look.line_type, kShiftBits);
+      }
       return;
     case Shape::kSquare:
-      poly = {Fixed(cx - h, cy - h), Fixed(cx + h, cy - h), Fixed(cx + h, cy + h),
-              Fixed(cx - h, cy + h)};
+      poly = {Fixed(cx - w, cy - v), Fixed(cx + w, cy - v), Fixed(cx + w, cy + v),
+              Fixed(cx - w, cy + v)};
       break;
     case Shape::kTriangle:
-      poly = {Fixed(cx, cy - h), Fixed(cx + h, cy + h), Fixed(cx - h, cy + h)};
+      poly = {Fixed(cx, cy - v), Fixed(cx + w, cy + v), Fixed(cx - w, cy + v)};
       break;
     case Shape::kDiamond:
-      poly = {Fixed(cx, cy - h), Fixed(cx + h, cy), Fixed(cx, cy + h), Fixed(cx - h, cy)};
+      poly = {Fixed(cx, cy - v), Fixed(cx + w, cy), Fixed(cx, cy + v), Fixed(cx - w, cy)};
       break;
     case Shape::kCross: {
-      const double a = h / 3;  // half the width of a bar
-      poly = {Fixed(cx - a, cy - h), Fixed(cx + a, cy - h), Fixed(cx + a, cy - a),
-              Fixed(cx + h, cy - a), Fixed(cx + h, cy + a), Fixed(cx + a, cy + a),
-              Fixed(cx + a, cy + h), Fixed(cx - a, cy + h), Fixed(cx - a, cy + a),
-              Fixed(cx - h, cy + a), Fixed(cx - h, cy - a), Fixed(cx - a, cy - a)};
+      const double a = h * look.bar;  // half the width of a bar
+      poly = {Fixed(cx - a, cy - v), Fixed(cx + a, cy - v), Fixed(cx + a, cy - a),
+              Fixed(cx + w, cy - a), Fixed(cx + w, cy + a), Fixed(cx + a, cy + a),
+              Fixed(cx + a, cy + v), Fixed(cx - a, cy + v), Fixed(cx - a, cy + a),
+              Fixed(cx - w, cy + a), Fixed(cx - w, cy - a), Fixed(cx - a, cy - a)};
       break;
     }
   }
@@ -578,7 +591,7 @@ cv::Mat DrawFrame(const Frame& frame, const Options& opts) {
 // Training-time variation of one object's drawing, from its own stream. A digit is drawn in a
 // hand of our own with probability `own_hands`; that choice is drawn after everything else, so
 // the rest of the object's look is the same at every `own_hands`.
-Look AugmentedLook(Rng& rng, double own_hands) {
+Look AugmentedLook(Rng& rng, double own_hands, double shape_variety) {
   auto uniform = [&](double lo, double hi) { return lo + (hi - lo) * rng.Below(10001) / 1e4; };
   static constexpr int kFonts[] = {cv::FONT_HERSHEY_SIMPLEX, cv::FONT_HERSHEY_PLAIN,
                                    cv::FONT_HERSHEY_DUPLEX, cv::FONT_HERSHEY_COMPLEX,
@@ -598,6 +611,12 @@ Look AugmentedLook(Rng& rng, double own_hands) {
   if (own_hands > 0 && rng.Below(10000) < own_hands * 10000) {
     l.hand = rng.Below(kOwnHands);
     l.hand_seed = rng.Next();
+  }
+  // Drawn last, and only when asked for, so the rest of the look is the same at any share.
+  if (shape_variety > 0 && rng.Below(10000) < shape_variety * 10000) {
+    l.sx = uniform(0.75, 1.2);
+    l.sy = uniform(0.75, 1.2);
+    l.bar = uniform(0.22, 0.45);
   }
   return l;
 }
@@ -856,7 +875,7 @@ std::vector<uint8_t> RenderFrame(const Frame& frame, const Options& opts) {
 }
 
 AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed,
-                                    double own_hands) {
+                                    double own_hands, double shape_variety) {
   Rng rng(Mix64(seed ^ 0x4155474D454E54ull));
   Options sized = opts;
   sized.image_size = rng.Range(kMinAugmentedSize, kMaxAugmentedSize);
@@ -865,7 +884,7 @@ AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uin
   const uint64_t object_seed = rng.Next();
   cv::Mat img = DrawFrameWith(frame, sized, paper, [&](size_t k) {
     Rng object_rng(Mix64(object_seed + k));
-    return AugmentedLook(object_rng, own_hands);
+    return AugmentedLook(object_rng, own_hands, shape_variety);
   });
   if (rng.Chance(3, 10)) {
     // JPEG artefacts: a round trip at a quality between 30 and 90.

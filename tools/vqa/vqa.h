@@ -155,7 +155,11 @@ std::string EncodePng(const Frame& frame, const Options& opts);
 // trip at quality 30-90. With `own_hands` > 0, that share of the digits is written instead in
 // one of two hands of this file's own (round strokes or straight segments, each with the usual
 // variants of 1, 4, 6, 7 and 9, a random width, slant and smooth warp); the rest of the picture
-// is the same at any `own_hands`. The scene and its answers are the frame's.
+// is the same at any `own_hands`. With `shape_variety` > 0, that share of the objects get shape
+// proportions of their own (width and height each 0.75-1.2 times, a cross's bars 0.22-0.45 of its
+// half-extent wide: ellipses, oblongs, squat or tall triangles and diamonds), drawn after
+// everything else, so the rest of the picture is the same at any `shape_variety`. The scene and
+// its answers are the frame's.
 inline constexpr int kMinAugmentedSize = 72;
 inline constexpr int kMaxAugmentedSize = 384;
 struct AugmentedFrame {
@@ -163,7 +167,7 @@ struct AugmentedFrame {
   std::vector<uint8_t> rgb;  // image_size * image_size * 3, RGB
 };
 AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed,
-                                    double own_hands = 0);
+                                    double own_hands = 0, double shape_variety = 0);
 
 // ---- Names.
 
