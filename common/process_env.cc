@@ -86,7 +86,6 @@ bool OpenBlasLoaded() {
 }
 
 bool SetOpenBlasThreads(int n) {
-  if (!OpenBlasLoaded()) return false;
   using SetThreads = void (*)(int);
   auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
   if (set == nullptr) return false;

@@ -86,8 +86,8 @@ struct Avx512 {
   __attribute__((target("avx512f"))) static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   __attribute__((target("avx512f"))) static V Set1(float v) { return _mm512_set1_ps(v); }
   __attribute__((target("avx512f"))) static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  // Lanes 0-7 plus lanes 8-15, then AVX2's order; in registers (a store and two loads through
-  // memory cost as much as the products of a short row). Masked extracts for the reason above.
+  // Lanes 0-7 plus lanes 8-15, then AVX2's order, in registers rather than through a store and
+  // two loads. Masked extracts for the reason above.
   __attribute__((target("avx2,fma,avx512f"))) static float Sum(V v) {
     const __m512d d = _mm512_castps_pd(v);
     const __m256 low = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, d, 0));

@@ -314,22 +314,7 @@ TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) {
 // every shape's cell is drawn anew while the box's stays as it was (outside JPEG round trips),
 // the shape still inks its cell in its colour, and the pictures stay a function of the seed.
 TEST(VqaAugmentedRender, ShapeVarietyRedrawsOnlyTheShapes) {
-  Frame f;
-  for (int s = 0; s < kNumShapes; ++s) {
-    Object o;
-    o.shape = static_cast<Shape>(s);
-    o.color = static_cast<Color>(s % kNumColors);
-    o.row = s / 4;
-    o.col = s % 4;
-    f.objects.push_back(o);
-  }
-  Object box;
-  box.is_box = true;
-  box.color = Color::kGreen;
-  box.digit = 7;
-  box.row = 3;
-  box.col = 3;
-  f.objects.push_back(box);
+  const Frame f = OneOfEach();
   Options opts;
   int identical_box_cells = 0, changed_shape_cells = 0, shape_cells = 0;
   for (uint64_t seed = 0; seed < 20; ++seed) {
