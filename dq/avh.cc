@@ -130,6 +130,10 @@ std::string ViolationMessage(const ColumnProgram& program, const Constraint& c, 
                              double value, bool out_of_domain) {
   const std::string head = absl::StrCat("column '", program.column, "': ", MetricName(c.metric));
   const std::string runs = absl::StrCat(program.history_runs, " runs");
+  if (std::isnan(raw) && IsRowsPerSpan(c.metric)) {
+    return absl::StrCat(head, " is undefined for this run: it gives no span, but all ", runs,
+                        " it was learned from did; send the run with its span");
+  }
   if (std::isnan(raw)) {
     return absl::StrCat(head, " is undefined for this run (no non-null values to compute it on), ",
                         "but was defined in all ", runs, " it was learned from");
@@ -248,6 +252,7 @@ AvhOptions PaperAvhOptions() {
   o.issue_runs = 1;
   o.predictive = false;
   o.all_transforms = false;
+  o.rows_per_span = false;
   return o;
 }
 
@@ -282,6 +287,8 @@ BoundAndSide BoundAndSideFor(Metric metric) {
     case Metric::kCatUniqueRatio:
     case Metric::kCatCompleteRatio:
     case Metric::kCatDistinctCount:
+    case Metric::kNumRowsPerSpan:
+    case Metric::kCatRowsPerSpan:
       return {BoundKind::kNormal, Side::kTwoSided};
     case Metric::kNumMin:
     case Metric::kNumMax:
@@ -439,6 +446,7 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
   for (Metric metric : MetricsFor(type)) {
     const int m = static_cast<int>(metric);
     const std::string& name = MetricName(metric);
+    if (IsRowsPerSpan(metric) && !options.rows_per_span) continue;
     std::vector<double> series;
     std::size_t undefined_at = history.size();
     for (std::size_t i = IsPairwise(metric) ? 1 : 0; i < history.size(); ++i) {
@@ -449,8 +457,11 @@ absl::StatusOr<ColumnProgram> LearnColumnProgram(const std::vector<Column>& hist
       series.push_back(rows[i][m]);
     }
     if (undefined_at != history.size()) {
-      program.notes.push_back(absl::StrCat(name, " dropped: undefined in run ", undefined_at,
-                                           " (0 = oldest), e.g. a run without non-null values"));
+      // A pipeline whose latest run gives no span has no rows_per_span to learn: not worth a note.
+      if (IsRowsPerSpan(metric) && !latest.span()) continue;
+      program.notes.push_back(absl::StrCat(
+          name, " dropped: undefined in run ", undefined_at, " (0 = oldest), ",
+          IsRowsPerSpan(metric) ? "which gives no span" : "e.g. a run without non-null values"));
       continue;
     }
     TransformSearchOptions search_options = options.transform;

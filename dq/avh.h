@@ -85,11 +85,16 @@ struct AvhOptions {
   // under the first transform that passes (a slow drift, a swing that scales with the level). The
   // selection may keep one constraint per metric and transform; an invariant is kept once.
   bool all_transforms = true;
+  // Rows per unit of the run's span (num_rows_per_span, cat_rows_per_span) among the candidates
+  // when the runs give their span (Column::span): a month's row count swings with its days, its
+  // rows per day need not. Not in the paper's metric library.
+  bool rows_per_span = true;
 };
 
 // The method exactly as the paper specifies it: k from 1 to 10, the Normal bound wherever the
 // metric's kind says so, with the history's moments taken as the true ones, Chebyshev's and
-// Cantelli's bounds, the first stationary transform, and the latest run's synthetic issues.
+// Cantelli's bounds, the first stationary transform, the latest run's synthetic issues, and its
+// metric library (no rows per span).
 AvhOptions PaperAvhOptions();
 
 // The bound kind and side docs/METHODS.md assigns to a metric: Cantelli upper for distances,

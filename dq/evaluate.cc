@@ -29,14 +29,21 @@ struct RealisticCase {
   std::vector<std::pair<std::size_t, Column>> touched;  // column index -> broken column
 };
 
+// The run's span stays with each broken column: these issues break values, not the period.
+Column WithSpanOf(const Column& run, Column c) {
+  c.set_span(run.span());
+  return c;
+}
+
 Column WithName(const std::string& name, const Column& values) {
-  return values.is_numeric() ? Column::Numeric(name, values.numeric())
-                             : Column::Categorical(name, values.strings());
+  return WithSpanOf(values, values.is_numeric() ? Column::Numeric(name, values.numeric())
+                                                : Column::Categorical(name, values.strings()));
 }
 
 Column AllNull(const Column& c) {
-  return c.is_numeric() ? Column::Numeric(c.name(), Column::NumericValues(c.size()))
-                        : Column::Categorical(c.name(), Column::StringValues(c.size()));
+  return WithSpanOf(c, c.is_numeric()
+                           ? Column::Numeric(c.name(), Column::NumericValues(c.size()))
+                           : Column::Categorical(c.name(), Column::StringValues(c.size())));
 }
 
 std::vector<RealisticCase> RealisticCases(const std::vector<const Column*>& cols) {
@@ -49,7 +56,7 @@ std::vector<RealisticCase> RealisticCases(const std::vector<const Column*>& cols
       for (auto& x : v) {
         if (x) *x *= 1000.0;
       }
-      out.push_back({"units_x1000", {{i, Column::Numeric(c.name(), std::move(v))}}});
+      out.push_back({"units_x1000", {{i, WithSpanOf(c, Column::Numeric(c.name(), std::move(v)))}}});
     } else {
       Column::StringValues v = c.strings();
       bool changed = false;
@@ -64,7 +71,8 @@ std::vector<RealisticCase> RealisticCases(const std::vector<const Column*>& cols
       // Codes already in lower case make no issue; counting them would charge every method a
       // miss for a run that is in fact clean.
       if (changed) {
-        out.push_back({"codes_lowercased", {{i, Column::Categorical(c.name(), std::move(v))}}});
+        out.push_back({"codes_lowercased",
+                       {{i, WithSpanOf(c, Column::Categorical(c.name(), std::move(v)))}}});
       }
     }
     out.push_back({"column_all_null", {{i, AllNull(c)}}});

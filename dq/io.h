@@ -47,7 +47,8 @@ absl::StatusOr<Table> ParseJsonRecords(std::string_view text, std::string_view s
 absl::StatusOr<Table> ReadJsonRecordsFile(const std::string& path, const ReadOptions& options = {});
 
 // One run: the rows of one period, with every column of the source table (the partition column
-// included) in their original order.
+// included) in their original order, and the period's length in days as its span (1 for a day, 28
+// to 31 for a month; Column::span).
 struct PipelineRun {
   std::string key;  // "YYYY-MM-DD" (period "day") or "YYYY-MM" (period "month")
   Table table;

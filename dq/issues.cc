@@ -128,10 +128,14 @@ std::optional<double> ParseNumber(const std::string& s) {
 
 // Rebuilds a column of `like`'s name and type from values of the matching kind.
 Column Rebuild(const Column& like, NumericValues values) {
-  return Column::Numeric(like.name(), std::move(values));
+  Column c = Column::Numeric(like.name(), std::move(values));
+  c.set_span(like.span());
+  return c;
 }
 Column Rebuild(const Column& like, StringValues values) {
-  return Column::Categorical(like.name(), std::move(values));
+  Column c = Column::Categorical(like.name(), std::move(values));
+  c.set_span(like.span());
+  return c;
 }
 
 // Applies `edit` to the values of the rows `rows` (non-null rows unless the caller says

@@ -67,6 +67,8 @@ constexpr std::array<MetricInfo, kMetricCount> kMetricInfo = {{
     {Metric::kCatUniqueRatio, "cat_unique_ratio", kCat, false},
     {Metric::kCatCompleteRatio, "cat_complete_ratio", kCat, false},
     {Metric::kCatDistinctCount, "cat_distinct_count", kCat, false},
+    {Metric::kNumRowsPerSpan, "num_rows_per_span", kNum, false},
+    {Metric::kCatRowsPerSpan, "cat_rows_per_span", kCat, false},
 }};
 
 constexpr bool InfoInEnumOrder() {
@@ -373,14 +375,21 @@ double SmoothedKlOf(const AlignedCounts& c) {
 
 // ---- Prepared runs: what every metric of a column type needs, computed once per run.
 
+// Rows over the run's span; NaN without one.
+double RowsPerSpan(size_t rows, const std::optional<double>& span) {
+  return span ? static_cast<double>(rows) / *span : kNaN;
+}
+
 struct NumericRun {
   size_t rows = 0;
+  std::optional<double> span;
   std::vector<double> sorted;  // non-null values
 };
 
 NumericRun PrepareNumeric(const Column& c) {
   NumericRun r;
   r.rows = c.size();
+  r.span = c.span();
   r.sorted = c.NonNullNumbers();
   SortNumbers(&r.sorted);
   return r;
@@ -401,6 +410,7 @@ SortedCounts<Key> SortedFrom(absl::flat_hash_map<Key, int64_t>&& counts) {
 
 struct CategoricalRun {
   size_t rows = 0;
+  std::optional<double> span;
   size_t non_null = 0;
   SortedCounts<std::string_view> values;
   SortedCounts<std::string> patterns;
@@ -414,6 +424,7 @@ struct CategoricalRun {
 CategoricalRun PrepareCategorical(const Column& c) {
   CategoricalRun r;
   r.rows = c.size();
+  r.span = c.span();
   absl::flat_hash_map<std::string_view, int64_t> counts;
   for (const auto& v : c.strings()) {
     if (!v.has_value()) continue;
@@ -509,6 +520,8 @@ double NumericMetric(Metric m, const NumericRun& cur, const NumericRun* prev,
     }
     case Metric::kNumCompleteRatio:
       return Ratio(s.size(), cur.rows);
+    case Metric::kNumRowsPerSpan:
+      return RowsPerSpan(cur.rows, cur.span);
     default:
       return kNaN;
   }
@@ -558,6 +571,8 @@ double CategoricalMetric(Metric m, const CategoricalRun& cur, const CategoricalP
       return Ratio(cur.non_null, cur.rows);
     case Metric::kCatDistinctCount:
       return static_cast<double>(cur.values.size());
+    case Metric::kCatRowsPerSpan:
+      return RowsPerSpan(cur.rows, cur.span);
     default:
       return kNaN;
   }

@@ -1,5 +1,6 @@
-// AVH's metric library (docs/METHODS.md, "Metrics"): 14 metrics of a numeric column and 20 of a
-// categorical one, each a single number per run. Pairwise metrics compare the current run with
+// AVH's metric library (docs/METHODS.md, "Metrics"): the paper's 14 metrics of a numeric column
+// and 20 of a categorical one, and one more of each, rows per unit of the run's span, each a single
+// number per run. Pairwise metrics compare the current run with
 // the previous one; single-run metrics describe the current run alone. Nulls count towards Count
 // and complete_ratio and are then dropped.
 //
@@ -30,9 +31,12 @@
 //   included), as the authors' punctuation count does. A pattern maps each maximal run of letters
 //   to "\l", of digits to "\d" and of other characters to "-" ("AB-12 x" -> "\l-\d-\l"). The
 //   mean lengths are exact means (the authors' code truncates them to integers).
-// - Undefined values are NaN: every metric but Count, Sum (0) and distinct count (0) on a run
-//   without non-null values, complete_ratio on a run without rows, and every pairwise metric when
-//   either run has no non-null value, or Cohen_d with fewer than 3 values in the two runs.
+// - rows_per_span is Count divided by the run's span (Column::span): a month's rows over its days
+//   compares months of 28 and 31 days, where Count swings with the calendar.
+// - Undefined values are NaN: rows_per_span on a run without a span; every metric but Count,
+//   rows_per_span, Sum (0) and distinct count (0) on a run without non-null values, complete_ratio
+//   on a run without rows, and every pairwise metric when either run has no non-null value, or
+//   Cohen_d with fewer than 3 values in the two runs.
 #pragma once
 
 #include <cstdint>
@@ -87,8 +91,12 @@ enum class Metric : int {
   kCatUniqueRatio,
   kCatCompleteRatio,
   kCatDistinctCount,
+  // Single run, after the paper's: rows per unit of the run's span (Column::span), NaN when the
+  // run has no span. Last in the enum so that the paper's metrics keep their order.
+  kNumRowsPerSpan,
+  kCatRowsPerSpan,
 };
-inline constexpr int kMetricCount = 34;
+inline constexpr int kMetricCount = 36;
 
 // Stable names, safe to store: "num_emd", "num_js_div", ..., "cat_l1", ..., "cat_distinct_count"
 // (the enum's names in snake_case). The prefix keeps numeric and categorical metrics of the same
@@ -99,7 +107,11 @@ absl::StatusOr<Metric> MetricFromName(std::string_view name);
 ColumnType MetricColumnType(Metric metric);
 // True when the metric compares the current run with the previous one.
 bool IsPairwise(Metric metric);
-// All metrics of a column type, in enum order (14 numeric, 20 categorical).
+// num_rows_per_span and cat_rows_per_span: defined only for runs that give their span.
+inline bool IsRowsPerSpan(Metric metric) {
+  return metric == Metric::kNumRowsPerSpan || metric == Metric::kCatRowsPerSpan;
+}
+// All metrics of a column type, in enum order (15 numeric, 21 categorical).
 const std::vector<Metric>& MetricsFor(ColumnType type);
 
 struct MetricValue {

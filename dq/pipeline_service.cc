@@ -17,7 +17,9 @@ nlohmann::json ColumnToJson(const Column& c) {
   } else {
     for (const auto& v : c.strings()) values.push_back(v ? nlohmann::json(*v) : nlohmann::json());
   }
-  return {{"type", ColumnTypeName(c.type())}, {"values", values}};
+  nlohmann::json j = {{"type", ColumnTypeName(c.type())}, {"values", values}};
+  if (c.span()) j["span"] = *c.span();  // absent: the run gave none
+  return j;
 }
 
 absl::StatusOr<Column> ColumnFromJson(const std::string& name, const nlohmann::json& j) {
@@ -25,18 +27,29 @@ absl::StatusOr<Column> ColumnFromJson(const std::string& name, const nlohmann::j
     return absl::DataLossError(absl::StrCat("stored window of column '", name, "' is malformed"));
   }
   VLC_ASSIGN_OR_RETURN(ColumnType type, ParseColumnType(j["type"].get<std::string>()));
+  std::optional<double> span;
+  if (j.contains("span")) {
+    if (!j["span"].is_number()) {
+      return absl::DataLossError(absl::StrCat("stored span of column '", name, "' is malformed"));
+    }
+    span = j["span"].get<double>();
+  }
   if (type == ColumnType::kNumeric) {
     Column::NumericValues v;
     for (const auto& x : j["values"]) {
       v.push_back(x.is_number() ? std::optional<double>(x.get<double>()) : std::nullopt);
     }
-    return Column::Numeric(name, std::move(v));
+    Column c = Column::Numeric(name, std::move(v));
+    c.set_span(span);
+    return c;
   }
   Column::StringValues v;
   for (const auto& x : j["values"]) {
     v.push_back(x.is_string() ? std::optional<std::string>(x.get<std::string>()) : std::nullopt);
   }
-  return Column::Categorical(name, std::move(v));
+  Column c = Column::Categorical(name, std::move(v));
+  c.set_span(span);
+  return c;
 }
 
 nlohmann::json StateToJson(const ColumnState& s, size_t history, double delta,
@@ -78,6 +91,7 @@ absl::Status CheckRunKeys(Store& store, const std::string& pipeline,
       return absl::AlreadyExistsError(
           absl::StrCat("two runs are named '", key, "'; run keys are unique"));
     }
+    VLC_RETURN_IF_ERROR(CheckSpan(table.span(), absl::StrCat("run '", key, "'")));
   }
   return absl::OkStatus();
 }
@@ -253,6 +267,7 @@ absl::StatusOr<AppendResult> AppendAndLearn(Store& store, const std::string& pip
 
 absl::StatusOr<RunValidation> ValidateAgainstHistory(Store& store, const std::string& pipeline,
                                                      const Table& run) {
+  VLC_RETURN_IF_ERROR(CheckSpan(run.span(), "the run"));
   VLC_ASSIGN_OR_RETURN(PipelineState state, LoadPipelineState(store, pipeline));
   RunValidation out;
   out.known_columns = state.columns.size();

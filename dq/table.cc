@@ -73,12 +73,16 @@ Column Column::Select(const std::vector<size_t>& rows) const {
     NumericValues out;
     out.reserve(rows.size());
     for (size_t r : rows) out.push_back(numeric()[r]);
-    return Numeric(name_, std::move(out));
+    Column c = Numeric(name_, std::move(out));
+    c.set_span(span_);
+    return c;
   }
   StringValues out;
   out.reserve(rows.size());
   for (size_t r : rows) out.push_back(strings()[r]);
-  return Categorical(name_, std::move(out));
+  Column c = Categorical(name_, std::move(out));
+  c.set_span(span_);
+  return c;
 }
 
 absl::StatusOr<Table> Table::Make(std::vector<Column> columns) {
@@ -129,6 +133,23 @@ Table Table::SelectRows(const std::vector<size_t>& rows) const {
   out.reserve(columns_.size());
   for (const auto& c : columns_) out.push_back(c.Select(rows));
   return Table(std::move(out));
+}
+
+void Table::SetSpan(std::optional<double> span) {
+  for (auto& c : columns_) c.set_span(span);
+}
+
+absl::Status CheckSpan(const std::optional<double>& span, const std::string& what) {
+  if (!span || (std::isfinite(*span) && *span > 0)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " has span ", *span,
+                   ": a span is the length of the period the run covers (days in a month, say), "
+                   "finite and positive; leave it out when the run has none"));
+}
+
+std::optional<double> Table::span() const {
+  if (columns_.empty()) return std::nullopt;
+  return columns_.front().span();
 }
 
 }  // namespace vlc::dq

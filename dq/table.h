@@ -16,8 +16,8 @@
 namespace vlc::dq {
 
 enum class ColumnType {
-  kNumeric,      // doubles; the metric library's 14 numeric metrics apply
-  kCategorical,  // strings; the 20 categorical metrics apply
+  kNumeric,      // doubles; the metric library's 15 numeric metrics apply
+  kCategorical,  // strings; the 21 categorical metrics apply
 };
 
 // "numeric" or "categorical". (A std::string, not a string_view: Debian's Abseil has its own
@@ -58,8 +58,15 @@ class Column {
   std::vector<std::string_view> NonNullStrings() const;
 
   // The rows `rows` (indices into this column, in the order given) as a new column of the same
-  // name and type. Indices must be < size().
+  // name, type and span. Indices must be < size().
   Column Select(const std::vector<size_t>& rows) const;
+
+  // The length of the period the run covers, in a unit fixed for the pipeline (days for daily or
+  // monthly runs): what the rows-per-span metrics divide the row count by, so that a month's rows
+  // compare with another month's whatever their numbers of days. Unset when the run does not say;
+  // those metrics are then undefined. Callers check it is finite and positive.
+  const std::optional<double>& span() const { return span_; }
+  void set_span(std::optional<double> span) { span_ = span; }
 
  private:
   Column(std::string name, ColumnType type, std::variant<NumericValues, StringValues> values,
@@ -69,6 +76,7 @@ class Column {
   ColumnType type_;
   std::variant<NumericValues, StringValues> values_;
   size_t null_count_;
+  std::optional<double> span_;
 };
 
 class Table {
@@ -92,10 +100,19 @@ class Table {
   // The rows `rows` of every column, in the order given (see Column::Select).
   Table SelectRows(const std::vector<size_t>& rows) const;
 
+  // Sets every column's span (see Column::span).
+  void SetSpan(std::optional<double> span);
+  // The first column's span; unset for a table without columns.
+  std::optional<double> span() const;
+
  private:
   explicit Table(std::vector<Column> columns) : columns_(std::move(columns)) {}
 
   std::vector<Column> columns_;
 };
+
+// OK for no span or a finite positive one; INVALID_ARGUMENT naming `what` (e.g. "run '2012-01'")
+// otherwise.
+absl::Status CheckSpan(const std::optional<double>& span, const std::string& what);
 
 }  // namespace vlc::dq

@@ -1,6 +1,7 @@
 #include "server/data_quality_service.h"
 
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -38,7 +39,13 @@ absl::StatusOr<dq::Table> ParseRun(const pb::Run& run, const std::string& field,
   }
   const std::string source =
       run.key().empty() ? field + ".csv" : absl::StrCat(field, ".csv (run '", run.key(), "')");
-  return dq::ParseCsv(run.csv(), source);
+  // proto3's 0 is "not given"; a negative or non-finite span is the caller's mistake.
+  std::optional<double> span;
+  if (run.span() != 0) span = run.span();
+  VLC_RETURN_IF_ERROR(dq::CheckSpan(span, field));
+  VLC_ASSIGN_OR_RETURN(dq::Table table, dq::ParseCsv(run.csv(), source));
+  table.SetSpan(span);
+  return table;
 }
 
 void FillRecorded(const dq::RecordedRun& r, pb::RecordedRun* out) {

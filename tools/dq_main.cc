@@ -75,11 +75,12 @@ int Fail(const std::string& cmd, const absl::Status& status) {
 }
 
 int Learn(const std::string& pipeline, const std::string& db, const std::vector<std::string>& files,
-          const LearnSettings& settings) {
+          const LearnSettings& settings, std::optional<double> span) {
   std::vector<std::pair<std::string, Table>> runs;
   for (const std::string& f : files) {
     absl::StatusOr<Table> t = ReadRunFile(f);
     if (!t.ok()) return Fail("learn", t.status());
+    t->SetSpan(span);
     for (const auto& r : runs) {
       if (r.first == RunKey(f)) {
         return Fail("learn", absl::InvalidArgumentError(absl::StrCat(
@@ -126,7 +127,7 @@ nlohmann::json ReportToJson(const std::string& run, const std::string& pipeline,
 }
 
 int ValidateRun(const std::string& pipeline, const std::string& db, const std::string& file,
-                bool json, bool append) {
+                bool json, bool append, std::optional<double> span) {
   if (!FileExists(db)) {
     return Fail("validate", absl::NotFoundError(absl::StrCat(
                                 "no database at ", db, ": run `vlcache-dq learn --pipeline ",
@@ -134,6 +135,7 @@ int ValidateRun(const std::string& pipeline, const std::string& db, const std::s
   }
   absl::StatusOr<Table> table = ReadRunFile(file);
   if (!table.ok()) return Fail("validate", table.status());
+  table->SetSpan(span);
   absl::StatusOr<Store> store = Store::Open(db);
   if (!store.ok()) return Fail("validate", store.status());
   absl::StatusOr<RunValidation> checked = ValidateAgainstHistory(*store, pipeline, *table);
@@ -180,7 +182,7 @@ int ValidateRun(const std::string& pipeline, const std::string& db, const std::s
 }
 
 int Eval(const std::string& table_path, const std::string& partition_by, const std::string& period,
-         const EvalOptions& options, const std::string& json_path) {
+         bool run_span, const EvalOptions& options, const std::string& json_path) {
   absl::StatusOr<Table> table = ReadRunFile(table_path);
   if (!table.ok()) return Fail("eval", table.status());
   absl::StatusOr<std::vector<PipelineRun>> split = SplitIntoRuns(*table, partition_by, period);
@@ -194,6 +196,7 @@ int Eval(const std::string& table_path, const std::string& partition_by, const s
     }
     absl::StatusOr<Table> t = Table::Make(std::move(cols));
     if (!t.ok()) return Fail("eval", t.status());
+    if (!run_span) t->SetSpan(std::nullopt);
     runs.push_back(std::move(*t));
   }
   absl::StatusOr<EvalResult> result = EvaluatePipeline(runs, options);
@@ -247,6 +250,12 @@ int main(int argc, char** argv) {
       "later runs move the window validation compares with. Default every, or the value stored by "
       "an earlier learn");
   learn_relearn_opt->check(CLI::IsMember({"every", "never"}));
+  std::optional<double> learn_span, validate_span;
+  const char* kSpanHelp =
+      "The period each run covers, in a unit fixed for the pipeline (days, say: 31 for a "
+      "January): AVH then also watches rows per unit of span (rows per day), which a month's row "
+      "count hides in its calendar swing. Give it for every run or none";
+  learn->add_option("--span", learn_span, kSpanHelp)->check(CLI::PositiveNumber);
   learn
       ->add_option("runs", learn_files,
                    "Run files, oldest first: .csv (header row) or .json (array of records); a "
@@ -261,6 +270,7 @@ int main(int argc, char** argv) {
   validate->add_option("--pipeline", pipeline, "Pipeline name")->required();
   validate->add_option("--db", db, "SQLite history file written by learn")->required();
   validate->add_option("run", validate_file, "The run to check: .csv or .json")->required();
+  validate->add_option("--span", validate_span, kSpanHelp)->check(CLI::PositiveNumber);
   validate->add_flag("--json", json, "Print the report as JSON");
   validate->add_flag("--append", append,
                      "After checking, add the run to the history and re-learn (by default the "
@@ -276,6 +286,12 @@ int main(int argc, char** argv) {
       ->required();
   eval->add_option("--partition-format", period, "Run period")
       ->check(CLI::IsMember({"day", "month"}))
+      ->capture_default_str();
+  std::string run_span = "days";
+  eval->add_option("--run-span", run_span,
+                   "Each run's span: the days of its period (days), so that AVH and the baselines "
+                   "also watch rows per day, or none (the paper's metrics only)")
+      ->check(CLI::IsMember({"days", "none"}))
       ->capture_default_str();
   eval->add_option("--history", eval_options.history_runs,
                    "Learn from the first N runs; validate every later run")
@@ -340,9 +356,11 @@ int main(int argc, char** argv) {
     if (learn_history->count() > 0) settings.history = history;
     if (learn_delta->count() > 0) settings.delta = delta;
     if (learn_relearn_opt->count() > 0) settings.relearn = *ParseRelearnMode(learn_relearn);
-    return Learn(pipeline, db, learn_files, settings);
+    return Learn(pipeline, db, learn_files, settings, learn_span);
   }
-  if (validate->parsed()) return ValidateRun(pipeline, db, validate_file, json, append);
+  if (validate->parsed()) {
+    return ValidateRun(pipeline, db, validate_file, json, append, validate_span);
+  }
   auto grid = ParseKGrid(k_grid);
   if (!grid.ok()) {
     std::cerr << "vlcache-dq: --k-grid: " << grid.status().message() << "\n";
@@ -353,5 +371,5 @@ int main(int argc, char** argv) {
   eval_options.avh.unimodal = bounds == "unimodal";
   eval_options.avh.predictive = normal_fpr == "predictive";
   eval_options.avh.all_transforms = transforms == "all";
-  return Eval(table_path, partition_by, period, eval_options, json_path);
+  return Eval(table_path, partition_by, period, run_span == "days", eval_options, json_path);
 }

@@ -501,5 +501,74 @@ TEST(DqAvhRealData, WeatherByMonthFlagsAUnitChange) {
   EXPECT_TRUE(temp_max_flagged);
 }
 
+// weather.csv holds two rows per calendar day: a month's row count swings from 56 to 62 with the
+// calendar, its rows per day do not. A tenth of a month's rows deleted hides in the first and
+// shows in the second, so runs that give their span (days) catch it.
+TEST(DqAvhRealData, RowsPerDayCatchAMonthMissingATenthOfItsRows) {
+  absl::StatusOr<Table> table = ReadCsvFile(VLC_SOURCE_DIR "/tests/data/avh/weather.csv");
+  ASSERT_TRUE(table.ok()) << table.status();
+  absl::StatusOr<std::vector<PipelineRun>> runs = SplitIntoRuns(*table, "date", "month");
+  ASSERT_TRUE(runs.ok()) << runs.status();
+  ASSERT_GE(runs->size(), 25u);
+  EXPECT_EQ((*runs)[1].table.span(), 29.0);  // February 2012
+  EXPECT_EQ((*runs)[2].table.span(), 31.0);
+  std::vector<Column> with_span, without_span;
+  for (int i = 0; i < 24; ++i) {
+    const Column* c = (*runs)[i].table.Find("wind");
+    ASSERT_NE(c, nullptr);
+    with_span.push_back(*c);
+    without_span.push_back(*c);
+    without_span.back().set_span(std::nullopt);
+  }
+  absl::StatusOr<ColumnProgram> program = LearnColumnProgram(with_span, {});
+  ASSERT_TRUE(program.ok()) << program.status();
+  EXPECT_LE(program->ExpectedFpr(), 0.01);
+  const Constraint* per_day = nullptr;
+  for (const Constraint& c : program->constraints) {
+    if (c.metric == Metric::kNumRowsPerSpan) per_day = &c;
+  }
+  ASSERT_NE(per_day, nullptr) << "no rows-per-span constraint learned";
+  EXPECT_TRUE(per_day->invariant);
+  EXPECT_DOUBLE_EQ(per_day->mean, 2.0);
+
+  // The next month, clean, passes; with a tenth of its rows deleted it fails on rows per day.
+  Column next = *(*runs)[24].table.Find("wind");
+  absl::StatusOr<ColumnReport> clean = ValidateColumn(*program, with_span, next);
+  ASSERT_TRUE(clean.ok()) << clean.status();
+  EXPECT_TRUE(clean->passed);
+  absl::StatusOr<Column> fewer =
+      ApplyIssue(Spec(ColumnType::kNumeric, "deletion p=0.1"), next, {}, 7);
+  ASSERT_TRUE(fewer.ok());
+  ASSERT_EQ(fewer->span(), next.span());
+  absl::StatusOr<ColumnReport> flagged = ValidateColumn(*program, with_span, *fewer);
+  ASSERT_TRUE(flagged.ok()) << flagged.status();
+  bool by_rows_per_day = false;
+  for (const Violation& v : flagged->violations) {
+    by_rows_per_day |= v.metric == Metric::kNumRowsPerSpan;
+  }
+  EXPECT_TRUE(by_rows_per_day);
+
+  // A run that does not give its span fails that constraint with a message that says so.
+  next.set_span(std::nullopt);
+  absl::StatusOr<ColumnReport> no_span = ValidateColumn(*program, with_span, next);
+  ASSERT_TRUE(no_span.ok()) << no_span.status();
+  ASSERT_FALSE(no_span->passed);
+  EXPECT_NE(no_span->violations.front().message.find("gives no span"), std::string::npos)
+      << no_span->violations.front().message;
+
+  // Without spans, and with the paper's metric library, there is no such constraint and no note.
+  AvhOptions paper_metrics;
+  paper_metrics.rows_per_span = false;
+  for (const auto& [history, options] :
+       {std::pair{without_span, AvhOptions{}}, std::pair{with_span, paper_metrics}}) {
+    absl::StatusOr<ColumnProgram> p = LearnColumnProgram(history, {}, options);
+    ASSERT_TRUE(p.ok()) << p.status();
+    for (const Constraint& c : p->constraints) EXPECT_FALSE(IsRowsPerSpan(c.metric));
+    for (const std::string& note : p->notes) {
+      EXPECT_EQ(note.find("rows_per_span"), std::string::npos) << note;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace vlc::dq

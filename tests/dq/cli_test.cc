@@ -127,6 +127,31 @@ TEST_F(DqCli, LearnIsIncrementalAndAppendAddsTheValidatedRun) {
   EXPECT_EQ(store->Runs("sales")->size(), 14u);
 }
 
+// Runs that give their span (--span) get rows per span watched, and the span survives in the
+// stored window: a later learn, reading the history back from the database, still has it.
+TEST_F(DqCli, SpanAddsRowsPerSpanThatALaterLearnKeeps) {
+  std::string args = "learn --span 1 --pipeline sales --db " + db_;
+  for (size_t i = 0; i < 12; ++i) args += " " + runs_[i];
+  ASSERT_EQ(RunDq(args).code, 0);
+  const Result more = RunDq("learn --span 1 --pipeline sales --db " + db_ + " " + runs_[12]);
+  ASSERT_EQ(more.code, 0) << more.output;
+
+  const std::string v = "validate --pipeline sales --db " + db_ + " " + runs_[13];
+  const Result clean = RunDq(v + " --span 1");
+  EXPECT_EQ(clean.code, 0) << clean.output;
+  // The same 200 rows said to cover two days: 100 rows a day where every run had 200.
+  const Result halved = RunDq(v + " --span 2");
+  EXPECT_EQ(halved.code, 1) << halved.output;
+  EXPECT_NE(halved.output.find("rows_per_span"), std::string::npos) << halved.output;
+  const Result none = RunDq(v);
+  EXPECT_EQ(none.code, 1) << none.output;
+  EXPECT_NE(none.output.find("gives no span"), std::string::npos) << none.output;
+  for (const char* bad : {" --span 0", " --span -3", " --span inf"}) {
+    const Result r = RunDq(v + bad);
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.output;
+  }
+}
+
 TEST_F(DqCli, RelearnNeverKeepsTheFirstProgramWhileTheWindowMovesOn) {
   std::string args = "learn --relearn never --pipeline sales --db " + db_;
   for (size_t i = 0; i < 10; ++i) args += " " + runs_[i];

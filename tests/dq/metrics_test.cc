@@ -32,9 +32,10 @@ Column Cat(Strs v) { return Column::Categorical("s", std::move(v)); }
 
 // ---- Names and catalogue.
 
-TEST(DqMetricCatalogue, FourteenNumericAndTwentyCategoricalWithUniqueStableNames) {
-  EXPECT_EQ(MetricsFor(ColumnType::kNumeric).size(), 14u);
-  EXPECT_EQ(MetricsFor(ColumnType::kCategorical).size(), 20u);
+TEST(DqMetricCatalogue, FifteenNumericAndTwentyOneCategoricalWithUniqueStableNames) {
+  // The paper's 14 and 20, and rows per span of each type.
+  EXPECT_EQ(MetricsFor(ColumnType::kNumeric).size(), 15u);
+  EXPECT_EQ(MetricsFor(ColumnType::kCategorical).size(), 21u);
   std::set<std::string> names;
   int pairwise_num = 0, pairwise_cat = 0;
   for (int i = 0; i < kMetricCount; ++i) {
@@ -55,19 +56,22 @@ TEST(DqMetricCatalogue, FourteenNumericAndTwentyCategoricalWithUniqueStableNames
   EXPECT_EQ(MetricName(Metric::kCatJsDistance), "cat_js_distance");
   EXPECT_EQ(MetricName(Metric::kCatPatternChi2PValue), "cat_pattern_chi2_p_value");
   EXPECT_EQ(MetricName(Metric::kCatDistinctCount), "cat_distinct_count");
+  EXPECT_EQ(MetricName(Metric::kNumRowsPerSpan), "num_rows_per_span");
+  EXPECT_EQ(MetricName(Metric::kCatRowsPerSpan), "cat_rows_per_span");
   EXPECT_EQ(MetricFromName("EMD").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DqComputeMetrics, PairwiseMetricsOnlyWithAPreviousRun) {
-  const Column cur = Num({1.0, 2.0, std::nullopt});
+  Column cur = Num({1.0, 2.0, std::nullopt});
+  cur.set_span(2.0);
   const Column prev = Num({2.0, 3.0, 4.0});
   absl::StatusOr<std::vector<MetricValue>> single = ComputeMetrics(cur, nullptr);
   ASSERT_TRUE(single.ok()) << single.status();
-  EXPECT_EQ(single->size(), 9u);
+  EXPECT_EQ(single->size(), 10u);
   for (const MetricValue& v : *single) EXPECT_FALSE(IsPairwise(v.metric));
   absl::StatusOr<std::vector<MetricValue>> both = ComputeMetrics(cur, &prev);
   ASSERT_TRUE(both.ok()) << both.status();
-  ASSERT_EQ(both->size(), 14u);
+  ASSERT_EQ(both->size(), 15u);
   for (size_t i = 0; i < both->size(); ++i) {
     EXPECT_EQ((*both)[i].metric, MetricsFor(ColumnType::kNumeric)[i]);
     // The batch agrees with the one-at-a-time function.
@@ -77,8 +81,29 @@ TEST(DqComputeMetrics, PairwiseMetricsOnlyWithAPreviousRun) {
   const Column s = Cat({"a", std::nullopt});
   absl::StatusOr<std::vector<MetricValue>> cat = ComputeMetrics(s, &s);
   ASSERT_TRUE(cat.ok());
-  EXPECT_EQ(cat->size(), 20u);
-  EXPECT_EQ(ComputeMetrics(s, nullptr)->size(), 8u);
+  EXPECT_EQ(cat->size(), 21u);
+  EXPECT_EQ(ComputeMetrics(s, nullptr)->size(), 9u);
+}
+
+TEST(DqComputeMetrics, RowsPerSpanCountsRowsOverTheRunsSpan) {
+  // Three rows, a null among them: rows count as Count counts them.
+  Column num = Num({1.0, std::nullopt, 4.0});
+  Column cat = Cat({"a", "b", std::nullopt, "d"});
+  // No span: undefined, not 0 or the bare count.
+  EXPECT_TRUE(std::isnan(Get(Metric::kNumRowsPerSpan, num)));
+  EXPECT_TRUE(std::isnan(Get(Metric::kCatRowsPerSpan, cat)));
+  num.set_span(2.0);
+  cat.set_span(0.5);
+  EXPECT_EQ(Get(Metric::kNumRowsPerSpan, num), 1.5);
+  EXPECT_EQ(Get(Metric::kCatRowsPerSpan, cat), 8.0);
+  EXPECT_FALSE(IsPairwise(Metric::kNumRowsPerSpan));
+  // The span travels with selected rows: a month with rows deleted has fewer rows per day.
+  const Column fewer = num.Select({0, 2});
+  ASSERT_TRUE(fewer.span().has_value());
+  EXPECT_EQ(Get(Metric::kNumRowsPerSpan, fewer), 1.0);
+  // The wrong type is refused like any other metric.
+  EXPECT_EQ(ComputeMetric(Metric::kCatRowsPerSpan, num, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DqComputeMetrics, MisusedArgumentsAreClearErrors) {
@@ -532,7 +557,9 @@ Strs RandomStrings(size_t n, uint64_t seed) {
 std::vector<std::string_view> Views(const Column& c) { return c.NonNullStrings(); }
 
 TEST(DqCategoricalMetrics, PreparedRunsGiveTheBuildingBlocksValues) {
-  const Column c = Cat(RandomStrings(30000, 3)), p = Cat(RandomStrings(20000, 4));
+  Column c = Cat(RandomStrings(30000, 3)), p = Cat(RandomStrings(20000, 4));
+  c.set_span(31);
+  p.set_span(30);
   const ValueCounts cv = CountValues(Views(c)), pv = CountValues(Views(p));
   const ValueCounts cp = CountPatterns(Views(c)), pp = CountPatterns(Views(p));
   ASSERT_GT(cv.size(), 1000u);  // many distinct values, a few patterns
@@ -555,6 +582,7 @@ TEST(DqCategoricalMetrics, PreparedRunsGiveTheBuildingBlocksValues) {
   EXPECT_EQ(Get(Metric::kCatMeanDigits, c), stats.mean_digits);
   EXPECT_EQ(Get(Metric::kCatMeanPunctuation, c), stats.mean_punctuation);
   EXPECT_EQ(Get(Metric::kCatDistinctCount, c), static_cast<double>(cv.size()));
+  EXPECT_EQ(Get(Metric::kCatRowsPerSpan, c), 30000.0 / 31);
   // ComputeMetrics (all at once, shared alignment) agrees with ComputeMetric one by one.
   absl::StatusOr<std::vector<MetricValue>> all = ComputeMetrics(c, &p);
   ASSERT_TRUE(all.ok()) << all.status();

@@ -68,6 +68,19 @@ def sync_cases(pipeline):
             raise AssertionError("relearn 'sometimes' was accepted")
         except ValueError as e:
             check("never" in str(e), f"relearn error {e}")
+        # Runs with their span (days): rows per day are watched; a run said to cover twice the
+        # days with the same rows fails on them.
+        spans = c.add_runs(pipeline + "-spans", [(f"day{i}", csv_run(i), 1) for i in range(10)])
+        check(all(col.learned for col in spans.columns), f"add_runs with spans {spans}")
+        check(c.validate(pipeline + "-spans", "d", csv_run(10), span=1).passed, "span 1 passes")
+        halved = c.validate(pipeline + "-spans", "d", csv_run(10), span=2)
+        check(not halved.passed and any(v.metric.endswith("rows_per_span") for col in halved.columns
+                                        for v in col.violations), f"span 2 fails {halved}")
+        try:
+            c.validate(pipeline + "-spans", "d", csv_run(10), span=-1)
+            raise AssertionError("a span of -1 was accepted")
+        except ValueError as e:
+            check("span" in str(e), f"span error {e}")
     print("sync: ok")
 
 

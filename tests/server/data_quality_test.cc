@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <set>
@@ -375,6 +376,52 @@ TEST_F(DataQualityServiceTest, BadRequestsGetPreciseCodesAndTheServerKeepsServin
   EXPECT_NE(metrics.find("method=\"AddRuns\""), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("code=\"ALREADY_EXISTS\""), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("method=\"ListPipelines\""), std::string::npos) << metrics;
+}
+
+// Runs that carry their span get rows per span watched over the wire too; a span that is not a
+// length is INVALID_ARGUMENT naming the field.
+TEST_F(DataQualityServiceTest, RunSpansAddRowsPerSpanAndBadSpansAreRefused) {
+  pb::AddRunsRequest req;
+  req.set_pipeline("spans");
+  for (int day = 1; day <= 10; ++day) {
+    pb::Run* run = req.add_runs();
+    run->set_key(DayKey(day));
+    run->set_csv(RunCsv(3000 + day));
+    run->set_span(1.0);
+  }
+  {
+    grpc::ClientContext ctx;
+    pb::AddRunsResponse out;
+    const grpc::Status s = dq_->AddRuns(&ctx, req, &out);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  auto validate = [](double span, pb::ValidateResponse* out) {
+    pb::ValidateRequest v;
+    v.set_pipeline("spans");
+    v.mutable_run()->set_csv(RunCsv(3011));
+    v.mutable_run()->set_span(span);
+    grpc::ClientContext ctx;
+    return dq_->Validate(&ctx, v, out);
+  };
+  pb::ValidateResponse clean;
+  ASSERT_TRUE(validate(1.0, &clean).ok());
+  EXPECT_TRUE(clean.passed());
+  // The same rows said to cover two days.
+  pb::ValidateResponse halved;
+  ASSERT_TRUE(validate(2.0, &halved).ok());
+  EXPECT_FALSE(halved.passed());
+  bool per_span = false;
+  for (const auto& c : halved.columns()) {
+    for (const auto& v : c.violations()) per_span |= v.metric().find("rows_per_span") == 4;
+  }
+  EXPECT_TRUE(per_span) << halved.DebugString();
+  for (double bad : {-1.0, std::numeric_limits<double>::infinity()}) {
+    pb::ValidateResponse out;
+    const grpc::Status s = validate(bad, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("span"), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(RunsOf("spans"), 10);
 }
 
 // A Validate verdict is counted under the caller's pipeline, as the server's own telemetry

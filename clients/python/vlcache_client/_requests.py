@@ -69,9 +69,17 @@ def turn(session_id, prompt, params):
                                      sampling=sampling(params))
 
 
+def run(key, csv, span=None):
+    """One vlcache.v1.Run: csv as text or bytes; span, the period it covers (days, say), or None."""
+    if span is not None and not (isinstance(span, (int, float)) and 0 < span < float("inf")):
+        raise ValueError(f"span must be a finite positive number of the pipeline's unit, not {span!r}")
+    return dq.Run(key=key, csv=csv.encode() if isinstance(csv, str) else bytes(csv),
+                  span=float(span or 0))
+
+
 def runs(items):
-    """(key, csv) pairs, csv as text or bytes, as vlcache.v1.Run messages."""
-    return [dq.Run(key=k, csv=c.encode() if isinstance(c, str) else bytes(c)) for k, c in items]
+    """(key, csv) or (key, csv, span) tuples as vlcache.v1.Run messages."""
+    return [run(*item) for item in items]
 
 
 def add_runs(pipeline, items, relearn):

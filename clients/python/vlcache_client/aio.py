@@ -103,8 +103,8 @@ class AsyncClient:
     async def add_runs(self, pipeline, runs, timeout=None, relearn=None):
         return await self._unary(self._dq.AddRuns, req.add_runs(pipeline, runs, relearn), timeout)
 
-    async def validate(self, pipeline, key, csv, append=False, timeout=None):
-        (run,) = req.runs([(key, csv)])
+    async def validate(self, pipeline, key, csv, append=False, timeout=None, span=None):
+        run = req.run(key, csv, span)
         return await self._unary(self._dq.Validate,
                                  dq.ValidateRequest(pipeline=pipeline, run=run, append=append),
                                  timeout)

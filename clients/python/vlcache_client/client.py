@@ -112,15 +112,17 @@ class Client:
 
     # Data quality (a server started with --dq-db).
     def add_runs(self, pipeline, runs, timeout=None, relearn=None):
-        """Appends runs ((key, csv) pairs, oldest first); returns a vlcache.v1.AddRunsResponse.
+        """Appends runs ((key, csv) or (key, csv, span) tuples, oldest first; span: the period a
+        run covers, in a unit fixed for the pipeline, days say); a vlcache.v1.AddRunsResponse.
 
         relearn: "every" re-learns the columns' programs on every call, "never" keeps a program
         once learned; None keeps the pipeline's stored setting ("every" for a new pipeline)."""
         return self._unary(self._dq.AddRuns, req.add_runs(pipeline, runs, relearn), timeout)
 
-    def validate(self, pipeline, key, csv, append=False, timeout=None):
-        """Checks one run against the learned programs; a vlcache.v1.ValidateResponse."""
-        (run,) = req.runs([(key, csv)])
+    def validate(self, pipeline, key, csv, append=False, timeout=None, span=None):
+        """Checks one run against the learned programs; a vlcache.v1.ValidateResponse. span: the
+        period the run covers, as the pipeline's runs gave it (None: not given)."""
+        run = req.run(key, csv, span)
         return self._unary(self._dq.Validate,
                            dq.ValidateRequest(pipeline=pipeline, run=run, append=append), timeout)
 
