@@ -248,9 +248,8 @@ TEST(VqaAugmentedRender, EachShapeStaysInItsCellInItsColour) {
   }
 }
 
-// Digits in the VQA tool's own hands: only the boxes' cells change, every digit gets ink inside
-// its box, and the pictures stay a function of the seed.
-TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) {
+// Boxes holding the ten digits, and a circle in the last cell.
+Frame TenBoxesAndACircle() {
   Frame f;
   for (int d = 0; d < 10; ++d) {
     Object box;
@@ -267,12 +266,21 @@ TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) {
   circle.row = 3;
   circle.col = 3;
   f.objects.push_back(circle);
+  return f;
+}
+
+// Digits in the VQA tool's own hands (`own_hands` 1), or in its other forms (`other_forms` 1,
+// over the own hands at share 0.5): only the boxes' cells change, every digit gets ink inside its
+// box, and the pictures stay a function of the seed.
+void ExpectOnlyTheDigitsRedrawn(double own_hands, double other_forms) {
+  const Frame f = TenBoxesAndACircle();
   Options opts;
   int identical_shape_cells = 0;
   for (uint64_t seed = 0; seed < 20; ++seed) {
-    const AugmentedFrame hershey = RenderFrameAugmented(f, opts, seed, 0);
-    const AugmentedFrame own = RenderFrameAugmented(f, opts, seed, 1);
-    EXPECT_EQ(own.rgb, RenderFrameAugmented(f, opts, seed, 1).rgb);
+    const double base_own = other_forms > 0 ? own_hands : 0;
+    const AugmentedFrame hershey = RenderFrameAugmented(f, opts, seed, base_own, 0, 0);
+    const AugmentedFrame own = RenderFrameAugmented(f, opts, seed, own_hands, 0, other_forms);
+    EXPECT_EQ(own.rgb, RenderFrameAugmented(f, opts, seed, own_hands, 0, other_forms).rgb);
     ASSERT_EQ(own.image_size, hershey.image_size) << "seed " << seed;
     Options sized = opts;
     sized.image_size = own.image_size;
@@ -308,6 +316,18 @@ TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) {
   }
   // Without a JPEG round trip (70% of the frames) the shape's cell is byte for byte the same.
   EXPECT_GE(identical_shape_cells, 8);
+}
+
+TEST(VqaAugmentedRender, OwnHandsRedrawOnlyTheDigits) { ExpectOnlyTheDigitsRedrawn(1, 0); }
+
+TEST(VqaAugmentedRender, OtherFormsRedrawOnlyTheDigits) {
+  ExpectOnlyTheDigitsRedrawn(0.5, 1);
+  // At share 0 the pictures are those the recipes before them drew.
+  const Frame f = TenBoxesAndACircle();
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    EXPECT_EQ(RenderFrameAugmented(f, Options{}, seed, 0.5, 0.5, 0).rgb,
+              RenderFrameAugmented(f, Options{}, seed, 0.5, 0.5).rgb);
+  }
 }
 
 // Shapes with proportions of their own: at share 0 the pictures are the default ones; at share 1

@@ -137,8 +137,9 @@ absl::StatusOr<EncodedItem> TaskEncoder::Encode(const vqa::Item& item,
     out.cells.push_back(std::move(cells));
     engine::RgbImage img;
     if (augment_seed != 0) {
-      vqa::AugmentedFrame a = vqa::RenderFrameAugmented(
-          f, item.options, augment_seed + out.frames.size(), own_hands_, shape_variety_);
+      vqa::AugmentedFrame a =
+          vqa::RenderFrameAugmented(f, item.options, augment_seed + out.frames.size(), own_hands_,
+                                    shape_variety_, other_forms_);
       img.width = img.height = a.image_size;
       img.data = std::move(a.rgb);
     } else {

@@ -75,6 +75,9 @@ class TaskEncoder {
   // The share of augmented pictures' shapes drawn with proportions of their own
   // (RenderFrameAugmented's `shape_variety`); 0 by default.
   void set_shape_variety(double share) { shape_variety_ = share; }
+  // The share of augmented pictures' digits written in vqa's other forms (RenderFrameAugmented's
+  // `other_forms`); 0 by default.
+  void set_other_forms(double share) { other_forms_ = share; }
   // The item's pictures with a caption of frame `frame` (see Caption) in place of its question.
   absl::StatusOr<EncodedItem> EncodeCaption(const vqa::Item& item, int frame,
                                             uint64_t augment_seed = 0) const;
@@ -99,6 +102,7 @@ class TaskEncoder {
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   double own_hands_ = 0;
   double shape_variety_ = 0;
+  double other_forms_ = 0;
 };
 
 // How many frames each training batch has: single images for the first `single_steps` steps,

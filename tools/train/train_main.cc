@@ -58,6 +58,7 @@ struct Options {
   double augment_fraction = 0;
   double own_hands = 0;
   double shape_variety = 0;
+  double other_forms = 0;
   double dense_fraction = 0;
   // A Hugging Face checkpoint (models/demo) to start from instead of random weights; its
   // tokenizer is used as it is. Ignored when --resume finds a saved state.
@@ -245,6 +246,7 @@ absl::Status Train(const Options& o) {
   VLC_ASSIGN_OR_RETURN(auto enc, train::TaskEncoder::Create(o.work, config));
   enc->set_own_hands(o.own_hands);
   enc->set_shape_variety(o.shape_variety);
+  enc->set_other_forms(o.other_forms);
   std::cout << "parameters: " << model->NumTrainableParameters() << ", threads "
             << at::get_num_threads() << std::endl;
 
@@ -439,6 +441,12 @@ int main(int argc, char** argv) {
   app.add_option("--shape-variety-fraction", o.shape_variety,
                  "Share of augmented pictures' shapes drawn with proportions of their own "
                  "(ellipses, oblongs, squat or tall triangles and diamonds, other crosses)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--other-forms-fraction", o.other_forms,
+                 "Share of augmented pictures' digits written in forms neither Hershey's faces nor "
+                 "the own hands write (flat-topped 3, curved-neck 2, one-stroke 8, straight-tailed "
+                 "9...), drawn last so the rest of each picture is unchanged")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--dense-fraction", o.dense_fraction,

@@ -286,7 +286,8 @@ struct Look {
   double border = 1;             // a box outline's width, times the default
   int line_type = cv::LINE_AA;
   std::array<int, 3> shade = {0, 0, 0};  // added to the colour's RGB
-  // The digit's hand: Hershey's (`font`) when negative, else one of kOwnHands, drawn with the
+  // The digit's hand: Hershey's (`font`) when negative, else one of kOwnHands or OtherForms
+  // (kOtherFormsHand), drawn with the
   // variations `hand_seed` picks (DigitInOwnHand).
   int hand = -1;
   uint64_t hand_seed = 0;
@@ -358,7 +359,8 @@ void DrawShape(cv::Mat& img, const Object& o, const CellRect& cell, const Look& 
 // bar, 1 with or without a foot, 9 with a straight or a curved tail, 6 and 9 with or without the
 // segment that closes them), warped smoothly and slanted per instance.
 
-constexpr int kOwnHands = 2;
+constexpr int kOwnHands = 2;  // drawn by own_hands; OtherForms is hand kOtherFormsHand
+constexpr int kOtherFormsHand = 2;
 constexpr double kPi = 3.14159265358979323846;
 
 using Stroke = std::vector<cv::Point2d>;
@@ -427,6 +429,66 @@ std::vector<Stroke> RoundHand(int digit, double w, int variant) {
   return {};
 }
 
+// The forms of digits that neither Hershey's faces nor the two hands above write, as type and
+// people also draw them: a 0 with straight sides, a 1 without flag or foot, a 2 with a curved
+// neck, a flat-topped 3 (a bar, a diagonal, a bowl), a 4 whose diagonal stops at the bar, a 5 whose
+// flag is a stroke of its own, a 6 with a straight stem, a 7 with a curved stem, an 8 written as
+// one crossing stroke, a 9 with a slanted straight tail. `variant` picks between two of them where
+// a digit has two.
+std::vector<Stroke> OtherForms(int digit, double w, int variant) {
+  const double m = w / 2;
+  switch (digit) {
+    case 0: {
+      Stroke s = Arc(m, 0.5 * m + 0.02, m, 0.5 * m + 0.02, 180, 360);
+      const Stroke bottom = Arc(m, 0.98 - 0.5 * m, m, 0.5 * m + 0.02, 0, 180);
+      s.insert(s.end(), bottom.begin(), bottom.end());
+      s.push_back(s.front());
+      return {s};
+    }
+    case 1:
+      if (variant % 2 == 0) return {{{m, 0}, {m, 1}}};
+      return {{{m - 0.3 * w, 0.3}, {m + 0.05 * w, 0}, {m - 0.05 * w, 1}}};
+    case 2: {
+      Stroke s = Curve({0.02 * w, 0.25}, {0.5 * w, -0.15}, {0.95 * w, 0.27});
+      const Stroke neck = Curve({0.95 * w, 0.27}, {0.9 * w, 0.6}, {0, 1});
+      s.insert(s.end(), neck.begin() + 1, neck.end());
+      s.push_back({w, 1});
+      return {s};
+    }
+    case 3: {
+      Stroke s = {{0.02 * w, 0}, {0.95 * w, 0}, {0.35 * w, 0.42}};
+      const Stroke bowl = Arc(m, 0.7, m, 0.29, 250, 500);
+      s.insert(s.end(), bowl.begin(), bowl.end());
+      return {s};
+    }
+    case 4:
+      return {{{0.7 * w, 0}, {0, 0.7}, {w, 0.7}}, {{0.7 * w, 0.45}, {0.7 * w, 1}}};
+    case 5: {
+      Stroke s = {{0.15 * w, 0}, {0.1 * w, 0.47}};
+      const Stroke bowl = Arc(m, 0.7, m, 0.29, 230, 510);
+      s.insert(s.end(), bowl.begin(), bowl.end());
+      return {s, {{0.15 * w, 0}, {0.95 * w, 0.02}}};
+    }
+    case 6:
+      return {{{0.8 * w, 0}, {0.08 * w, 0.62}}, Arc(m, 0.71, m, 0.29, 0, 360)};
+    case 7:
+      if (variant % 2 == 0) return {{{0, 0}, {w, 0}}, Curve({w, 0}, {0.4 * w, 0.4}, {0.35 * w, 1})};
+      return {{{0, 0}, {w, 0}}, Curve({w, 0}, {0.8 * w, 0.6}, {0.5 * w, 1})};
+    case 8: {
+      // Gerono's lemniscate stood upright: one stroke, crossing itself in the middle.
+      Stroke s;
+      for (int i = 0; i <= 48; ++i) {
+        const double t = 2 * kPi * i / 48;
+        s.push_back({m + 1.9 * m * std::sin(t) * std::cos(t), 0.5 - 0.5 * std::cos(t)});
+      }
+      return {s};
+    }
+    case 9:
+      return {Arc(m, 0.3, m, 0.3, 0, 360), {{w, 0.3}, {0.75 * w, 1}}};
+  }
+  return {};
+}
+
 // Seven segments (a top, b upper right, c lower right, d bottom, e lower left, f upper left,
 // g middle), joined into strokes where they meet.
 std::vector<Stroke> SegmentHand(int digit, double w, int variant) {
@@ -472,8 +534,9 @@ cv::Mat DigitInOwnHand(int digit, int hand, uint64_t seed, int height, int thick
   const double slant = uniform(-0.1, 0.25);
   const double ax = uniform(-0.04, 0.04), ay = uniform(-0.04, 0.04);
   const double px = uniform(0, 2 * kPi), py = uniform(0, 2 * kPi);
-  std::vector<Stroke> strokes =
-      hand == 0 ? RoundHand(digit, w, variant) : SegmentHand(digit, w, variant);
+  std::vector<Stroke> strokes = hand == 0   ? RoundHand(digit, w, variant)
+                                : hand == 1 ? SegmentHand(digit, w, variant)
+                                            : OtherForms(digit, w, variant);
   // The skeleton spans `height - thickness` pixels so that the inked glyph is `height` tall.
   const double scale = std::max(1.0, static_cast<double>(height - thickness));
   const double pad = thickness + 2 + std::abs(slant) * scale;
@@ -591,7 +654,7 @@ cv::Mat DrawFrame(const Frame& frame, const Options& opts) {
 // Training-time variation of one object's drawing, from its own stream. A digit is drawn in a
 // hand of our own with probability `own_hands`; that choice is drawn after everything else, so
 // the rest of the object's look is the same at every `own_hands`.
-Look AugmentedLook(Rng& rng, double own_hands, double shape_variety) {
+Look AugmentedLook(Rng& rng, double own_hands, double shape_variety, double other_forms) {
   auto uniform = [&](double lo, double hi) { return lo + (hi - lo) * rng.Below(10001) / 1e4; };
   static constexpr int kFonts[] = {cv::FONT_HERSHEY_SIMPLEX, cv::FONT_HERSHEY_PLAIN,
                                    cv::FONT_HERSHEY_DUPLEX, cv::FONT_HERSHEY_COMPLEX,
@@ -617,6 +680,11 @@ Look AugmentedLook(Rng& rng, double own_hands, double shape_variety) {
     l.sx = uniform(0.75, 1.2);
     l.sy = uniform(0.75, 1.2);
     l.bar = uniform(0.22, 0.45);
+  }
+  // Likewise: that share of the digits in OtherForms, whatever hand was drawn above.
+  if (other_forms > 0 && rng.Below(10000) < other_forms * 10000) {
+    l.hand = kOtherFormsHand;
+    l.hand_seed = rng.Next();
   }
   return l;
 }
@@ -875,7 +943,7 @@ std::vector<uint8_t> RenderFrame(const Frame& frame, const Options& opts) {
 }
 
 AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed,
-                                    double own_hands, double shape_variety) {
+                                    double own_hands, double shape_variety, double other_forms) {
   Rng rng(Mix64(seed ^ 0x4155474D454E54ull));
   Options sized = opts;
   sized.image_size = rng.Range(kMinAugmentedSize, kMaxAugmentedSize);
@@ -884,7 +952,7 @@ AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uin
   const uint64_t object_seed = rng.Next();
   cv::Mat img = DrawFrameWith(frame, sized, paper, [&](size_t k) {
     Rng object_rng(Mix64(object_seed + k));
-    return AugmentedLook(object_rng, own_hands, shape_variety);
+    return AugmentedLook(object_rng, own_hands, shape_variety, other_forms);
   });
   if (rng.Chance(3, 10)) {
     // JPEG artefacts: a round trip at a quality between 30 and 90.

@@ -158,8 +158,10 @@ std::string EncodePng(const Frame& frame, const Options& opts);
 // is the same at any `own_hands`. With `shape_variety` > 0, that share of the objects get shape
 // proportions of their own (width and height each 0.75-1.2 times, a cross's bars 0.22-0.45 of its
 // half-extent wide: ellipses, oblongs, squat or tall triangles and diamonds), drawn after
-// everything else, so the rest of the picture is the same at any `shape_variety`. The scene and
-// its answers are the frame's.
+// everything else, so the rest of the picture is the same at any `shape_variety`. With
+// `other_forms` > 0, that share of the digits is written, last of all, in the forms neither
+// Hershey's faces nor those two hands write (a flat-topped 3, a 2 with a curved neck, an 8 of one
+// crossing stroke, a 9 with a straight tail...). The scene and its answers are the frame's.
 inline constexpr int kMinAugmentedSize = 72;
 inline constexpr int kMaxAugmentedSize = 384;
 struct AugmentedFrame {
@@ -167,7 +169,8 @@ struct AugmentedFrame {
   std::vector<uint8_t> rgb;  // image_size * image_size * 3, RGB
 };
 AugmentedFrame RenderFrameAugmented(const Frame& frame, const Options& opts, uint64_t seed,
-                                    double own_hands = 0, double shape_variety = 0);
+                                    double own_hands = 0, double shape_variety = 0,
+                                    double other_forms = 0);
 
 // ---- Names.
 
