@@ -346,6 +346,10 @@ absl::Status PolicyConfig::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("min_prompt_tokens must be >= 0, got ", min_prompt_tokens));
   }
+  if (guard_scoring_rows < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("guard_scoring_rows must be >= 0, got ", guard_scoring_rows));
+  }
   if (max_scoring_queries < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_scoring_queries must be >= 0, got ", max_scoring_queries));
@@ -367,6 +371,9 @@ ObservationSpec ObservationFor(const PolicyConfig& policy, const PromptShape& sh
     spec.query_begin = ScoredTextBegin(shape);
     if (policy.max_scoring_queries > 0) {
       spec.query_begin = std::max<int64_t>(spec.query_begin, m - policy.max_scoring_queries);
+    }
+    if (policy.name == "vlcache-guard" && policy.guard_scoring_rows > 0) {
+      spec.query_begin = std::max<int64_t>(spec.query_begin, m - policy.guard_scoring_rows);
     }
     spec.sparsity = true;
     spec.threshold = policy.sparsity_threshold;

@@ -40,6 +40,13 @@ struct PolicyConfig {
   // a small budget needs.
   int guard_window = 4;
   int min_layer_tokens = 16;
+  // vlcache-guard scores positions with the attention of the prompt's last guard_scoring_rows rows
+  // only (default 4, the template's tail that the answer follows), not every row after the media
+  // as vlcache does: those rows decide the answer's first tokens, and the question's earlier rows
+  // attend to what they name, not to what the answer needs. 0: every row after the media.
+  // Measured on the demo model and a fine-tuned one (docs/BENCHMARKS.md, "Compression by
+  // default").
+  int guard_scoring_rows = 4;
   // vlcache, h2o, random: the last floor(recent_fraction * k[l]) prompt tokens are always kept
   double recent_fraction = 0.1;
   // snapkv, pyramidkv

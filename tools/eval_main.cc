@@ -166,7 +166,8 @@ void Plot(const std::vector<Row>& rows, const std::vector<double>& budgets, int 
 }
 
 // "name/setting/..." as a policy: `uniform`, `sinks=N`, `guard=N` (guard_window), `floor=N`
-// (min_layer_tokens), `recent=F` (recent_fraction).
+// (min_layer_tokens), `rows=N` (guard_scoring_rows), `queries=N` (max_scoring_queries), `recent=F`
+// (recent_fraction).
 absl::StatusOr<kvcache::PolicyConfig> ParsePolicy(const std::string& text, double budget) {
   std::vector<std::string> parts = absl::StrSplit(text, '/');
   kvcache::PolicyConfig pc;
@@ -188,13 +189,17 @@ absl::StatusOr<kvcache::PolicyConfig> ParsePolicy(const std::string& text, doubl
     } else if (!absl::SimpleAtoi(value, &n)) {
       return absl::InvalidArgumentError(absl::StrCat("--policies: '", part, "' in '", text,
                                                      "' is not uniform, sinks=N, guard=N, "
-                                                     "floor=N or recent=F"));
+                                                     "floor=N, rows=N, queries=N or recent=F"));
     } else if (key == "sinks") {
       pc.sinks = n;
     } else if (key == "guard") {
       pc.guard_window = n;
     } else if (key == "floor") {
       pc.min_layer_tokens = n;
+    } else if (key == "rows") {
+      pc.guard_scoring_rows = n;
+    } else if (key == "queries") {
+      pc.max_scoring_queries = n;
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("--policies: unknown setting '", key, "' in '", text, "'"));

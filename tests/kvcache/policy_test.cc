@@ -171,6 +171,7 @@ TEST(PolicyConfig, EachOutOfRangeFieldIsNamedInTheError) {
       {[](PolicyConfig& p) { p.max_scoring_queries = -1; }, "max_scoring_queries"},
       {[](PolicyConfig& p) { p.guard_window = -1; }, "guard_window"},
       {[](PolicyConfig& p) { p.min_layer_tokens = 0; }, "min_layer_tokens"},
+      {[](PolicyConfig& p) { p.guard_scoring_rows = -1; }, "guard_scoring_rows"},
       {[](PolicyConfig& p) { p.min_prompt_tokens = -1; }, "min_prompt_tokens"},
   };
   for (const Case& c : cases) {
@@ -260,16 +261,22 @@ TEST(ObservationFor, VlCacheMaxScoringQueriesCapsTheRows) {
   EXPECT_EQ(ObservationFor(p, shape).query_begin, 90);
 }
 
-TEST(ObservationFor, VlCacheGuardObservesWhatVlCacheObserves) {
+TEST(ObservationFor, VlCacheGuardObservesTheTailRowsOrWhatVlCacheObserves) {
   PromptShape shape = Shape(100, 2, 4, 2);
   for (int i = 20; i < 60; ++i) shape.visual[i] = 1;
   for (int cap : {0, 10}) {
     PolicyConfig a = Policy("vlcache", 0.1), b = Policy("vlcache-guard", 0.1);
     a.max_scoring_queries = b.max_scoring_queries = cap;
-    const ObservationSpec sa = ObservationFor(a, shape), sb = ObservationFor(b, shape);
+    ObservationSpec sa = ObservationFor(a, shape), sb = ObservationFor(b, shape);
     EXPECT_TRUE(sb.enabled && sb.sparsity);
-    EXPECT_EQ(sb.query_begin, sa.query_begin) << cap;
+    // By default the last 4 rows, whatever vlcache's cap.
+    EXPECT_EQ(sb.query_begin, 96) << cap;
     EXPECT_DOUBLE_EQ(sb.threshold, sa.threshold);
+    // With guard_scoring_rows 0, what vlcache observes (after the media, or its cap).
+    b.guard_scoring_rows = 0;
+    sb = ObservationFor(b, shape);
+    EXPECT_EQ(sb.query_begin, sa.query_begin) << cap;
+    EXPECT_EQ(sa.query_begin, cap == 0 ? 60 : 90);
   }
 }
 
@@ -635,6 +642,50 @@ TEST(GuardedPositions, TheSinksAndTheTextAfterTheLastMediaUpToTheGuardWindow) {
   PromptShape tiny = Shape(3, 2, 4, 2);
   EXPECT_EQ(GuardedPositions(p, tiny).guard_begin, 0);
   EXPECT_EQ(GuardedPositions(p, tiny).sinks, 0);
+}
+
+// vlcache-guard scores with the attention of the prompt's last rows: a position that the
+// question's earlier rows attend to, but the tail does not, loses to one the tail attends to.
+TEST(VlCacheGuardPolicy, ScoresWithTheTailRowsByDefault) {
+  // m = 12: media 0..5, question 6..11 (the last 4 rows are the tail). alpha 0.1, floor 1 and no
+  // sinks or guard: one position per layer, the best scored.
+  const int64_t m = 12;
+  PromptShape shape = Shape(m, 1, 1, 1);
+  for (int i = 0; i < 6; ++i) shape.visual[i] = 1;
+  // Rows 6 and 7 put nearly all their weight on media position 1; rows 8..11 a third on
+  // position 4 and the rest spread evenly. Summed over rows 6..11, position 1 wins (2 x 0.9);
+  // over the tail, position 4 (4 x 0.34).
+  std::vector<std::vector<double>> rows(m, std::vector<double>(m, 0.0));
+  for (int64_t q = 0; q < m; ++q) {
+    for (int64_t j = 0; j <= q; ++j) rows[q][j] = 1.0 / static_cast<double>(q + 1);
+  }
+  for (int64_t q : {6, 7}) {
+    for (int64_t j = 0; j <= q; ++j) rows[q][j] = 0.1 / static_cast<double>(q);
+    rows[q][1] = 0.9;
+  }
+  for (int64_t q = 8; q < m; ++q) {
+    for (int64_t j = 0; j <= q; ++j) rows[q][j] = 0.66 / static_cast<double>(q);
+    rows[q][4] = 0.34;
+  }
+  auto kept = [&](int scoring_rows) {
+    PolicyConfig policy = Policy("vlcache-guard", 0.1);
+    policy.sinks = 0;
+    policy.guard_window = 0;
+    policy.min_layer_tokens = 1;
+    policy.guard_scoring_rows = scoring_rows;
+    const ObservationSpec spec = ObservationFor(policy, shape);
+    EXPECT_EQ(spec.query_begin, scoring_rows > 0 ? m - scoring_rows : 6);
+    auto plan =
+        MakeKeepPlan(policy, shape, {ObserveByHand({rows}, spec.query_begin, spec.threshold)});
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    return plan.ok() ? Row(plan->layers[0].positions, 0) : std::vector<int64_t>{};
+  };
+  EXPECT_EQ(kept(4), (std::vector<int64_t>{4}));  // the default
+  EXPECT_EQ(kept(0), (std::vector<int64_t>{1}));  // every row after the media, as vlcache
+  // vlcache itself is unchanged by the setting.
+  PolicyConfig vl = Policy("vlcache", 0.1);
+  vl.guard_scoring_rows = 2;
+  EXPECT_EQ(ObservationFor(vl, shape).query_begin, 6);
 }
 
 TEST(GuardBudgets, EveryLayerKeepsTheFloorAndTheRestFollowsDensity) {
