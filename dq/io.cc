@@ -400,8 +400,11 @@ absl::StatusOr<std::vector<PipelineRun>> SplitIntoRuns(const Table& table,
                      "; expected dates such as 2012-01-31 or 2001/01/13 06:05"));
   }
   // std::map: zero-padded "YYYY-MM(-DD)" keys sort in time order.
-  std::map<std::string, std::vector<size_t>> rows_by_key;
-  std::map<std::string, int> days_by_key;
+  struct Period {
+    int days = 0;  // the run's span
+    std::vector<size_t> rows;
+  };
+  std::map<std::string, Period> periods;
   const auto& values = column->strings();
   for (size_t r = 0; r < values.size(); ++r) {
     int year = 0, month = 0, day = 0;
@@ -413,14 +416,15 @@ absl::StatusOr<std::vector<PipelineRun>> SplitIntoRuns(const Table& table,
     }
     std::string key = by_day ? absl::StrFormat("%04d-%02d-%02d", year, month, day)
                              : absl::StrFormat("%04d-%02d", year, month);
-    days_by_key[key] = by_day ? 1 : DaysInMonth(year, month);
-    rows_by_key[std::move(key)].push_back(r);
+    Period& period = periods[std::move(key)];
+    period.days = by_day ? 1 : DaysInMonth(year, month);
+    period.rows.push_back(r);
   }
   std::vector<PipelineRun> runs;
-  runs.reserve(rows_by_key.size());
-  for (auto& [key, rows] : rows_by_key) {
-    runs.push_back(PipelineRun{key, table.SelectRows(rows)});
-    runs.back().table.SetSpan(days_by_key[key]);
+  runs.reserve(periods.size());
+  for (auto& [key, period] : periods) {
+    runs.push_back(PipelineRun{key, table.SelectRows(period.rows)});
+    runs.back().table.SetSpan(period.days);
   }
   return runs;
 }
