@@ -16,6 +16,9 @@
 
 #include "common/fs.h"
 #include "engine/model.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/paged_cache.h"
+#include "kvcache/policy.h"
 #include "tests/engine/test_models.h"
 
 #ifdef VLC_TRAIN_TEST_PIPELINE
@@ -222,6 +225,141 @@ TEST(TrainableLlava, DecoderVisualOutIsTheImagePositionsAfterTheChosenLayerOnly)
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(m->Forward(batch, nullptr, &hidden, -1).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A compressed batch computes what the server does: prefill the prompt with the policy's
+// observation, plan, compact the paged cache, then decode the answer one token at a time. The
+// trainer's observations must equal the engine's, and its logits at the answer's rows the engine's
+// decode logits, which a mask on the wrong head, layer or rows could not fake.
+TEST(TrainableLlava, CompressedBatchEqualsDecodingThroughACompactedCache) {
+  const LlavaConfig c = engine::SmallConfig("llama", 0, 3);
+  auto m = Create(c);
+  ASSERT_NE(m, nullptr);
+  RandomizeAll(m.get(), 9);
+  TempDir dir;
+  ASSERT_TRUE(m->Export(dir.path()).ok());
+  auto engine = LlavaModel::Load(dir.path());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+
+  // Sequence 0: three images and a question (past one 64-row attention block), then a 10-token
+  // answer, compressed. Sequence 1: one image, not compressed, shorter (padding).
+  const std::vector<int> prompt = Prompt(c, 3, 12, 1);
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  ASSERT_GT(n, 64);
+  std::vector<int> answer;
+  for (int i = 0; i < 10; ++i) answer.push_back(3 + (i * 11) % 80);
+  std::vector<int> seq0 = prompt;
+  seq0.insert(seq0.end(), answer.begin(), answer.end());
+  const std::vector<int> seq1 = Prompt(c, 1, 4, 2);
+  const at::Tensor pixels = Pixels(4, c, 12);
+  auto [ids, lengths] = PadSequences({seq0, seq1}, c.image_token_index);
+
+  kvcache::PromptShape shape{
+      n, c.text.num_hidden_layers, c.text.num_attention_heads, c.text.num_key_value_heads, {}};
+  for (int id : prompt) shape.visual.push_back(id == c.image_token_index);
+  for (const char* policy : {"vlcache-guard", "snapkv", "vlcache"}) {
+    SCOPED_TRACE(policy);
+    kvcache::PolicyConfig pc;
+    pc.name = policy;
+    pc.budget = 0.3;
+    pc.window = 8;
+    const kvcache::ObservationSpec spec = kvcache::ObservationFor(pc, shape);
+    ASSERT_TRUE(spec.enabled);
+
+    // The engine: prefill with observation, plan, compact, decode the answer teacher-forced.
+    auto visual = (*engine)->EncodeImages(pixels.slice(0, 0, 3));
+    ASSERT_TRUE(visual.ok());
+    auto embeds = (*engine)->EmbedPrompt(prompt, *visual);
+    ASSERT_TRUE(embeds.ok());
+    auto pool = engine::Pool(c);
+    kvcache::PagedKvCache paged(c.text.num_hidden_layers, pool.get());
+    ASSERT_TRUE(paged.AddSequence(1).ok());
+    std::vector<kvcache::LayerObservation> engine_obs;
+    auto first = (*engine)->Prefill(1, *embeds, 0, &paged, false, &spec, &engine_obs);
+    ASSERT_TRUE(first.ok()) << first.status();
+    auto plan = kvcache::MakeKeepPlan(pc, shape, engine_obs);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    ASSERT_TRUE(paged.Compact(1, *plan).ok());
+    std::vector<at::Tensor> want = {(*first)[0]};
+    for (size_t i = 0; i + 1 < answer.size(); ++i) {
+      auto step = (*engine)->DecodeStep({1}, {answer[i]}, {n + static_cast<int64_t>(i)}, &paged);
+      ASSERT_TRUE(step.ok()) << step.status();
+      want.push_back((*step)[0]);
+    }
+
+    // The trainer: the same observations, hence the same plan, then one compressed forward.
+    TrainBatch batch{pixels, ids, lengths, {3, 1}};
+    auto obs = m->ObservePrompts(batch, {n, 0}, {spec, kvcache::ObservationSpec{}});
+    ASSERT_TRUE(obs.ok()) << obs.status();
+    ASSERT_EQ((*obs)[0].size(), engine_obs.size());
+    EXPECT_TRUE((*obs)[1].empty());
+    for (size_t l = 0; l < engine_obs.size(); ++l) {
+      EXPECT_LT(((*obs)[0][l].col_sums - engine_obs[l].col_sums).abs().max().item<double>(), 1e-4);
+      ASSERT_EQ((*obs)[0][l].sparse_counts.defined(), engine_obs[l].sparse_counts.defined());
+      if (spec.sparsity) {
+        EXPECT_TRUE((*obs)[0][l].sparse_counts.equal(engine_obs[l].sparse_counts)) << "layer " << l;
+      }
+      EXPECT_EQ((*obs)[0][l].causal_entries, engine_obs[l].causal_entries);
+    }
+    auto own_plan = kvcache::MakeKeepPlan(pc, shape, (*obs)[0]);
+    ASSERT_TRUE(own_plan.ok());
+    for (size_t l = 0; l < plan->layers.size(); ++l) {
+      ASSERT_EQ(own_plan->layers[l].keep, plan->layers[l].keep);
+      ASSERT_TRUE(own_plan->layers[l].positions.defined());
+      ASSERT_TRUE(own_plan->layers[l].positions.equal(plan->layers[l].positions)) << "layer " << l;
+    }
+    batch.prompt_lengths = {n, 0};
+    batch.plans = {*own_plan, kvcache::KeepPlan{}};
+    auto logits = m->Forward(batch);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    auto full = m->Forward(TrainBatch{pixels, ids, lengths, {3, 1}});
+    ASSERT_TRUE(full.ok());
+    double worst = 0, changed = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const auto row = (*logits)[0][n - 1 + static_cast<int64_t>(i)];
+      worst = std::max(worst, (row - want[i]).abs().max().item<double>());
+      changed = std::max(
+          changed, (row - (*full)[0][n - 1 + static_cast<int64_t>(i)]).abs().max().item<double>());
+    }
+    EXPECT_LT(worst, 1e-4);
+    EXPECT_GT(changed, 1e-2);  // the eviction mattered to the answer's rows
+    // The prompt's rows and the uncompressed sequence are untouched.
+    EXPECT_LT(((*logits)[0].slice(0, 0, n) - (*full)[0].slice(0, 0, n)).abs().max().item<double>(),
+              1e-5);
+    EXPECT_LT(((*logits)[1].slice(0, 0, lengths[1]) - (*full)[1].slice(0, 0, lengths[1]))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-5);
+  }
+}
+
+TEST(TrainableLlava, RejectsACompressedBatchWhosePlansDoNotFit) {
+  const LlavaConfig c = engine::SmallConfig();
+  auto m = Create(c);
+  ASSERT_NE(m, nullptr);
+  auto [ids, lengths] = PadSequences({Prompt(c, 1, 3, 1)});
+  const int64_t n = lengths[0] - 2;
+  kvcache::KeepPlan plan;
+  plan.layers.resize(c.text.num_hidden_layers);
+  TrainBatch batch{Pixels(1, c, 1), ids, lengths, {1}};
+  batch.prompt_lengths = {n};
+  batch.plans = {plan};
+  EXPECT_TRUE(m->Forward(batch).ok());  // undefined positions: every layer keeps all
+  plan.layers[0].positions = at::tensor({0, int(n)}, at::kLong)
+                                 .view({1, 2})
+                                 .expand({c.text.num_key_value_heads, 2})
+                                 .contiguous();  // position n is not in the prompt
+  batch.plans = {plan};
+  auto bad = m->Forward(batch);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("within the prompt"), std::string::npos) << bad.status();
+  batch.plans.clear();
+  EXPECT_EQ(m->Forward(batch).status().code(), absl::StatusCode::kInvalidArgument);
+  batch.prompt_lengths = {lengths[0] + 1};
+  batch.plans = {kvcache::KeepPlan{}};
+  EXPECT_EQ(m->Forward(batch).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ObservePrompts(batch, {n}, {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TrainableLlava, RejectsAnInvalidConfig) {

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <sys/stat.h>
 #include <vector>
@@ -30,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/fs.h"
 #include "common/status.h"
+#include "kvcache/policy.h"
 #include "tools/make_tiny.h"
 #include "tools/train/demo_task.h"
 #include "tools/train/trainable_llava.h"
@@ -84,6 +86,13 @@ struct Options {
   // every answer token does, so 30% of captions of ~30 tokens outweigh the one-word answers
   // (e5 stalled at 0.65 single-image exact match while its token loss kept falling).
   std::string loss_weighting = "item";
+  // Compression-aware training: the share of items whose answer is decoded through a cache the
+  // policy `compress_policy` compressed at a budget drawn from `compress_budgets`, as the server
+  // does after prefill (TrainBatch's plans); the rest see the full cache. The model then learns
+  // to answer, and to stop, from what a compressed cache keeps.
+  double compress_fraction = 0;
+  std::string compress_policy = "vlcache-guard";
+  std::vector<double> compress_budgets = {0.1};
   int batch_tokens = 1600;  // prompt + answer tokens per batch (sets the batch size)
   double lr = 1e-3;
   int64_t warmup = 200;
@@ -121,10 +130,52 @@ struct EvalResult {
   std::map<int, double> accuracy;  // by frames
 };
 
-// Teacher-forced exact match on the first `n` validation items of each frame count.
+// The plans of the batch's items that `policies` (one per item; nullopt: the full cache)
+// compress, written into `batch`: observe the prompts with the model as it is, then plan.
+absl::Status CompressBatch(const train::TrainableLlava& model,
+                           const std::vector<train::EncodedItem>& items,
+                           const std::vector<std::optional<kvcache::PolicyConfig>>& policies,
+                           train::TaskEncoder::Batch* batch) {
+  const auto& c = model.config();
+  const size_t n = items.size();
+  std::vector<int64_t> prompt_lengths(n, 0);
+  std::vector<kvcache::ObservationSpec> specs(n);
+  std::vector<kvcache::PromptShape> shapes(n);
+  bool any = false;
+  for (size_t b = 0; b < n; ++b) {
+    if (!policies[b].has_value()) continue;
+    const auto& ids = items[b].prompt_ids;
+    kvcache::PromptShape& shape = shapes[b];
+    shape.length = static_cast<int64_t>(ids.size());
+    shape.layers = c.text.num_hidden_layers;
+    shape.heads = c.text.num_attention_heads;
+    shape.kv_heads = c.text.num_key_value_heads;
+    for (int id : ids) shape.visual.push_back(id == c.image_token_index);
+    if (!kvcache::Compresses(*policies[b], shape.length)) continue;
+    prompt_lengths[b] = shape.length;
+    specs[b] = kvcache::ObservationFor(*policies[b], shape);
+    any = true;
+  }
+  if (!any) return absl::OkStatus();
+  VLC_ASSIGN_OR_RETURN(auto observations,
+                       model.ObservePrompts(batch->inputs, prompt_lengths, specs));
+  std::vector<kvcache::KeepPlan> plans(n);
+  for (size_t b = 0; b < n; ++b) {
+    if (prompt_lengths[b] == 0) continue;
+    VLC_ASSIGN_OR_RETURN(plans[b], kvcache::MakeKeepPlan(*policies[b], shapes[b], observations[b]));
+  }
+  batch->inputs.prompt_lengths = std::move(prompt_lengths);
+  batch->inputs.plans = std::move(plans);
+  return absl::OkStatus();
+}
+
+// Teacher-forced exact match on the first `n` validation items of each frame count, with the full
+// cache or, given `policy`, through a cache it compressed (teacher-forced exact match through the
+// compressed cache equals greedy generation's through it: the argmax is right at every step).
 absl::StatusOr<EvalResult> Evaluate(const train::TrainableLlava& model,
                                     const train::TaskEncoder& enc, const std::vector<int>& frames,
-                                    int n) {
+                                    int n,
+                                    const std::optional<kvcache::PolicyConfig>& policy = {}) {
   torch::NoGradGuard no_grad;
   EvalResult r;
   for (int f : frames) {
@@ -138,6 +189,11 @@ absl::StatusOr<EvalResult> Evaluate(const train::TrainableLlava& model,
         items.push_back(std::move(e));
       }
       VLC_ASSIGN_OR_RETURN(auto batch, enc.MakeBatch(items));
+      if (policy.has_value()) {
+        VLC_RETURN_IF_ERROR(CompressBatch(
+            model, items, std::vector<std::optional<kvcache::PolicyConfig>>(items.size(), policy),
+            &batch));
+      }
       VLC_ASSIGN_OR_RETURN(auto logits, model.Forward(batch.inputs));
       for (bool ok : train::ExactMatches(logits, batch)) right += ok;
     }
@@ -266,6 +322,7 @@ absl::Status Train(const Options& o) {
             step);
     const int bs = BatchSize(o, frames, config.visual_tokens_per_image());
     std::vector<train::EncodedItem> items;
+    std::vector<std::optional<kvcache::PolicyConfig>> compress(bs);
     for (int b = 0; b < bs; ++b) {
       // Whether it is a caption, and of which frame, augmented or dense: a pure function of
       // (step, b).
@@ -282,6 +339,14 @@ absl::Status Train(const Options& o) {
       const vqa::Item item = vqa::MakeItem(
           vqa::Split::kTrain, kind_mix.ItemIndex(step * 64 + b, frames, vo), frames, vo);
       const bool caption = static_cast<double>(h % 10000) / 1e4 < o.caption_fraction;
+      uint64_t r = g * 0x94D049BB133111EBull;
+      r ^= r >> 31;
+      if (static_cast<double>(r % 10000) / 1e4 < o.compress_fraction) {
+        kvcache::PolicyConfig pc;
+        pc.name = o.compress_policy;
+        pc.budget = o.compress_budgets[r / 10000 % o.compress_budgets.size()];
+        compress[b] = pc;
+      }
       if (caption) {
         const int frame = static_cast<int>(h / 10000 % frames);
         VLC_ASSIGN_OR_RETURN(auto e, enc->EncodeCaption(item, frame, augment));
@@ -292,6 +357,9 @@ absl::Status Train(const Options& o) {
       }
     }
     VLC_ASSIGN_OR_RETURN(auto batch, enc->MakeBatch(items));
+    if (o.compress_fraction > 0) {
+      VLC_RETURN_IF_ERROR(CompressBatch(*model, items, compress, &batch));
+    }
     const double lr = LearningRate(o, step);
     for (auto& group : optimizer->param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -383,6 +451,17 @@ absl::Status Train(const Options& o) {
       for (const auto& [f, acc] : ev.accuracy) {
         j[absl::StrCat("val_exact_match_frames_", f)] = acc;
         absl::StrAppend(&line, " frames=", f, " exact-match ", acc);
+      }
+      if (o.compress_fraction > 0) {
+        // Also through the cache compressed at the first budget.
+        kvcache::PolicyConfig pc;
+        pc.name = o.compress_policy;
+        pc.budget = o.compress_budgets[0];
+        VLC_ASSIGN_OR_RETURN(auto cev, Evaluate(*model, *enc, eval_frames, o.eval_n, pc));
+        for (const auto& [f, acc] : cev.accuracy) {
+          j[absl::StrCat("val_exact_match_compressed_frames_", f)] = acc;
+          absl::StrAppend(&line, " compressed ", f, " ", acc);
+        }
       }
       std::cout << line << std::endl;
       log << j.dump() << std::endl;
@@ -476,6 +555,19 @@ int main(int argc, char** argv) {
   app.add_option("--frame-probe-layer", o.frame_probe_layer,
                  "Decoder layer (0-based) whose output the frame probe reads")
       ->capture_default_str();
+  app.add_option("--compress-fraction", o.compress_fraction,
+                 "Share of items whose answer is decoded through a compressed cache (0: none)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--compress-policy", o.compress_policy,
+                 "Cache policy that compresses those items (kvcache/policy.h names)")
+      ->capture_default_str();
+  app.add_option("--compress-budgets", o.compress_budgets,
+                 "Budgets those items are compressed at, drawn uniformly per item; the first is "
+                 "also the periodic evaluation's")
+      ->delimiter(',')
+      ->check(CLI::Range(1e-6, 1.0))
+      ->capture_default_str();
   app.add_option("--batch-tokens", o.batch_tokens, "Tokens per batch (sets the batch size)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -497,6 +589,19 @@ int main(int argc, char** argv) {
     std::cerr << "vlcache-train: --min-frames " << o.min_frames << " is above --max-frames "
               << o.max_frames << "\n";
     return 2;
+  }
+  if (o.compress_budgets.empty()) {
+    std::cerr << "vlcache-train: --compress-budgets needs at least one budget\n";
+    return 2;
+  }
+  {
+    kvcache::PolicyConfig pc;
+    pc.name = o.compress_policy;
+    pc.budget = o.compress_budgets[0];
+    if (const absl::Status v = pc.Validate(); !v.ok()) {
+      std::cerr << "vlcache-train: --compress-policy: " << v.message() << "\n";
+      return 2;
+    }
   }
   const absl::Status st = Train(o);
   if (!st.ok()) {

@@ -22,6 +22,7 @@
 #include "engine/layers.h"
 #include "engine/safetensors.h"
 #include "engine/weights.h"
+#include "kvcache/attention.h"
 #include "tools/random_weights.h"
 
 namespace vlc::train {
@@ -74,8 +75,15 @@ std::vector<AttentionBlock> AttentionBlocks(int64_t seq_len, int64_t group, int 
 // head kv * group + g shares KV head kv (HF's repeat_kv), so a block's queries of one group stack
 // into one [group * rows, hd] matrix per KV head; baddbmm adds the mask and applies the scale as
 // the GEMM writes the scores.
+//
+// A compressed batch also gives `answer_rows` [B, T] (bool: the rows that decode through the
+// compressed cache) and this layer's `evicted` [B, hkv, T] (bool: the prompt keys its plan
+// dropped, per KV head); a block with answer rows then adds -inf where such a row meets such a
+// key, per sequence and KV head.
 at::Tensor BlockedCausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const std::vector<AttentionBlock>& blocks, double scale) {
+                                  const std::vector<AttentionBlock>& blocks, double scale,
+                                  const at::Tensor& answer_rows = {},
+                                  const at::Tensor& evicted = {}) {
   const int64_t batch = q.size(0), h = q.size(1), t = q.size(2), hd = q.size(3);
   const int64_t hkv = k.size(1), group = h / hkv, bkv = batch * hkv;
   auto q4 = q.reshape({bkv, group, t, hd});
@@ -86,7 +94,19 @@ at::Tensor BlockedCausalAttention(const at::Tensor& q, const at::Tensor& k, cons
     const int64_t rows = blk.end - blk.begin;
     auto qb = q4.slice(2, blk.begin, blk.end).reshape({bkv, group * rows, hd});
     auto kb = k3.slice(1, blk.key_begin, blk.end);
-    auto s = at::baddbmm(blk.mask, qb, kb.transpose(1, 2), /*beta=*/1.0, /*alpha=*/scale);
+    at::Tensor mask = blk.mask;
+    if (answer_rows.defined()) {
+      auto rows_b = answer_rows.slice(1, blk.begin, blk.end);  // [B, rows]
+      if (rows_b.any().item<bool>()) {
+        auto keys_b = evicted.slice(2, blk.key_begin, blk.end);  // [B, hkv, keys]
+        auto hide = rows_b.view({batch, 1, 1, rows, 1})
+                        .logical_and(keys_b.unsqueeze(2).unsqueeze(2))  // [B, hkv, 1, rows, keys]
+                        .expand({batch, hkv, group, rows, keys_b.size(2)})
+                        .reshape({bkv, group * rows, keys_b.size(2)});
+        mask = blk.mask.unsqueeze(0).masked_fill(hide, -std::numeric_limits<float>::infinity());
+      }
+    }
+    auto s = at::baddbmm(mask, qb, kb.transpose(1, 2), /*beta=*/1.0, /*alpha=*/scale);
     auto ob = at::bmm(at::softmax(s, -1), v3.slice(1, blk.key_begin, blk.end));
     outs.push_back(ob.view({bkv, group, rows, hd}));
   }
@@ -465,11 +485,100 @@ absl::StatusOr<PreparedIds> PrepareIds(const TrainBatch& batch, const LlavaConfi
   return out;
 }
 
+// The masks of a compressed batch (see TrainBatch): answer rows [B, T] and, per decoder layer, the
+// evicted prompt keys [B, hkv, T]; INVALID_ARGUMENT for plans that do not fit the batch.
+absl::StatusOr<std::pair<at::Tensor, std::vector<at::Tensor>>> CompressionMasks(
+    const TrainBatch& batch, const LlavaConfig& c, int64_t seq_len) {
+  const int64_t n = static_cast<int64_t>(batch.lengths.size());
+  const int layers = c.text.num_hidden_layers;
+  const int64_t hkv = c.text.num_key_value_heads;
+  if (static_cast<int64_t>(batch.prompt_lengths.size()) != n ||
+      static_cast<int64_t>(batch.plans.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a compressed batch needs one prompt length and one plan per sequence (", n,
+                     "), got ", batch.prompt_lengths.size(), " and ", batch.plans.size()));
+  }
+  auto answer_rows = at::zeros({n, seq_len}, at::kBool);
+  std::vector<at::Tensor> evicted(layers);
+  for (auto& e : evicted) e = at::zeros({n, hkv, seq_len}, at::kBool);
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t m = batch.prompt_lengths[b];
+    if (m == 0) continue;
+    if (m < 0 || m > batch.lengths[b]) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", b, ": prompt length ", m,
+                                                     " outside [0, ", batch.lengths[b], "]"));
+    }
+    if (static_cast<int>(batch.plans[b].layers.size()) != layers) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", b, ": its plan has ",
+                                                     batch.plans[b].layers.size(),
+                                                     " layers, the model ", layers));
+    }
+    answer_rows[b].slice(0, m, batch.lengths[b]).fill_(true);
+    for (int l = 0; l < layers; ++l) {
+      const at::Tensor& pos = batch.plans[b].layers[l].positions;
+      if (!pos.defined()) continue;  // the layer keeps everything
+      if (pos.dim() != 2 || pos.size(0) != hkv ||
+          (pos.numel() > 0 && (pos.min().item<int64_t>() < 0 || pos.max().item<int64_t>() >= m))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", b, " layer ", l, ": plan positions must be [", hkv,
+                         ", keep] within the prompt [0, ", m, "), got ", ShapeString(pos.sizes())));
+      }
+      auto e = evicted[l][b].slice(1, 0, m);
+      e.fill_(true);
+      e.scatter_(1, pos.to(at::kLong), false);
+    }
+  }
+  return std::make_pair(answer_rows, evicted);
+}
+
 }  // namespace
+
+// What ObservePrompts asks of a forward: per sequence, its prompt length and spec in, its
+// layers' observations out.
+struct TrainableLlava::Observe {
+  const std::vector<int64_t>* prompt_lengths;
+  const std::vector<kvcache::ObservationSpec>* specs;
+  std::vector<std::vector<kvcache::LayerObservation>> out;
+};
 
 absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch, at::Tensor* visual_out,
                                                    at::Tensor* decoder_visual_out,
                                                    int decoder_layer) const {
+  return ForwardImpl(batch, visual_out, decoder_visual_out, decoder_layer, nullptr);
+}
+
+absl::StatusOr<std::vector<std::vector<kvcache::LayerObservation>>> TrainableLlava::ObservePrompts(
+    const TrainBatch& batch, const std::vector<int64_t>& prompt_lengths,
+    const std::vector<kvcache::ObservationSpec>& specs) const {
+  const size_t n = batch.lengths.size();
+  if (prompt_lengths.size() != n || specs.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ObservePrompts needs one prompt length and one spec per sequence (", n,
+                     "), got ", prompt_lengths.size(), " and ", specs.size()));
+  }
+  for (size_t b = 0; b < n; ++b) {
+    if (prompt_lengths[b] < 0 || prompt_lengths[b] > batch.lengths[b] ||
+        (specs[b].enabled &&
+         (specs[b].query_begin < 0 || specs[b].query_begin >= prompt_lengths[b]))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", b, ": prompt length ", prompt_lengths[b], " (of ", batch.lengths[b],
+          " tokens) with observed rows from ", specs[b].query_begin));
+    }
+  }
+  at::NoGradGuard no_grad;
+  TrainBatch plain = batch;
+  plain.prompt_lengths.clear();
+  plain.plans.clear();
+  Observe observe{&prompt_lengths, &specs, {}};
+  observe.out.resize(n);
+  VLC_RETURN_IF_ERROR(ForwardImpl(plain, nullptr, nullptr, 0, &observe).status());
+  return std::move(observe.out);
+}
+
+absl::StatusOr<at::Tensor> TrainableLlava::ForwardImpl(const TrainBatch& batch,
+                                                       at::Tensor* visual_out,
+                                                       at::Tensor* decoder_visual_out,
+                                                       int decoder_layer, Observe* observe) const {
   const auto& t = config_.text;
   if (decoder_visual_out != nullptr &&
       (decoder_layer < 0 || decoder_layer >= t.num_hidden_layers)) {
@@ -478,6 +587,15 @@ absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch, at::
   }
   VLC_ASSIGN_OR_RETURN(PreparedIds ids, PrepareIds(batch, config_));
   const int64_t batch_size = ids.lookup.size(0), seq_len = ids.lookup.size(1);
+  // A compressed batch: which rows decode through the compressed cache, and per layer which prompt
+  // keys each sequence's plan evicted.
+  at::Tensor answer_rows;
+  std::vector<at::Tensor> evicted;
+  if (!batch.prompt_lengths.empty() || !batch.plans.empty()) {
+    VLC_ASSIGN_OR_RETURN(auto masks, CompressionMasks(batch, config_, seq_len));
+    answer_rows = std::move(masks.first);
+    evicted = std::move(masks.second);
+  }
   const int64_t images = ids.images;
   at::Tensor visual;
   if (images > 0) {
@@ -507,7 +625,23 @@ absl::StatusOr<at::Tensor> TrainableLlava::Forward(const TrainBatch& batch, at::
       auto q = ApplyRope(heads_of(l.q_w, h), cos, sin);    // [B, h, T, hd]
       auto k = ApplyRope(heads_of(l.k_w, hkv), cos, sin);  // [B, hkv, T, hd]
       auto v = heads_of(l.v_w, hkv);
-      auto a = BlockedCausalAttention(q, k, v, blocks, scale);  // [B, T, h * hd]
+      if (observe != nullptr) {
+        for (int64_t b = 0; b < batch_size; ++b) {
+          const int64_t m = (*observe->prompt_lengths)[b];
+          const kvcache::ObservationSpec& spec = (*observe->specs)[b];
+          if (m == 0 || !spec.enabled) continue;
+          // The engine's prefill observes rows [query_begin, m) against the prompt's keys; only
+          // those rows are computed here (row i of the slice sits at position query_begin + i).
+          kvcache::ObservationSpec rows = spec;
+          rows.query_begin = 0;
+          kvcache::LayerObservation obs;
+          kvcache::CausalAttention(q[b].slice(1, spec.query_begin, m), k[b].slice(1, 0, m),
+                                   v[b].slice(1, 0, m), scale, t.sliding_window, &rows, &obs);
+          observe->out[b].push_back(std::move(obs));
+        }
+      }
+      auto a = BlockedCausalAttention(q, k, v, blocks, scale, answer_rows,
+                                      evicted.empty() ? at::Tensor() : evicted[li]);
       x = x + at::linear(a, l.o_w);
       hn = RmsNorm(x, l.post_norm, t.rms_norm_eps);
       x = x + at::linear(at::silu(at::linear(hn, l.gate_w)) * at::linear(hn, l.up_w), l.down_w);

@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/config.h"
+#include "kvcache/plan.h"
 
 namespace torch::optim {
 class AdamW;
@@ -40,6 +41,16 @@ struct TrainBatch {
   at::Tensor input_ids;     // [B, T] integer ids, right-padded (padding ids are ignored)
   std::vector<int64_t> lengths;              // B
   std::vector<int64_t> images_per_sequence;  // B
+
+  // Optional: sequences that decode their answer through a compressed cache, as the server does
+  // after prefill (KeepPlan per sequence, from kvcache::MakeKeepPlan). Empty: every sequence sees
+  // its full cache. Otherwise B entries each: rows at positions >= prompt_lengths[b] (the answer's
+  // tokens, which the engine decodes one at a time after compacting the prompt's cache) see, of
+  // the prompt's keys, only those plans[b] keeps in that layer for that KV head, and every
+  // answer key; the prompt's rows, and so the answer's first token, see the whole prompt.
+  // prompt_lengths[b] == 0 leaves sequence b uncompressed.
+  std::vector<int64_t> prompt_lengths;
+  std::vector<kvcache::KeepPlan> plans;
 };
 
 // input_ids [B, max length] (int64) and lengths of `sequences`, right-padded with `pad_id`.
@@ -102,6 +113,16 @@ class TrainableLlava {
                                      at::Tensor* decoder_visual_out = nullptr,
                                      int decoder_layer = 0) const;
 
+  // What each decoder layer's attention observes over each sequence's prompt
+  // input_ids[b, 0:prompt_lengths[b]], exactly as the engine's prefill fills it for a cache policy
+  // (kvcache::CausalAttention with specs[b]): result[b][layer]. Sequences with prompt length 0 or a
+  // disabled spec get no observations (an empty vector). Computed without gradients; it is what a
+  // caller turns into the plans of a compressed batch. The batch's own plans are ignored (the
+  // prompt's rows never see them).
+  absl::StatusOr<std::vector<std::vector<kvcache::LayerObservation>>> ObservePrompts(
+      const TrainBatch& batch, const std::vector<int64_t>& prompt_lengths,
+      const std::vector<kvcache::ObservationSpec>& specs) const;
+
   // Mean cross-entropy of logits [B, T, vocab] against targets [B, T] over the positions where
   // mask [B, T] (bool or 0/1) is set; targets elsewhere are ignored (any value). Position t's
   // logits predict targets[b][t], so for next-token training targets are the ids shifted left by
@@ -139,6 +160,10 @@ class TrainableLlava {
   struct Params;
   explicit TrainableLlava(const engine::LlavaConfig& config);
   absl::StatusOr<at::Tensor> EncodeImages(const at::Tensor& pixel_values) const;
+  struct Observe;
+  absl::StatusOr<at::Tensor> ForwardImpl(const TrainBatch& batch, at::Tensor* visual_out,
+                                         at::Tensor* decoder_visual_out, int decoder_layer,
+                                         Observe* observe) const;
 
   engine::LlavaConfig config_;
   std::vector<std::pair<std::string, at::Tensor>> tensors_;
