@@ -17,6 +17,7 @@
 
 #include "common/fs.h"
 #include "engine/pipeline.h"
+#include "tools/vqa/second_renderer.h"
 #include "tools/vqa/vqa.h"
 
 namespace vlc {
@@ -27,6 +28,9 @@ const std::string kModel = std::string(VLC_SOURCE_DIR) + "/models/demo";
 // Test-split items (vlcache-vqa --split test) the shipped model answered right when it shipped.
 const std::vector<int64_t> kSingleItems = {0, 1, 3, 4, 7, 27};
 const std::vector<int64_t> kClipItems = {0, 2, 3, 5};
+// Drawn by the second renderer (tools/vqa/second_renderer.h), which the model never trained on.
+const std::vector<int64_t> kSecondSingleItems = {0, 1, 2, 3, 4, 5};
+const std::vector<int64_t> kSecondClipItems = {0, 2, 3, 4};
 
 
 std::string Trim(std::string s) {
@@ -52,13 +56,19 @@ class DemoModelTest : public ::testing::Test {
   }
 
   // The model's answer to test item `index` of `frames` frames under `policy` at `budget`.
+  // `second`: the frames drawn by the second renderer in the item's own style.
   static std::string Answer(int frames, int64_t index, const std::string& policy, double budget,
-                            vqa::Item* item_out) {
+                            vqa::Item* item_out, bool second = false) {
     vqa::Options vo;
     vo.image_size = pipeline_->model().config().vision.image_size;
     vqa::Item item = vqa::MakeItem(vqa::Split::kTest, index, frames, vo);
     engine::GenerateRequest req;
-    for (const auto& f : item.clip.frames) req.media.images.push_back(vqa::EncodePng(f, vo));
+    const vqa::SecondStyle style = vqa::SecondStyleFor(vqa::Split::kTest, index);
+    for (size_t f = 0; f < item.clip.frames.size(); ++f) {
+      req.media.images.push_back(
+          second ? vqa::EncodePngSecond(item.clip.frames[f], vo.grid, style, static_cast<int>(f))
+                 : vqa::EncodePng(item.clip.frames[f], vo));
+    }
     req.prompt = vqa::Prompt(item);
     req.sampling.max_new_tokens = 8;
     req.sampling.temperature = 0;
@@ -102,14 +112,34 @@ TEST_F(DemoModelTest, AnswersHeldOutSingleImagesWithTheFullCache) {
   }
 }
 
-// 8-frame clips ("in frame f, ..."), with the full cache and with VL-Cache at 10%.
+// 8-frame clips ("in frame f, ..."), with the full cache, VL-Cache at 10% and the server's
+// default compression (vlcache-guard at 10%).
 TEST_F(DemoModelTest, AnswersHeldOutClipsWithFullAndVlCache) {
-  for (const char* policy : {"full", "vlcache"}) {
+  for (const char* policy : {"full", "vlcache", "vlcache-guard"}) {
     for (int64_t index : kClipItems) {
       vqa::Item item;
       const std::string got = Answer(8, index, policy, 0.1, &item);
       EXPECT_EQ(got, item.answer)
           << policy << ", 8-frame test item " << index << ": " << vqa::Prompt(item);
+    }
+  }
+}
+
+// Pictures drawn by other code (other sizes, proportions, strokes, digit forms), single images and
+// 8-frame clips, with the full cache and the server's default compression.
+TEST_F(DemoModelTest, AnswersTheSecondRenderersPicturesFullAndCompressed) {
+  for (const char* policy : {"full", "vlcache-guard"}) {
+    for (int64_t index : kSecondSingleItems) {
+      vqa::Item item;
+      const std::string got = Answer(1, index, policy, 0.1, &item, /*second=*/true);
+      EXPECT_EQ(got, item.answer) << policy << ", second renderer, test item " << index << ": "
+                                  << vqa::Prompt(item);
+    }
+    for (int64_t index : kSecondClipItems) {
+      vqa::Item item;
+      const std::string got = Answer(8, index, policy, 0.1, &item, /*second=*/true);
+      EXPECT_EQ(got, item.answer) << policy << ", second renderer, 8-frame test item " << index
+                                  << ": " << vqa::Prompt(item);
     }
   }
 }
