@@ -30,10 +30,7 @@ struct RealisticCase {
 };
 
 // The run's span stays with each broken column: these issues break values, not the period.
-Column WithSpanOf(const Column& run, Column c) {
-  c.set_span(run.span());
-  return c;
-}
+Column WithSpanOf(const Column& run, Column c) { return std::move(c).WithSpan(run.span()); }
 
 Column WithName(const std::string& name, const Column& values) {
   return WithSpanOf(values, values.is_numeric() ? Column::Numeric(name, values.numeric())

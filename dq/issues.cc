@@ -128,14 +128,10 @@ std::optional<double> ParseNumber(const std::string& s) {
 
 // Rebuilds a column of `like`'s name and type from values of the matching kind.
 Column Rebuild(const Column& like, NumericValues values) {
-  Column c = Column::Numeric(like.name(), std::move(values));
-  c.set_span(like.span());
-  return c;
+  return Column::Numeric(like.name(), std::move(values)).WithSpan(like.span());
 }
 Column Rebuild(const Column& like, StringValues values) {
-  Column c = Column::Categorical(like.name(), std::move(values));
-  c.set_span(like.span());
-  return c;
+  return Column::Categorical(like.name(), std::move(values)).WithSpan(like.span());
 }
 
 // Applies `edit` to the values of the rows `rows` (non-null rows unless the caller says

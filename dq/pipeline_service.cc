@@ -39,17 +39,13 @@ absl::StatusOr<Column> ColumnFromJson(const std::string& name, const nlohmann::j
     for (const auto& x : j["values"]) {
       v.push_back(x.is_number() ? std::optional<double>(x.get<double>()) : std::nullopt);
     }
-    Column c = Column::Numeric(name, std::move(v));
-    c.set_span(span);
-    return c;
+    return Column::Numeric(name, std::move(v)).WithSpan(span);
   }
   Column::StringValues v;
   for (const auto& x : j["values"]) {
     v.push_back(x.is_string() ? std::optional<std::string>(x.get<std::string>()) : std::nullopt);
   }
-  Column c = Column::Categorical(name, std::move(v));
-  c.set_span(span);
-  return c;
+  return Column::Categorical(name, std::move(v)).WithSpan(span);
 }
 
 nlohmann::json StateToJson(const ColumnState& s, size_t history, double delta,

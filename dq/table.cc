@@ -73,16 +73,12 @@ Column Column::Select(const std::vector<size_t>& rows) const {
     NumericValues out;
     out.reserve(rows.size());
     for (size_t r : rows) out.push_back(numeric()[r]);
-    Column c = Numeric(name_, std::move(out));
-    c.set_span(span_);
-    return c;
+    return Numeric(name_, std::move(out)).WithSpan(span_);
   }
   StringValues out;
   out.reserve(rows.size());
   for (size_t r : rows) out.push_back(strings()[r]);
-  Column c = Categorical(name_, std::move(out));
-  c.set_span(span_);
-  return c;
+  return Categorical(name_, std::move(out)).WithSpan(span_);
 }
 
 absl::StatusOr<Table> Table::Make(std::vector<Column> columns) {

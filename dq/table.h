@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -67,6 +68,11 @@ class Column {
   // those metrics are then undefined. Callers check it is finite and positive.
   const std::optional<double>& span() const { return span_; }
   void set_span(std::optional<double> span) { span_ = span; }
+  // This column with `span`, for building one in an expression: Numeric(...).WithSpan(s).
+  Column WithSpan(std::optional<double> span) && {
+    span_ = span;
+    return std::move(*this);
+  }
 
  private:
   Column(std::string name, ColumnType type, std::variant<NumericValues, StringValues> values,

@@ -19,6 +19,19 @@ double MsSince(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+kvcache::PromptShape PromptShapeOf(const LlavaConfig& config, const std::vector<int>& prompt_ids) {
+  kvcache::PromptShape shape;
+  shape.length = static_cast<int64_t>(prompt_ids.size());
+  shape.layers = config.text.num_hidden_layers;
+  shape.heads = config.text.num_attention_heads;
+  shape.kv_heads = config.text.num_key_value_heads;
+  shape.visual.resize(prompt_ids.size());
+  for (size_t i = 0; i < prompt_ids.size(); ++i) {
+    shape.visual[i] = prompt_ids[i] == config.image_token_index;
+  }
+  return shape;
+}
+
 const char* FinishReasonName(FinishReason r) {
   switch (r) {
     case FinishReason::kLength: return "length";
@@ -97,16 +110,8 @@ absl::StatusOr<SeqId> Generator::QueueNew(SequenceSpec spec) {
   pre->compress =
       kvcache::Compresses(spec.cache_policy, static_cast<int64_t>(spec.prompt_ids.size()));
   if (pre->compress) {
-    auto& shape = pre->shape;
-    shape.length = static_cast<int64_t>(spec.prompt_ids.size());
-    shape.layers = cfg.text.num_hidden_layers;
-    shape.heads = cfg.text.num_attention_heads;
-    shape.kv_heads = cfg.text.num_key_value_heads;
-    shape.visual.resize(spec.prompt_ids.size());
-    for (size_t i = 0; i < spec.prompt_ids.size(); ++i) {
-      shape.visual[i] = spec.prompt_ids[i] == cfg.image_token_index;
-    }
-    pre->observe = kvcache::ObservationFor(spec.cache_policy, shape);
+    pre->shape = PromptShapeOf(cfg, spec.prompt_ids);
+    pre->observe = kvcache::ObservationFor(spec.cache_policy, pre->shape);
   }
   spec.visual = at::Tensor();  // embedded: the prompt's rows carry what it contributed
   const SeqId id = next_id_++;

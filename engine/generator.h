@@ -27,6 +27,10 @@
 
 namespace vlc::engine {
 
+// The shape a cache policy plans for: `prompt_ids`' length, the decoder's layers and heads, and
+// which positions are visual tokens (the config's image token).
+kvcache::PromptShape PromptShapeOf(const LlavaConfig& config, const std::vector<int>& prompt_ids);
+
 enum class FinishReason { kLength, kEos, kStopped, kError };
 const char* FinishReasonName(FinishReason r);
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "engine/generator.h"
 #include "engine/model.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_cache.h"
@@ -254,9 +255,7 @@ TEST(TrainableLlava, CompressedBatchEqualsDecodingThroughACompactedCache) {
   const at::Tensor pixels = Pixels(4, c, 12);
   auto [ids, lengths] = PadSequences({seq0, seq1}, c.image_token_index);
 
-  kvcache::PromptShape shape{
-      n, c.text.num_hidden_layers, c.text.num_attention_heads, c.text.num_key_value_heads, {}};
-  for (int id : prompt) shape.visual.push_back(id == c.image_token_index);
+  const kvcache::PromptShape shape = engine::PromptShapeOf(c, prompt);
   for (const char* policy : {"vlcache-guard", "snapkv", "vlcache"}) {
     SCOPED_TRACE(policy);
     kvcache::PolicyConfig pc;

@@ -31,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/fs.h"
 #include "common/status.h"
+#include "engine/generator.h"
 #include "kvcache/policy.h"
 #include "tools/make_tiny.h"
 #include "tools/train/demo_task.h"
@@ -113,6 +114,14 @@ bool Exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+// The policy compression-aware items are compressed with, at `budget`.
+kvcache::PolicyConfig CompressionPolicy(const Options& o, double budget) {
+  kvcache::PolicyConfig pc;
+  pc.name = o.compress_policy;
+  pc.budget = budget;
+  return pc;
+}
+
 double LearningRate(const Options& o, int64_t step) {
   if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
   const double progress = static_cast<double>(step - o.warmup) /
@@ -144,16 +153,10 @@ absl::Status CompressBatch(const train::TrainableLlava& model,
   bool any = false;
   for (size_t b = 0; b < n; ++b) {
     if (!policies[b].has_value()) continue;
-    const auto& ids = items[b].prompt_ids;
-    kvcache::PromptShape& shape = shapes[b];
-    shape.length = static_cast<int64_t>(ids.size());
-    shape.layers = c.text.num_hidden_layers;
-    shape.heads = c.text.num_attention_heads;
-    shape.kv_heads = c.text.num_key_value_heads;
-    for (int id : ids) shape.visual.push_back(id == c.image_token_index);
-    if (!kvcache::Compresses(*policies[b], shape.length)) continue;
-    prompt_lengths[b] = shape.length;
-    specs[b] = kvcache::ObservationFor(*policies[b], shape);
+    shapes[b] = engine::PromptShapeOf(c, items[b].prompt_ids);
+    if (!kvcache::Compresses(*policies[b], shapes[b].length)) continue;
+    prompt_lengths[b] = shapes[b].length;
+    specs[b] = kvcache::ObservationFor(*policies[b], shapes[b]);
     any = true;
   }
   if (!any) return absl::OkStatus();
@@ -342,10 +345,8 @@ absl::Status Train(const Options& o) {
       uint64_t r = g * 0x94D049BB133111EBull;
       r ^= r >> 31;
       if (static_cast<double>(r % 10000) / 1e4 < o.compress_fraction) {
-        kvcache::PolicyConfig pc;
-        pc.name = o.compress_policy;
-        pc.budget = o.compress_budgets[r / 10000 % o.compress_budgets.size()];
-        compress[b] = pc;
+        compress[b] =
+            CompressionPolicy(o, o.compress_budgets[r / 10000 % o.compress_budgets.size()]);
       }
       if (caption) {
         const int frame = static_cast<int>(h / 10000 % frames);
@@ -454,10 +455,8 @@ absl::Status Train(const Options& o) {
       }
       if (o.compress_fraction > 0) {
         // Also through the cache compressed at the first budget.
-        kvcache::PolicyConfig pc;
-        pc.name = o.compress_policy;
-        pc.budget = o.compress_budgets[0];
-        VLC_ASSIGN_OR_RETURN(auto cev, Evaluate(*model, *enc, eval_frames, o.eval_n, pc));
+        VLC_ASSIGN_OR_RETURN(auto cev, Evaluate(*model, *enc, eval_frames, o.eval_n,
+                                                CompressionPolicy(o, o.compress_budgets[0])));
         for (const auto& [f, acc] : cev.accuracy) {
           j[absl::StrCat("val_exact_match_compressed_frames_", f)] = acc;
           absl::StrAppend(&line, " compressed ", f, " ", acc);
@@ -594,14 +593,9 @@ int main(int argc, char** argv) {
     std::cerr << "vlcache-train: --compress-budgets needs at least one budget\n";
     return 2;
   }
-  {
-    kvcache::PolicyConfig pc;
-    pc.name = o.compress_policy;
-    pc.budget = o.compress_budgets[0];
-    if (const absl::Status v = pc.Validate(); !v.ok()) {
-      std::cerr << "vlcache-train: --compress-policy: " << v.message() << "\n";
-      return 2;
-    }
+  if (const absl::Status v = CompressionPolicy(o, o.compress_budgets[0]).Validate(); !v.ok()) {
+    std::cerr << "vlcache-train: --compress-policy: " << v.message() << "\n";
+    return 2;
   }
   const absl::Status st = Train(o);
   if (!st.ok()) {

@@ -649,7 +649,8 @@ absl::StatusOr<at::Tensor> TrainableLlava::ForwardImpl(const TrainBatch& batch,
         *decoder_visual_out = images > 0 ? x.index({ids.image_mask}) : at::Tensor();
       }
     }
-    logits = at::linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head);
+    // An observing pass (ObservePrompts) reads the attention only.
+    if (observe == nullptr) logits = at::linear(RmsNorm(x, p.norm, t.rms_norm_eps), p.lm_head);
   }));
   return logits;
 }
